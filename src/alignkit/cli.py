@@ -13,6 +13,7 @@ import os
 import sys
 
 from alignkit import __version__
+from alignkit.errors import ConfigError, UserError  # noqa: F401  (UserError re-exported)
 
 # Feature modules that contribute commands, in help order.
 COMMAND_MODULES = [
@@ -24,10 +25,6 @@ COMMAND_MODULES = [
     "alignkit.pipelines.demo",
     "alignkit.annotate.cli",
 ]
-
-
-class UserError(Exception):
-    """An error caused by the user's input: printed without a traceback, exit code 2."""
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -69,8 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from alignkit.config import ConfigError
-
     try:
         return int(args.func(args) or 0)
     except (UserError, ConfigError) as exc:

@@ -15,9 +15,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-
-class ConfigError(ValueError):
-    """A configuration problem, with a message naming the file and field at fault."""
+from alignkit.errors import ConfigError  # noqa: F401  (re-exported: config errors are raised here)
 
 
 class StrictModel(BaseModel):

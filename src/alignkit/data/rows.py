@@ -29,8 +29,7 @@ RowKind = Literal["sft", "preference", "kway"]
 _ROLES = {"system", "user", "assistant", "tool"}
 
 
-class DataError(ValueError):
-    """Invalid input data; the message names file, line and field."""
+from alignkit.errors import DataError  # noqa: E402,F401  (re-exported)
 
 
 @dataclass
