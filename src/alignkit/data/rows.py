@@ -7,6 +7,9 @@ Rows follow TRL's column conventions so existing datasets work unchanged:
   ``{"chosen": [...messages], "rejected": [...messages]}`` (implicit prompt: the shared leading
   messages are the prompt)
 * **kway** (EXO / DPO-rw): ``{"prompt": ..., "completions": [K], "rewards": [K]}``
+* **unpaired** (binary correctness, multi-task RM): ``{"prompt": ..., "completion": ..., "label": bool}``
+* **stepwise** (process reward models): ``{"prompt": ..., "completions": [steps], "labels": [S]}``, each
+  label a bool or a soft label in [0, 1] (Monte-Carlo estimates); steps are non-empty strings
 
 Each text field is either a plain string ("plain" rows, no chat template) or a list of chat
 messages ``{"role": ..., "content": ...}`` ("conversational" rows, rendered with the model's chat
@@ -24,7 +27,7 @@ from typing import Any, Literal
 
 Messages = list[dict[str, str]]
 Text = str | Messages
-RowKind = Literal["sft", "preference", "kway"]
+RowKind = Literal["sft", "preference", "kway", "unpaired", "stepwise"]
 
 _ROLES = {"system", "user", "assistant", "tool"}
 
@@ -41,6 +44,7 @@ class Example:
     completions: list[Text]  # sft: [completion]; preference: [chosen, rejected]; kway: K items
     rewards: list[float] | None = None
     conversational: bool = False
+    labels: list[float] | None = None  # unpaired: [1.0/0.0]; stepwise: one per step (soft labels in [0, 1])
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -99,7 +103,7 @@ def parse_row(row: Any, kind: RowKind, where: str, index: int) -> Example:
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
     meta = {k: v for k, v in row.items() if k not in {"prompt", "chosen", "rejected", "completion",
-                                                        "completions", "rewards", "messages"}}
+                                                        "completions", "rewards", "messages", "label", "labels"}}
     if kind == "sft":
         if "messages" in row:
             msgs = _check_messages(row["messages"], where, "messages")
@@ -136,7 +140,40 @@ def parse_row(row: Any, kind: RowKind, where: str, index: int) -> Example:
             clean.append(float(r))
         texts = [_check_text(c, where, f"completions[{j}]") for j, c in enumerate(comps)]
         return Example(index, prompt, texts, rewards=clean, conversational=_style(where, prompt, texts), meta=meta)
+    if kind == "unpaired":
+        prompt = _check_text(_require(row, "prompt", where), where, "prompt")
+        completion = _check_text(_require(row, "completion", where), where, "completion")
+        label = _require(row, "label", where)
+        if not isinstance(label, bool):
+            raise DataError(f"{where}: field 'label': expected true or false, got {label!r}")
+        return Example(index, prompt, [completion], conversational=_style(where, prompt, [completion]),
+                       labels=[float(label)], meta=meta)
+    if kind == "stepwise":
+        return _parse_stepwise(row, where, index, meta)
     raise ValueError(f"unknown row kind {kind!r}")
+
+
+def _parse_stepwise(row: dict, where: str, index: int, meta: dict) -> Example:
+    prompt = _require(row, "prompt", where)
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise DataError(f"{where}: field 'prompt': expected a non-empty string")
+    steps = _require(row, "completions", where)
+    labels = _require(row, "labels", where)
+    if not isinstance(steps, list) or not steps:
+        raise DataError(f"{where}: field 'completions': expected a non-empty list of steps")
+    for j, s in enumerate(steps):
+        if not isinstance(s, str) or not s.strip():
+            raise DataError(f"{where}: field 'completions[{j}]': expected a non-empty step string, got {s!r}")
+    if not isinstance(labels, list) or len(labels) != len(steps):
+        got = len(labels) if isinstance(labels, list) else type(labels).__name__
+        raise DataError(f"{where}: field 'labels': expected {len(steps)} labels (one per step), got {got}")
+    clean = []
+    for j, x in enumerate(labels):
+        ok = isinstance(x, bool) or (isinstance(x, int | float) and math.isfinite(x) and 0 <= x <= 1)
+        if not ok:
+            raise DataError(f"{where}: field 'labels[{j}]': expected true/false or a number in [0, 1], got {x!r}")
+        clean.append(float(x))
+    return Example(index, prompt, list(steps), labels=clean, meta=meta)
 
 
 def _style(where: str, prompt: Text, completions: list[Text]) -> bool:

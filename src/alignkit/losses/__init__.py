@@ -13,10 +13,18 @@ from alignkit.losses.preference import (
     ipo_loss,
     pref_log_targets,
 )
-from alignkit.losses.reward import bradley_terry_loss
+from alignkit.losses.reward import (
+    aggregate_step_scores,
+    binary_reward_loss,
+    bradley_terry_loss,
+    multitask_reward_loss,
+)
 
 __all__ = [
+    "aggregate_step_scores",
+    "binary_reward_loss",
     "bradley_terry_loss",
+    "multitask_reward_loss",
     "chosen_nll_loss",
     "dpo_loss",
     "dpo_rw_loss",

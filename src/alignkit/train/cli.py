@@ -15,6 +15,13 @@ RECIPES = {
     "dpo": ("alignkit.train.preference", "PreferenceConfig", "train_preference",
             "preference optimisation: dpo | ipo | exo_pair | exo | dpo_rw"),
 }
+# ``alignkit <command> <word> --config FILE key=value``: a second config-based entry under a command.
+SUBCOMMANDS = {
+    ("rm", "eval"): ("alignkit.train.reward_eval", "RMEvalConfig", "eval_rm",
+                     "score preference pairs with a reward model: accuracy by length bucket, length bias"),
+}
+# Flags that stand for a top-level key of a sub-command's config (``--model DIR`` == ``model=DIR``).
+SUBCOMMAND_FLAGS = ("model", "data")
 
 
 def _fields_epilog(module: str, cls_name: str) -> str:
@@ -43,8 +50,20 @@ def _run_recipe(args: argparse.Namespace) -> int:
     from alignkit.train.loop import NonFiniteError
 
     module, cls_name, fn_name, _ = RECIPES[args.command]
+    overrides = list(args.overrides)
+    sub = (args.command, overrides[0]) if overrides and "=" not in overrides[0] else None
+    if sub is not None:
+        if sub not in SUBCOMMANDS:
+            raise UserError(f"alignkit {args.command}: unknown sub-command {sub[1]!r} "
+                            f"(known: {', '.join(w for c, w in SUBCOMMANDS if c == args.command) or 'none'})")
+        module, cls_name, fn_name, _ = SUBCOMMANDS[sub]
+        overrides = overrides[1:] + [f"{k}={getattr(args, k)}" for k in SUBCOMMAND_FLAGS
+                                     if getattr(args, k, None) is not None]
+    elif any(getattr(args, k, None) is not None for k in SUBCOMMAND_FLAGS):
+        raise UserError(f"alignkit {args.command}: --model/--data belong to a sub-command "
+                        f"(e.g. alignkit rm eval --model DIR --data FILE)")
     mod = importlib.import_module(module)
-    cfg = load_config(getattr(mod, cls_name), args.config, args.overrides)
+    cfg = load_config(getattr(mod, cls_name), args.config, overrides)
     console = Console(stderr=True)
     console.print(f"[bold]alignkit {args.command}[/] resolved config:")
     console.print_json(json.dumps(cfg.model_dump(mode="json")))
@@ -56,7 +75,8 @@ def _run_recipe(args: argparse.Namespace) -> int:
     if summary.get("interrupted"):
         console.print(f"stopped by {summary.get('signal')}: checkpoint saved; rerun with --resume to continue")
         return 130
-    console.print(f"model written to {summary['output_dir']}")
+    if "output_dir" in summary:
+        console.print(f"model written to {summary['output_dir']}")
     return 0
 
 
@@ -95,6 +115,12 @@ def register(sub) -> None:
         p.add_argument("--config", help="YAML recipe file")
         p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.output_dir")
         p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+        subs = [(w, h) for (c, w), (_m, _c, _f, h) in SUBCOMMANDS.items() if c == name]
+        if subs:
+            p.usage = f"alignkit {name} [{'|'.join(w for w, _ in subs)}] [--config FILE] [key.sub=value ...]"
+            p.description += "".join(f"\n  alignkit {name} {w} ...: {h}" for w, h in subs)
+            for flag in SUBCOMMAND_FLAGS:
+                p.add_argument(f"--{flag}", help=f"sub-commands: same as {flag}=VALUE")
         p.set_defaults(func=_run_recipe, _epilog=(module, cls_name))
         # Building the epilog imports the recipe (torch); do it only when help is asked for.
         p.format_help = _lazy_help(p, module, cls_name)
