@@ -14,11 +14,16 @@ RECIPES = {
     "rm": ("alignkit.train.reward", "RMConfig", "train_rm", "Bradley-Terry reward model"),
     "dpo": ("alignkit.train.preference", "PreferenceConfig", "train_preference",
             "preference optimisation: dpo | ipo | exo_pair | exo | dpo_rw"),
+    "prm": ("alignkit.train.prm", "PRMConfig", "train_prm", "process reward model on stepwise rows"),
+    "bon": ("alignkit.pipelines.best_of_n", "BoNConfig", "run_best_of_n",
+            "best-of-N curve with an RM / PRM / verifier scorer, plus rejection-sampling SFT rows"),
 }
 # ``alignkit <command> <word> --config FILE key=value``: a second config-based entry under a command.
 SUBCOMMANDS = {
     ("rm", "eval"): ("alignkit.train.reward_eval", "RMEvalConfig", "eval_rm",
                      "score preference pairs with a reward model: accuracy by length bucket, length bias"),
+    ("prm", "label"): ("alignkit.pipelines.prm_label", "PRMLabelConfig", "label_steps",
+                       "Monte-Carlo step labels (Math-Shepherd) from policy rollouts"),
 }
 # Flags that stand for a top-level key of a sub-command's config (``--model DIR`` == ``model=DIR``).
 SUBCOMMAND_FLAGS = ("model", "data")
@@ -46,6 +51,7 @@ def _run_recipe(args: argparse.Namespace) -> int:
     from alignkit.cli import UserError
     from alignkit.config import load_config
     from alignkit.data.rows import DataError
+    from alignkit.generate.engine import GenerationError
     from alignkit.models import ModelError
     from alignkit.train.loop import NonFiniteError
 
@@ -69,14 +75,14 @@ def _run_recipe(args: argparse.Namespace) -> int:
     console.print_json(json.dumps(cfg.model_dump(mode="json")))
     try:
         summary = getattr(mod, fn_name)(cfg, resume=args.resume)
-    except (DataError, ModelError, NonFiniteError, FileNotFoundError) as exc:
+    except (DataError, ModelError, NonFiniteError, FileNotFoundError, GenerationError) as exc:
         raise UserError(str(exc)) from None
     console.print_json(json.dumps(summary, default=str))
     if summary.get("interrupted"):
         console.print(f"stopped by {summary.get('signal')}: checkpoint saved; rerun with --resume to continue")
         return 130
     if "output_dir" in summary:
-        console.print(f"model written to {summary['output_dir']}")
+        console.print(f"outputs written to {summary['output_dir']}")
     return 0
 
 
@@ -123,7 +129,7 @@ def register(sub) -> None:
                 p.add_argument(f"--{flag}", help=f"sub-commands: same as {flag}=VALUE")
         p.set_defaults(func=_run_recipe, _epilog=(module, cls_name))
         # Building the epilog imports the recipe (torch); do it only when help is asked for.
-        p.format_help = _lazy_help(p, module, cls_name)
+        p.format_help = _lazy_help(p, module, cls_name, [(w, SUBCOMMANDS[(name, w)][:2]) for w, _ in subs])
     p = sub.add_parser("check-template", help="prove the training render of prompts equals the inference render")
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--data", help="check the prompts of this data file instead of built-in examples")
@@ -132,11 +138,12 @@ def register(sub) -> None:
     p.set_defaults(func=_check_template)
 
 
-def _lazy_help(parser: argparse.ArgumentParser, module: str, cls_name: str):
+def _lazy_help(parser: argparse.ArgumentParser, module: str, cls_name: str, subs=()):
     original = parser.format_help
 
     def format_help() -> str:
-        parser.epilog = _fields_epilog(module, cls_name)
+        parser.epilog = "\n\n".join([_fields_epilog(module, cls_name)] + [
+            f"alignkit {parser.prog.split()[-1]} {word}: " + _fields_epilog(*target) for word, target in subs])
         return original()
 
     return format_help

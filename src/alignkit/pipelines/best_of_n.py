@@ -1,0 +1,208 @@
+"""``alignkit bon``: best-of-N selection curves and rejection-sampling SFT rows.
+
+For every problem the policy samples ``n_max`` solutions **once**; a scorer rates each:
+
+* ``rm`` -- an outcome reward model (``alignkit rm``), prompt as one user message;
+* ``prm`` -- a process reward model (``alignkit prm``), steps split at its saved separator and
+  aggregated (``min | last | prod``);
+* ``verifier`` -- the answer checker itself (1 if the final answer is right, else 0): the oracle,
+  whose curve is the coverage (pass@N) of the samples.
+
+The held-out score for N is the fraction of selections whose final answer is right, averaged over
+the ``n_max / N`` disjoint consecutive blocks of N samples of every problem (so N = 1 is the mean
+accuracy of single samples, and every point reuses the same samples: the curve costs one sampling
+pass). Selection is the argmax score, first index on ties; a sample the scorer could not score
+(``None``) is never selected, and a block with no scored sample is a **failed** selection, counted
+in ``selection_failures`` and scored as wrong. The selection over all ``n_max`` samples also gives
+rejection-sampling SFT rows (ChatGLM-Math RFT, METHODS.md §4.3): the chosen sample of every problem
+whose score reaches ``rft_min_score``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from alignkit.config import StrictModel, dump_config
+from alignkit.data.mathgen import check_answer
+from alignkit.models import DEFAULT_MODEL
+from alignkit.pipelines.prm_label import LabelSampling, read_problems
+
+
+class ScorerConfig(StrictModel):
+    """What rates the samples."""
+
+    type: Literal["rm", "prm", "verifier"] = "verifier"
+    """rm: outcome reward model; prm: process reward model; verifier: the answer checker (oracle)."""
+    model: str | None = None
+    """rm / prm: the trained model directory."""
+    aggregation: Literal["min", "last", "prod"] | None = None
+    """prm: override the aggregation saved with the model (null: use it)."""
+    batch_size: int = 8
+    """Sequences scored per forward pass."""
+
+
+class BoNConfig(StrictModel):
+    """``alignkit bon``: sample n_max per problem once, select by a scorer, report the curve."""
+
+    policy: str = DEFAULT_MODEL
+    """The sampler: embedded name, HF directory or hub id."""
+    backend: Literal["auto", "hf", "vllm"] = "auto"
+    """Generation engine (vLLM only when usable; an explicit vllm that is not is an error)."""
+    batch_size: int = 16
+    """Sequences decoded together."""
+    data: str
+    """Problems JSONL: prompt (or question) and answer per row (e.g. mathgen heldout_problems.jsonl)."""
+    n_max: int = 16
+    """Samples per problem (drawn once)."""
+    limit: int | None = None
+    """Use only the first N rows of data (null: all)."""
+    ns: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16])
+    """Points of the curve; each must divide n_max."""
+    sampling: LabelSampling = Field(default_factory=LabelSampling)
+    scorer: ScorerConfig = Field(default_factory=ScorerConfig)
+    rft_min_score: float | None = None
+    """Rejection-sampling rows keep a problem's selected sample only if its score is >= this (null: all)."""
+    output_dir: str = "runs/bon"
+    """Writes samples.jsonl, curve.md, curve.png, rft_sft.jsonl, summary.json and config.yaml."""
+    progress: bool = True
+    """Show a progress bar while sampling."""
+
+
+def pick_best(scores: Sequence[float | None]) -> int | None:
+    """Index of the highest score (first on ties); None when no sample has a score."""
+    best = None
+    for i, s in enumerate(scores):
+        if s is not None and (best is None or s > scores[best]):
+            best = i
+    return best
+
+
+def bon_curve(scores: Sequence[Sequence[float | None]], correct: Sequence[Sequence[bool]],
+              ns: Sequence[int]) -> dict[int, dict[str, float | int]]:
+    """``{N: {"accuracy", "selections", "selection_failures"}}`` (block rule of the module docstring)."""
+    out = {}
+    for n in ns:
+        hits = total = failures = 0
+        for sc, ok in zip(scores, correct, strict=True):
+            if len(sc) % n:
+                raise ValueError(f"N={n} does not divide the {len(sc)} samples of a problem")
+            for start in range(0, len(sc), n):
+                j = pick_best(sc[start : start + n])
+                total += 1
+                if j is None:
+                    failures += 1
+                else:
+                    hits += ok[start + j]
+        out[n] = {"accuracy": hits / total if total else 0.0, "selections": total, "selection_failures": failures}
+    return out
+
+
+def score_samples(cfg: ScorerConfig, problems: list[dict[str, Any]], samples: list[list[str]],
+                  correct: list[list[bool]]) -> list[list[float | None]]:
+    """Scores per problem and sample (``None`` where the scorer cannot score a sample)."""
+    if cfg.type == "verifier":
+        return [[float(c) for c in cs] for cs in correct]
+    if cfg.model is None:
+        raise ValueError(f"scorer.type={cfg.type} needs scorer.model (a trained model directory)")
+    flat_p = [p["prompt"] for p, ss in zip(problems, samples, strict=True) for _ in ss]
+    flat_s = [s for ss in samples for s in ss]
+    if cfg.type == "rm":
+        from alignkit.train.scorers import RewardScorer
+
+        flat = RewardScorer(cfg.model, batch_size=cfg.batch_size).score(
+            [[{"role": "user", "content": p}] for p in flat_p], flat_s)
+    else:
+        from alignkit.train.scorers import ProcessRewardScorer
+
+        flat = ProcessRewardScorer(cfg.model, batch_size=cfg.batch_size, aggregation=cfg.aggregation).score(flat_p, flat_s)
+    out, i = [], 0
+    for ss in samples:
+        out.append(list(flat[i : i + len(ss)]))
+        i += len(ss)
+    return out
+
+
+def _check(cfg: BoNConfig) -> None:
+    from alignkit.errors import ConfigError
+
+    bad = [n for n in cfg.ns if n < 1 or n > cfg.n_max or cfg.n_max % n]
+    if bad:
+        raise ConfigError(f"ns: {bad} must be between 1 and n_max={cfg.n_max} and divide it")
+    if cfg.scorer.type != "verifier" and not cfg.scorer.model:
+        raise ConfigError(f"scorer.model: required for scorer.type={cfg.scorer.type}")
+    if cfg.scorer.type != "prm" and cfg.scorer.aggregation is not None:
+        raise ConfigError("scorer.aggregation applies to scorer.type=prm only")
+
+
+def _plot(curve: dict[int, dict[str, Any]], path: Path, label: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ns = sorted(curve)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(ns, [curve[n]["accuracy"] for n in ns], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.set_xlabel("N (samples per problem)")
+    ax.set_ylabel("held-out accuracy of the selection")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_best_of_n(cfg: BoNConfig, resume: bool = False, engine=None) -> dict[str, Any]:
+    """Run ``alignkit bon``; ``engine`` (for tests) replaces the one built from ``cfg.policy``."""
+    from alignkit.errors import UserError
+    from alignkit.generate.engine import SamplingParams
+    from alignkit.generate.jsonl import write_jsonl_atomic
+
+    if resume:
+        raise UserError("alignkit bon has nothing to resume; rerun it")
+    _check(cfg)
+    problems = read_problems(cfg.data, need_steps=False)[: cfg.limit]
+    if engine is None:
+        from alignkit.generate.engine import make_engine
+
+        engine = make_engine(cfg.policy, backend=cfg.backend, batch_size=cfg.batch_size)
+    s = cfg.sampling
+    params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+                            n=cfg.n_max, seed=s.seed)
+    results = engine.generate([p["prompt"] for p in problems], params, progress=cfg.progress)
+    samples = [[c.text for c in r.completions] for r in results]
+    correct = [[check_answer(t, p["answer"]) for t in ss] for p, ss in zip(problems, samples, strict=True)]
+    scores = score_samples(cfg.scorer, problems, samples, correct)
+    curve = bon_curve(scores, correct, cfg.ns)
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+    write_jsonl_atomic(out / "samples.jsonl", [
+        {"id": p["id"], "prompt": p["prompt"], "answer": p["answer"], "samples": ss, "correct": ok, "scores": sc}
+        for p, ss, ok, sc in zip(problems, samples, correct, scores, strict=True)])
+    rft = []
+    for p, ss, sc in zip(problems, samples, scores, strict=True):
+        j = pick_best(sc)
+        if j is not None and (cfg.rft_min_score is None or sc[j] >= cfg.rft_min_score):
+            rft.append({"prompt": [{"role": "user", "content": p["prompt"]}],
+                        "completion": [{"role": "assistant", "content": ss[j]}], "id": p["id"], "score": sc[j]})
+    write_jsonl_atomic(out / "rft_sft.jsonl", rft)
+    label = cfg.scorer.type + (f" ({Path(cfg.scorer.model).name})" if cfg.scorer.model else "")
+    table = ["| N | held-out accuracy | selections | failed selections |", "| --- | --- | --- | --- |"]
+    table += [f"| {n} | {c['accuracy']:.3f} | {c['selections']} | {c['selection_failures']} |" for n, c in curve.items()]
+    (out / "curve.md").write_text(f"Best-of-N with scorer {label}, {len(problems)} problems\n\n" + "\n".join(table) + "\n")
+    _plot(curve, out / "curve.png", label)
+    summary = {"command": "bon", "problems": len(problems), "n_max": cfg.n_max, "scorer": label,
+               "curve": {str(n): c for n, c in curve.items()}, "rft_rows": len(rft),
+               "sample_accuracy": sum(map(sum, correct)) / max(1, sum(map(len, correct))), "output_dir": str(out)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary

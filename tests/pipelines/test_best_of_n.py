@@ -1,0 +1,71 @@
+"""Best-of-N: argmax selection, monotone oracle curve, the pipeline's outputs and RFT rows."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from reward_fakes import RuleEngine
+
+from alignkit.config import load_config
+from alignkit.pipelines.best_of_n import BoNConfig, bon_curve, pick_best, run_best_of_n
+
+
+def test_pick_best_is_the_argmax():
+    assert pick_best([0.1, 0.9, 0.3]) == 1
+    assert pick_best([0.5, 0.5]) == 0  # first on ties
+    assert pick_best([None, -2.0, None, -1.0]) == 3  # unscored samples are never picked
+    assert pick_best([None, None]) is None
+
+
+def test_curve_hand_values_and_failures():
+    scores = [[0.2, 0.9, 0.1, 0.4], [None, None, 0.3, 0.1]]
+    correct = [[True, False, False, True], [True, True, False, True]]
+    curve = bon_curve(scores, correct, [1, 2, 4])
+    # N=1: T F F T | failed failed F T -> 3 of 8 (a failed selection is wrong, whatever the sample)
+    assert curve[1]["accuracy"] == pytest.approx(3 / 8) and curve[1]["selection_failures"] == 2
+    # N=2 blocks: [0.2,0.9]->F, [0.1,0.4]->T, [None,None]->failed, [0.3,0.1]->F
+    assert curve[2] == {"accuracy": 0.25, "selections": 4, "selection_failures": 1}
+    assert curve[4]["accuracy"] == 0.0  # 0.9 picks a wrong one; 0.3 picks a wrong one
+    with pytest.raises(ValueError, match="does not divide"):
+        bon_curve(scores, correct, [3])
+
+
+def test_oracle_curve_is_monotone():
+    rng = random.Random(0)
+    correct = [[rng.random() < p for _ in range(16)] for p in [0.05, 0.2, 0.5, 0.8] * 5]
+    curve = bon_curve([[float(c) for c in cs] for cs in correct], correct, [1, 2, 4, 8, 16])
+    accs = [curve[n]["accuracy"] for n in (1, 2, 4, 8, 16)]
+    assert accs == sorted(accs) and accs[-1] > accs[0]
+    assert curve[16]["accuracy"] == sum(any(cs) for cs in correct) / len(correct)  # coverage
+
+
+def test_bon_pipeline_with_the_verifier(tmp_path):
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Compute {i} + 1.", "answer": str(i + 1)}) + "\n"
+                            for i in range(3)))
+
+    def rule(prompt, j):  # problem i: sample j is right when j % (i + 2) == 0
+        i = int(prompt.split("Compute ")[1].split(" ")[0])
+        return f"The answer is {i + 1 if j % (i + 2) == 0 else i}."
+
+    cfg = load_config(BoNConfig, None, [f"data={data}", f"output_dir={tmp_path / 'out'}", "n_max=4",
+                                        "ns=[1,2,4]", "rft_min_score=1.0", "progress=false"])
+    summary = run_best_of_n(cfg, engine=RuleEngine(rule))
+    assert summary["curve"]["4"]["accuracy"] == 1.0
+    assert summary["curve"]["1"]["accuracy"] == pytest.approx(summary["sample_accuracy"])
+    out = tmp_path / "out"
+    assert (out / "curve.png").stat().st_size > 0 and "| 4 | 1.000 |" in (out / "curve.md").read_text()
+    rft = [json.loads(x) for x in (out / "rft_sft.jsonl").read_text().splitlines()]
+    assert len(rft) == 3 and all(r["completion"][0]["content"] == f"The answer is {int(r['id'][1:]) + 1}." for r in rft)
+
+
+def test_bon_config_refusals():
+    from alignkit.config import ConfigError
+    from alignkit.pipelines.best_of_n import _check
+
+    with pytest.raises(ConfigError, match="divide"):
+        _check(load_config(BoNConfig, None, ["data=x", "n_max=8", "ns=[3]"]))
+    with pytest.raises(ConfigError, match="scorer.model"):
+        _check(load_config(BoNConfig, None, ["data=x", "scorer.type=rm"]))
