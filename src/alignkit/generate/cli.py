@@ -122,6 +122,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise UserError(
             f"refusing to serve on non-loopback host {args.host!r} without an API key (--api-key-env)"
         )
+    if args.reward_model:  # a scoring endpoint instead of chat completions
+        from alignkit.generate.reward_server import serve_reward_model
+
+        return serve_reward_model(args.reward_model, args.host, args.port, api_key, args.max_body_bytes,
+                                  args.log_level, device=args.device)
     engine = _make_engine(args)
     app = create_app(
         engine,
@@ -181,6 +186,8 @@ def register(sub) -> None:
         help="require 'Authorization: Bearer <key>' with the key read from this environment variable",
     )
     s.add_argument("--served-model-name", default=None, help="model id clients use (default: --model)")
+    s.add_argument("--reward-model", default=None, metavar="DIR",
+                   help="serve POST /v1/rewards/score with this reward model / PRM directory instead of chat")
     s.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="larger requests get 413")
     s.add_argument("--default-max-tokens", type=int, default=512, help="when a request sets no max_tokens")
     s.add_argument(
