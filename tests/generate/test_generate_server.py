@@ -2,72 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-
 import httpx
 import pytest
 
 KEY = "test-key-123"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_model_dir):
-    port = _free_port()
-    env = {**os.environ, "ALIGNKIT_TEST_SERVE_KEY": KEY, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "alignkit",
-            "serve",
-            "--model",
-            tiny_model_dir,
-            "--served-model-name",
-            "tiny",
-            "--port",
-            str(port),
-            "--api-key-env",
-            "ALIGNKIT_TEST_SERVE_KEY",
-            "--max-body-bytes",
-            "20000",
-            "--default-max-tokens",
-            "8",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    from tests.generate.conftest import serve_in_subprocess
+
+    yield from serve_in_subprocess(
+        ["--model", tiny_model_dir, "--served-model-name", "tiny", "--api-key-env", "ALIGNKIT_TEST_SERVE_KEY",
+         "--max-body-bytes", "20000", "--default-max-tokens", "8"],
+        {"ALIGNKIT_TEST_SERVE_KEY": KEY},
     )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited early:\n{proc.stdout.read()}")
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("server did not come up within 120 s")
-        time.sleep(0.3)
-    yield base
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def _client(base, key=KEY):

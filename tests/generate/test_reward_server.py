@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-
 import httpx
 import pytest
 
@@ -31,33 +26,10 @@ def rm_dir(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def server(rm_dir):
-    with __import__("socket").socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "ALIGNKIT_TEST_RM_KEY": KEY, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "alignkit", "serve", "--reward-model", rm_dir, "--port", str(port),
-                             "--api-key-env", "ALIGNKIT_TEST_RM_KEY", "--max-body-bytes", "20000"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited early:\n{proc.stdout.read()}")
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("server did not come up within 120 s")
-        time.sleep(0.3)
-    yield base
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    from tests.generate.conftest import serve_in_subprocess
+
+    yield from serve_in_subprocess(["--reward-model", rm_dir, "--api-key-env", "ALIGNKIT_TEST_RM_KEY",
+                                    "--max-body-bytes", "20000"], {"ALIGNKIT_TEST_RM_KEY": KEY})
 
 
 ROWS = [{"prompt": [{"role": "user", "content": "Name a fruit."}], "completion": "A banana."},

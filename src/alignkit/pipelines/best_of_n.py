@@ -29,8 +29,7 @@ from pydantic import Field
 
 from alignkit.config import StrictModel, dump_config
 from alignkit.data.mathgen import check_answer
-from alignkit.models import DEFAULT_MODEL
-from alignkit.pipelines.prm_label import LabelSampling, read_problems
+from alignkit.pipelines.prm_label import PolicySampler, read_problems
 
 
 class ScorerConfig(StrictModel):
@@ -46,31 +45,20 @@ class ScorerConfig(StrictModel):
     """Sequences scored per forward pass."""
 
 
-class BoNConfig(StrictModel):
+class BoNConfig(PolicySampler):
     """``alignkit bon``: sample n_max per problem once, select by a scorer, report the curve."""
 
-    policy: str = DEFAULT_MODEL
-    """The sampler: embedded name, HF directory or hub id."""
-    backend: Literal["auto", "hf", "vllm"] = "auto"
-    """Generation engine (vLLM only when usable; an explicit vllm that is not is an error)."""
-    batch_size: int = 16
-    """Sequences decoded together."""
     data: str
     """Problems JSONL: prompt (or question) and answer per row (e.g. mathgen heldout_problems.jsonl)."""
     n_max: int = 16
     """Samples per problem (drawn once)."""
-    limit: int | None = None
-    """Use only the first N rows of data (null: all)."""
     ns: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16])
     """Points of the curve; each must divide n_max."""
-    sampling: LabelSampling = Field(default_factory=LabelSampling)
     scorer: ScorerConfig = Field(default_factory=ScorerConfig)
     rft_min_score: float | None = None
     """Rejection-sampling rows keep a problem's selected sample only if its score is >= this (null: all)."""
     output_dir: str = "runs/bon"
     """Writes samples.jsonl, curve.md, curve.png, rft_sft.jsonl, summary.json and config.yaml."""
-    progress: bool = True
-    """Show a progress bar while sampling."""
 
 
 def pick_best(scores: Sequence[float | None]) -> int | None:
@@ -170,10 +158,7 @@ def run_best_of_n(cfg: BoNConfig, resume: bool = False, engine=None) -> dict[str
         raise UserError("alignkit bon has nothing to resume; rerun it")
     _check(cfg)
     problems = read_problems(cfg.data, need_steps=False)[: cfg.limit]
-    if engine is None:
-        from alignkit.generate.engine import make_engine
-
-        engine = make_engine(cfg.policy, backend=cfg.backend, batch_size=cfg.batch_size)
+    engine = engine or cfg.make_engine()
     s = cfg.sampling
     params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
                             n=cfg.n_max, seed=s.seed)

@@ -42,15 +42,30 @@ class LabelSampling(StrictModel):
     """Base seed: the same config gives the same rollouts."""
 
 
-class PRMLabelConfig(StrictModel):
-    """``alignkit prm label``: Monte-Carlo step labels from policy rollouts."""
+class PolicySampler(StrictModel):
+    """The policy that samples, and how (shared by ``prm label`` and ``bon``)."""
 
     policy: str = DEFAULT_MODEL
-    """The completer: embedded name, HF directory or hub id."""
+    """Embedded name, HF directory or hub id of the model that samples."""
     backend: Literal["auto", "hf", "vllm"] = "auto"
     """Generation engine (vLLM only when usable; an explicit vllm that is not is an error)."""
     batch_size: int = 16
     """Sequences decoded together."""
+    sampling: LabelSampling = Field(default_factory=LabelSampling)
+    limit: int | None = None
+    """Use only the first N rows of data (null: all)."""
+    progress: bool = True
+    """Show a progress bar while generating."""
+
+    def make_engine(self):
+        from alignkit.generate.engine import make_engine
+
+        return make_engine(self.policy, backend=self.backend, batch_size=self.batch_size)
+
+
+class PRMLabelConfig(PolicySampler):
+    """``alignkit prm label``: Monte-Carlo step labels from policy rollouts."""
+
     data: str
     """JSONL rows with prompt (or question) and answer; source=rows also needs completions (steps)."""
     source: Literal["rows", "policy"] = "rows"
@@ -65,11 +80,8 @@ class PRMLabelConfig(StrictModel):
     """Joins steps into the reply prefix and splits sampled solutions into steps."""
     limit: int | None = None
     """Use only the first N rows of data (null: all)."""
-    sampling: LabelSampling = Field(default_factory=LabelSampling)
     output_dir: str = "runs/prm-label"
     """Writes stepwise.jsonl, summary.json and the resolved config.yaml."""
-    progress: bool = True
-    """Show a progress bar while generating."""
 
 
 def read_problems(path: str, need_steps: bool) -> list[dict[str, Any]]:
@@ -153,10 +165,7 @@ def label_steps(cfg: PRMLabelConfig, resume: bool = False, engine=None) -> dict[
     if cfg.rollouts < 1 or cfg.solutions_per_problem < 1:
         raise UserError("rollouts and solutions_per_problem must be >= 1")
     problems = read_problems(cfg.data, need_steps=cfg.source == "rows")[: cfg.limit]
-    if engine is None:
-        from alignkit.generate.engine import make_engine
-
-        engine = make_engine(cfg.policy, backend=cfg.backend, batch_size=cfg.batch_size)
+    engine = engine or cfg.make_engine()
     items = sample_solutions(engine, problems, cfg) if cfg.source == "policy" else problems
     scores = mc_scores(engine, items, cfg)
     rows = [{"prompt": it["prompt"], "completions": it["steps"],

@@ -206,22 +206,12 @@ def _load_stepwise(cfg: PRMConfig, tok) -> tuple[list[StepExample], list[StepExa
 
 
 def train_prm(cfg: PRMConfig, resume: bool = False) -> dict[str, Any]:
-    from alignkit.models import apply_lora, load_reward_model, load_tokenizer
     from alignkit.train.checkpoint import export_model
-    from alignkit.train.reward import distinct_pad
+    from alignkit.train.reward import load_trainable_reward_model
 
     acc = make_accelerator(cfg.train.precision)
     seed_everything(cfg.train.seed)
-    tok = load_tokenizer(cfg.model.name_or_path)
-    distinct_pad(tok)
-    torch.manual_seed(cfg.train.seed)  # the fresh score head's initialisation
-    model = load_reward_model(cfg.model.name_or_path, trainable=True)
-    model.config.pad_token_id = tok.pad_token_id
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    if cfg.model.lora is not None:
-        lo = cfg.model.lora
-        model = apply_lora(model, r=lo.r, alpha=lo.alpha, dropout=lo.dropout, target_modules=lo.target_modules)
+    model, tok = load_trainable_reward_model(cfg.model, cfg.train.seed)
     train, evals, summary = _load_stepwise(cfg, tok)
     out = prepare_output(acc, cfg, cfg.train.output_dir)
     fwd = PRMForward(model.to(acc.device))

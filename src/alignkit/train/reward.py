@@ -141,22 +141,30 @@ def balance_train_pairs(train: list, data: RMDataConfig, seed: int) -> tuple[lis
     return [train[i] for i in keep], report
 
 
-def train_rm(cfg: RMConfig, resume: bool = False) -> dict[str, Any]:
+def load_trainable_reward_model(model_cfg: ModelConfig, seed: int):
+    """``(model, tokenizer)``: a trainable scalar-head model (LoRA-wrapped when asked) whose
+    tokenizer pads with a token other than EOS (shared by ``alignkit rm`` and ``alignkit prm``)."""
     from alignkit.models import apply_lora, load_reward_model, load_tokenizer
+
+    tok = load_tokenizer(model_cfg.name_or_path)
+    distinct_pad(tok)
+    torch.manual_seed(seed)  # the fresh score head's initialisation
+    model = load_reward_model(model_cfg.name_or_path, trainable=True)
+    model.config.pad_token_id = tok.pad_token_id
+    if model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if model_cfg.lora is not None:
+        lo = model_cfg.lora
+        model = apply_lora(model, r=lo.r, alpha=lo.alpha, dropout=lo.dropout, target_modules=lo.target_modules)
+    return model, tok
+
+
+def train_rm(cfg: RMConfig, resume: bool = False) -> dict[str, Any]:
     from alignkit.train.checkpoint import export_model
 
     acc = make_accelerator(cfg.train.precision)
     seed_everything(cfg.train.seed)
-    tok = load_tokenizer(cfg.model.name_or_path)
-    distinct_pad(tok)
-    torch.manual_seed(cfg.train.seed)  # the fresh score head's initialisation
-    model = load_reward_model(cfg.model.name_or_path, trainable=True)
-    model.config.pad_token_id = tok.pad_token_id
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    if cfg.model.lora is not None:
-        lo = cfg.model.lora
-        model = apply_lora(model, r=lo.r, alpha=lo.alpha, dropout=lo.dropout, target_modules=lo.target_modules)
+    model, tok = load_trainable_reward_model(cfg.model, cfg.train.seed)
     train, evals, summary = load_data(cfg.data, "preference", tok, cfg.train.seed, pairwise=True)
     train, balance = balance_train_pairs(train, cfg.data, cfg.train.seed)
     if not train:
