@@ -68,8 +68,8 @@ def test_multitask_balanced_rm_one_step_and_rm_eval(tmp_path, tiny_model_dir):
                                                                     "reward_mean", "reward_std"}
     # alignkit rm eval on the trained model reproduces the run's held-out figures
     out = tmp_path / "eval.json"
-    assert main(["rm", "eval", "length_buckets=[1,8]", f"output={out}", "--model", str(tmp_path / "out"),
-                 "--data", held]) == 0
+    assert main(["rm", "eval", "--model", str(tmp_path / "out"), "length_buckets=[1,8]", "--data", held,
+                 f"output={out}"]) == 0  # flags and overrides in any order
     rep = json.loads(out.read_text())
     assert rep["n"] == 6 and rep["accuracy"] == pytest.approx(saved["eval_after"]["accuracy"])
     assert rep["length_spearman"] == pytest.approx(saved["eval_after"]["length_spearman"], abs=1e-5)

@@ -56,6 +56,8 @@ def _run_recipe(args: argparse.Namespace) -> int:
     from alignkit.train.loop import NonFiniteError
 
     module, cls_name, fn_name, _ = RECIPES[args.command]
+    if hasattr(args, "rest") and _reparse_rest(args):
+        return 0  # help was printed
     overrides = list(args.overrides)
     sub = (args.command, overrides[0]) if overrides and "=" not in overrides[0] else None
     if sub is not None:
@@ -84,6 +86,30 @@ def _run_recipe(args: argparse.Namespace) -> int:
     if "output_dir" in summary:
         console.print(f"outputs written to {summary['output_dir']}")
     return 0
+
+
+def _reparse_rest(args: argparse.Namespace) -> bool:
+    """Commands with sub-commands take everything after their first word as ``rest`` (argparse
+    cannot mix a sub-command word, flags and free ``key=value`` overrides); parse it here, flags
+    and overrides in any order. Returns True when help was asked for (and printed)."""
+    if any(a in ("-h", "--help") for a in args.rest):
+        print(args._parser.format_help())
+        return True
+    rp = argparse.ArgumentParser(prog=f"alignkit {args.command}", add_help=False)
+    rp.add_argument("--config")
+    rp.add_argument("--resume", action="store_true")
+    for flag in SUBCOMMAND_FLAGS:
+        rp.add_argument(f"--{flag}")
+    rp.add_argument("overrides", nargs="*")
+    ns = rp.parse_intermixed_args(args.rest)
+    args.overrides = ns.overrides
+    args.resume = args.resume or ns.resume
+    for key in ("config", *SUBCOMMAND_FLAGS):
+        if getattr(ns, key) is not None:
+            if getattr(args, key, None) is not None:
+                raise SystemExit(f"alignkit {args.command}: --{key} given twice")
+            setattr(args, key, getattr(ns, key))
+    return False
 
 
 def _check_template(args: argparse.Namespace) -> int:
@@ -120,14 +146,17 @@ def register(sub) -> None:
                            description=f"alignkit {name}: {help_text}")
         p.add_argument("--config", help="YAML recipe file")
         p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.output_dir")
-        p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
         subs = [(w, h) for (c, w), (_m, _c, _f, h) in SUBCOMMANDS.items() if c == name]
-        if subs:
+        if not subs:
+            p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+        else:
+            p.add_argument("rest", nargs=argparse.REMAINDER, metavar="[WORD] key.sub=value",
+                           help="optional sub-command word, then config overrides (flags may come anywhere)")
             p.usage = f"alignkit {name} [{'|'.join(w for w, _ in subs)}] [--config FILE] [key.sub=value ...]"
             p.description += "".join(f"\n  alignkit {name} {w} ...: {h}" for w, h in subs)
             for flag in SUBCOMMAND_FLAGS:
                 p.add_argument(f"--{flag}", help=f"sub-commands: same as {flag}=VALUE")
-        p.set_defaults(func=_run_recipe, _epilog=(module, cls_name))
+        p.set_defaults(func=_run_recipe, _epilog=(module, cls_name), _parser=p)
         # Building the epilog imports the recipe (torch); do it only when help is asked for.
         p.format_help = _lazy_help(p, module, cls_name, [(w, SUBCOMMANDS[(name, w)][:2]) for w, _ in subs])
     p = sub.add_parser("check-template", help="prove the training render of prompts equals the inference render")
