@@ -98,11 +98,23 @@ def bon_experiment(out: Path, n_train: int, n_problems: int, n: int, steps: int,
     sample_s = round(time.perf_counter() - t0, 1)
     ns = [k for k in (1, 2, 4, 8, 16) if k <= n and n % k == 0]
     curves = {}
-    for name, sc in (("verifier", ScorerConfig(type="verifier")), ("orm", ScorerConfig(type="rm", model=str(out / "orm"))),
-                     ("prm_min", ScorerConfig(type="prm", model=str(out / "prm"), aggregation="min")),
-                     ("prm_last", ScorerConfig(type="prm", model=str(out / "prm"), aggregation="last")),
-                     ("prm_prod", ScorerConfig(type="prm", model=str(out / "prm"), aggregation="prod"))):
+    for name, sc in (("verifier", ScorerConfig(type="verifier")), ("orm", ScorerConfig(type="rm", model=str(out / "orm")))):
         curves[name] = {k: v["accuracy"] for k, v in bon_curve(score_samples(sc, problems, samples, correct), correct, ns).items()}
+    # the PRM's step probabilities once, then each aggregation
+    import torch
+
+    from alignkit.losses import aggregate_step_scores
+    from alignkit.train.prm import split_steps
+    from alignkit.train.scorers import ProcessRewardScorer
+
+    prm_scorer = ProcessRewardScorer(str(out / "prm"))
+    flat = prm_scorer.step_probs([p["prompt"] for p in problems for _ in range(n)],
+                                 [split_steps(t, "\n") for ss in samples for t in ss])
+    for how in ("min", "last", "prod"):
+        agg = [None if not ps else float(aggregate_step_scores(torch.tensor([ps]), torch.ones(1, len(ps), dtype=torch.bool), how)[0])
+               for ps in flat]
+        scores = [agg[i * n:(i + 1) * n] for i in range(len(problems))]
+        curves[f"prm_{how}"] = {k: v["accuracy"] for k, v in bon_curve(scores, correct, ns).items()}
     (out / "samples.jsonl").write_text("".join(json.dumps({"id": p["id"], "samples": ss, "correct": ok}) + "\n"
                                                for p, ss, ok in zip(problems, samples, correct, strict=True)))
     return {"n_train_problems": n_train, "n_heldout_problems": n_problems, "samples_per_problem": n, "steps": steps,
