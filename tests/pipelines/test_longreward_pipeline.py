@@ -145,13 +145,13 @@ def test_pipeline_refuses_inconsistent_configs(tmp_path):
 
 
 def test_shipped_longreward_configs_load():
-    from alignkit.judge.cli import _score_config_cls
+    from alignkit.judge.scoring import LongRewardScoreConfig
 
     found = sorted((REPO / "configs").glob("longreward*.yaml"))
     assert found
     for path in found:
-        cls = _score_config_cls() if "score" in path.name else LongRewardPipelineConfig
-        load_config(cls, path)
+        cls = LongRewardScoreConfig if "score" in path.name else LongRewardPipelineConfig
+        load_config(cls, path, ["input=in.jsonl", "out=out.jsonl"] if "score" in path.name else [])
 
 
 @pytest.mark.slow

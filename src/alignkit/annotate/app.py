@@ -34,6 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from alignkit.annotate import assignment, auth, render, stats
 from alignkit.annotate.db import Database
 from alignkit.annotate.export import preference_rows
+from alignkit.httpguard import BodyLimit, send_json
 
 FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><rect width="32" height="32" rx="7" '
            'fill="#2f5bea"/><path d="M9 22l7-13 7 13" stroke="#fff" stroke-width="3" fill="none" '
@@ -60,11 +61,10 @@ class ServerSettings:
 
 
 class Guard:
-    """Pure ASGI middleware applied to every HTTP request before routing."""
+    """Pure ASGI middleware applied to every HTTP request before routing: cross-site writes, security headers."""
 
-    def __init__(self, app, max_body_bytes: int):
+    def __init__(self, app):
         self.app = app
-        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -83,34 +83,7 @@ class Guard:
         if scope["method"] in ("POST", "PUT", "PATCH", "DELETE") and _cross_site(headers):
             return await _plain(send_with_headers, 403, "cross-site request refused")
 
-        declared = headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
-            return await _plain(send_with_headers, 413, f"request body larger than {self.max_body_bytes} bytes")
-        # Read the body up front (bounded) so a chunked upload cannot exceed the limit either.
-        chunks, size = [], 0
-        if scope["method"] not in ("GET", "HEAD"):
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > self.max_body_bytes:
-                    return await _plain(send_with_headers, 413, f"request body larger than {self.max_body_bytes} bytes")
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
-        body = b"".join(chunks)
-        sent = False
-
-        async def replay():
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return await self.app(scope, replay, send_with_headers)
+        return await self.app(scope, receive, send_with_headers)
 
 
 def _cross_site(headers: dict[str, str]) -> bool:
@@ -132,10 +105,7 @@ def _cross_site(headers: dict[str, str]) -> bool:
 
 
 async def _plain(send, status: int, text: str):
-    body = json.dumps({"detail": text}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, status, json.dumps({"detail": text}).encode())
 
 
 # --- application --------------------------------------------------------------------------------
@@ -148,7 +118,9 @@ def create_app(db: Database, settings: ServerSettings | None = None) -> FastAPI:
     scale: int = int(db.setting("scale"))
     limiter = auth.LoginRateLimiter(settings.login_max_failures, settings.login_window_s)
     app = FastAPI(title="alignkit annotate", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(Guard, max_body_bytes=settings.max_body_bytes)
+    # the last middleware added runs first: Guard adds security headers to BodyLimit's refusals too
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, respond=_plain)
+    app.add_middleware(Guard)
     app.mount("/static", StaticFiles(directory=str(render.STATIC_DIR)), name="static")
     app.state.db = db
     app.state.settings = settings

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import json
 import threading
 import time
 import uuid
@@ -28,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from alignkit.generate.batcher import BatchingQueue
 from alignkit.generate.engine import GenerationError, SamplingParams
+from alignkit.httpguard import BodyLimit, is_loopback, send_json  # noqa: F401  (is_loopback re-exported)
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 
@@ -89,45 +91,10 @@ def _error(status: int, message: str, type_: str = "invalid_request_error", para
     )
 
 
-class _BodyLimit:
-    """ASGI middleware: 413 once a request body exceeds ``limit`` bytes (declared or streamed).
-
-    The body is read here, up to the limit, and replayed to the app: a limit enforced inside the
-    framework's own body parsing would surface as a generic 400.
-    """
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        too_large = _error(413, f"request body exceeds {self.limit} bytes", "request_too_large")
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await too_large(scope, receive, send)
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body = message.get("body", b"")
-            size += len(body)
-            if size > self.limit:
-                return await too_large(scope, receive, send)
-            chunks.append(body)
-            if not message.get("more_body", False):
-                break
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+async def _respond(send, status: int, message: str) -> None:
+    """BodyLimit's refusals in OpenAI's error format."""
+    kind = "request_too_large" if status == 413 else "invalid_request_error"
+    await send_json(send, status, json.dumps({"error": {"message": message, "type": kind, "param": None}}).encode())
 
 
 def create_app(
@@ -279,7 +246,7 @@ def create_app(
             },
         }
 
-    return _BodyLimit(app, max_body_bytes) if max_body_bytes else app
+    return BodyLimit(app, max_body_bytes, _respond) if max_body_bytes else app
 
 
 def _logprobs(tokenizer, completion, top: int) -> dict[str, Any]:
@@ -294,14 +261,3 @@ def _logprobs(tokenizer, completion, top: int) -> dict[str, Any]:
         best = sorted(step.items(), key=lambda kv: -kv[1])[:top]
         content.append({**entry(tok, step[tok]), "top_logprobs": [entry(t, lp) for t, lp in best]})
     return {"content": content}
-
-
-def is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -272,9 +272,9 @@ def run_longreward_pipeline(cfg: LongRewardPipelineConfig, progress: bool = True
 
     from alignkit.generate.engine import SamplingParams
     from alignkit.generate.jsonl import write_jsonl_atomic
-    from alignkit.judge.cli import score_rows
     from alignkit.judge.pairs import build_pairs
     from alignkit.judge.sampling import sample_responses
+    from alignkit.judge.scoring import score_rows
 
     console = Console(stderr=True)
     out = Path(cfg.output_dir)
