@@ -18,6 +18,7 @@ import re
 import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,8 +39,9 @@ class Command:
     help: str
     config: str
     """``"module:ClassName"`` of the strict config model."""
-    run: str
-    """``"module:function"``; called as ``function(cfg, **switches)``, returns an exit code (None = 0)."""
+    run: str | Callable[..., int | None]
+    """``"module:function"`` (or the function); called as ``function(cfg, **switches)``, returns an
+    exit code (None = 0)."""
     description: str = ""
     save_to: str | None = None
     """Attribute (or method) of the config giving the output dir or file beside which the resolved
@@ -236,7 +238,8 @@ def execute(cmd: Command, argv: list[str]) -> int:
 
         text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
         print(f"alignkit {cmd.path}: resolved config\n" + text.rstrip(), file=sys.stderr, flush=True)
-    code = int(load(cmd.run)(cfg, **switches) or 0)
+    run = load(cmd.run) if isinstance(cmd.run, str) else cmd.run
+    code = int(run(cfg, **switches) or 0)
     if code == 0 and cmd.save_to:
         target = getattr(cfg, cmd.save_to)
         target = target() if callable(target) else target

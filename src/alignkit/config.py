@@ -159,14 +159,14 @@ def describe_fields(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, s
         ann = f.annotation
         sub = [a for a in (typing.get_args(ann) or (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
         if len(sub) == 1 and not f.discriminator:
-            section_doc = (f.description or (sub[0].__doc__ or "").strip().splitlines()[0]).strip()
+            section_doc = (f.description or ((sub[0].__doc__ or "").strip().splitlines() or [""])[0]).strip()
             rows.append((key, "", section_doc))
             rows.extend(describe_fields(sub[0], key + "."))
             continue
         if f.discriminator and len(sub) > 1:  # tagged union: list each variant's own fields
             for variant in sub:
                 tag = variant.model_fields[f.discriminator].default
-                doc = (variant.__doc__ or "").strip().splitlines()[0]
+                doc = ((variant.__doc__ or "").strip().splitlines() or [""])[0]
                 rows.append((f"{key}.{f.discriminator}={tag}", "", doc))
                 rows.extend((k, d, desc) for k, d, desc in describe_fields(variant, key + ".")
                             if not k.endswith("." + f.discriminator))

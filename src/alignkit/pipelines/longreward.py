@@ -63,20 +63,32 @@ class SamplingSection(StrictModel):
     """Candidate sampling from the policy (METHODS §1.6: the official example draws 10 per prompt)."""
 
     k: int = Field(default=10, ge=2)
+    """Responses sampled per training prompt."""
     temperature: float = Field(default=0.8, gt=0.0)
+    """Sampling temperature."""
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    """Nucleus sampling mass."""
     max_new_tokens: int = Field(default=512, ge=1)
+    """Most tokens per sampled response."""
     seed: int = 0
+    """Prompt row i is sampled with seed SEED+i."""
     batch_size: int = Field(default=8, ge=1)
+    """Sequences decoded together (sampling and evaluation)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Policy dtype for generation."""
     device: str | None = None
+    """cpu | cuda | cuda:N (null: the backend's default)."""
     backend: Literal["auto", "hf", "vllm"] = "auto"
+    """Generation backend: auto picks vLLM when installed and a GPU is present."""
 
 
 class PairsSection(StrictModel):
+    """How scored responses become training rows (METHODS §1.6: best vs worst per prompt)."""
+
     min_scored: int = Field(default=5, ge=2)
     """Skip prompts with fewer successfully scored responses (official: 5)."""
     prompt_format: Literal["messages", "string"] = "messages"
+    """Prompt of the rows: chat messages or a plain string."""
     train_on: Literal["pairs", "kway"] = "pairs"
     """pairs: best-vs-worst rows (dpo, ipo, exo_pair losses); kway: all scored responses (exo, dpo_rw)."""
 
@@ -89,9 +101,13 @@ class TrainingSection(StrictModel):
     nll_weight: float = 0.1
     """Auxiliary per-token NLL on the chosen response (METHODS §1.6 / Appendix A; ~0.1, unverified)."""
     logit_temperature: float = 1.0
+    """Divide policy and reference logits by T before log-softmax (1.0: off)."""
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
+    """The reference model (null name: the policy's initial weights) and its log-prob cache."""
     lora: LoraSettings | None = None
+    """Train LoRA adapters instead of all weights (null: full fine-tuning)."""
     gradient_checkpointing: bool = False
+    """Recompute activations in backward: less memory, more compute."""
     data_policy: DataPolicy = Field(
         default_factory=lambda: DataPolicy(max_length=4096, max_prompt_length=3584)
     )
@@ -109,30 +125,43 @@ class TrainingSection(StrictModel):
 
 
 class EvaluationSection(StrictModel):
+    """Before/after evaluation of the trained policy."""
+
     judge_eval: bool = True
     """Score the policy's greedy answers to the held-out prompts before and after training."""
     max_new_tokens: int = Field(default=512, ge=1)
+    """Most tokens per greedy held-out answer."""
     mini_suite: bool = False
     """Also run the offline mini suite (alignkit eval --suite mini) before and after."""
     mini_tasks: list[str] = Field(default_factory=list)
     """Mini-suite tasks (empty: all)."""
     mini_lengths: list[str] = Field(default_factory=lambda: ["1k"])
+    """Mini-suite nominal lengths."""
     mini_samples_per_length: int = Field(default=2, ge=1)
+    """Mini-suite samples per task and length."""
 
 
 class LongRewardPipelineConfig(StrictModel):
     """``alignkit pipeline longreward --config FILE``."""
 
     output_dir: str = "runs/longreward"
+    """Every stage's files, the model, report.md and results.json go here (rerun the same dir to resume)."""
     policy: str = DEFAULT_MODEL
     """The model to sample from and train (embedded name, HF directory or hub id)."""
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    """Where the long-context prompts come from and how they are split."""
     sampling: SamplingSection = Field(default_factory=SamplingSection)
+    """Candidate sampling from the policy."""
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    """Which judge answers, and how it is called."""
     scorer: LongRewardConfig = Field(default_factory=LongRewardConfig)
+    """LongReward scorer settings."""
     pairs: PairsSection = Field(default_factory=PairsSection)
+    """How scored responses become training rows."""
     training: TrainingSection = Field(default_factory=TrainingSection)
+    """The preference recipe's settings."""
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+    """Before/after evaluation."""
 
     @model_validator(mode="after")
     def _consistent(self):

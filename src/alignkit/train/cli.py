@@ -6,6 +6,7 @@ fields (with defaults and descriptions) are listed by ``alignkit <stage> --help`
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 from alignkit.commands import Command, load
@@ -22,7 +23,8 @@ RECIPES = {
 _RESUME = (("resume", "continue from the latest checkpoint in train.output_dir"),)
 
 
-def _train(name: str, cfg, resume: bool = False) -> int:
+def run_recipe(name: str, cfg, resume: bool = False) -> int:
+    """Run the training recipe ``name`` of :data:`RECIPES` on ``cfg`` and print its summary."""
     import json
 
     from rich.console import Console
@@ -36,18 +38,6 @@ def _train(name: str, cfg, resume: bool = False) -> int:
         return 130
     console.print(f"model written to {summary['output_dir']}")
     return 0
-
-
-def run_sft(cfg, resume: bool = False) -> int:
-    return _train("sft", cfg, resume)
-
-
-def run_rm(cfg, resume: bool = False) -> int:
-    return _train("rm", cfg, resume)
-
-
-def run_dpo(cfg, resume: bool = False) -> int:
-    return _train("dpo", cfg, resume)
 
 
 class CheckTemplateConfig(StrictModel):
@@ -93,7 +83,7 @@ def check_template(cfg: CheckTemplateConfig) -> int:
 
 # The recipes save their resolved config in train.output_dir themselves (it is part of a checkpoint).
 COMMANDS = [
-    *(Command(name, help_text, f"{module}:{cls_name}", f"alignkit.train.cli:run_{name}",
+    *(Command(name, help_text, f"{module}:{cls_name}", functools.partial(run_recipe, name),
               description=f"alignkit {name}: {help_text}", switches=_RESUME)
       for name, (module, cls_name, _fn, help_text) in RECIPES.items()),
     Command("check-template", "prove the training render of prompts equals the inference render",
