@@ -30,6 +30,7 @@ import time
 import uuid
 from typing import Any, Literal
 
+from fastapi import Request  # at module level: FastAPI resolves the routes' string annotations here
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from alignkit.generate.batcher import BatchingQueue
@@ -156,7 +157,7 @@ async def _invalid_request(_request, exc):
 
 
 def _routes(tokenizer):
-    from fastapi import APIRouter, Request
+    from fastapi import APIRouter
     from fastapi.responses import StreamingResponse
 
     router = APIRouter()
