@@ -169,3 +169,12 @@ def test_no_module_imports_a_cli_module():
                 [a.name for a in node.names] if isinstance(node, ast.Import) else [])
             offenders += [f"{rel}: {n}" for n in names if n == "alignkit.cli" or n.endswith(".cli")]
     assert offenders == []
+
+
+def test_top_level_help_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom alignkit.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'alignkit --help imported torch'")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

@@ -112,7 +112,7 @@ async def _plain(send, status: int, text: str):
 
 
 def create_app(db: Database, settings: ServerSettings | None = None) -> FastAPI:
-    """Build the application around an open database: middleware, static files and four routers."""
+    """Build the application around an open database: middleware, static files and the routers."""
     settings = settings or ServerSettings()
     app = FastAPI(title="alignkit annotate", docs_url=None, redoc_url=None, openapi_url=None)
     # the last middleware added runs first: Guard adds security headers to BodyLimit's refusals too
@@ -122,7 +122,7 @@ def create_app(db: Database, settings: ServerSettings | None = None) -> FastAPI:
     app.state.db = db
     app.state.settings = settings
     ctx = _Context(db, settings)
-    for routes in (_home_routes, _auth_routes, _annotator_routes, _admin_routes):
+    for routes in (_home_routes, _auth_routes, _session_routes, _annotator_routes, _annotator_api_routes, _admin_routes):
         app.include_router(routes(ctx))
     return app
 
@@ -215,7 +215,7 @@ def _home_routes(ctx: _Context) -> APIRouter:
 
 
 def _auth_routes(ctx: _Context) -> APIRouter:
-    """Login and logout: the HTML form and the JSON session API."""
+    """Login and logout with the HTML form."""
     router = APIRouter()
 
     @router.get("/login", response_class=HTMLResponse)
@@ -260,6 +260,13 @@ def _auth_routes(ctx: _Context) -> APIRouter:
         resp.delete_cookie(SESSION_COOKIE, path="/")
         return resp
 
+    return router
+
+
+def _session_routes(ctx: _Context) -> APIRouter:
+    """Login and logout through the JSON API (a session cookie plus a CSRF token)."""
+    router = APIRouter()
+
     @router.post("/api/session")
     async def api_login(request: Request):
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
@@ -298,7 +305,7 @@ def _auth_routes(ctx: _Context) -> APIRouter:
 
 
 def _annotator_routes(ctx: _Context) -> APIRouter:
-    """The annotator's labelling page and JSON API (next item, labels, progress)."""
+    """The annotator's labelling page and its form submission."""
     router = APIRouter()
 
     @router.get("/annotate", response_class=HTMLResponse)
@@ -336,6 +343,13 @@ def _annotator_routes(ctx: _Context) -> APIRouter:
                 return RedirectResponse("/annotate?m=expired", status_code=303)
             return ctx.html("error.html", exc.status, title="Refused", message=str(exc), principal=p)
         return RedirectResponse("/annotate?m=" + ("duplicate" if result.duplicate else "saved"), status_code=303)
+
+    return router
+
+
+def _annotator_api_routes(ctx: _Context) -> APIRouter:
+    """The annotator's JSON API: next item, labels, progress."""
+    router = APIRouter()
 
     @router.get("/api/next")
     def api_next(request: Request):
