@@ -309,3 +309,18 @@ def test_malformed_content_length_is_400(server):
     resp = conn.getresponse()
     assert resp.status == 400
     conn.close()
+
+
+@pytest.mark.parametrize("text", ["Hello world, how are you? 😀 naïve café.\nNext", "日本語のテキスト", "  two  spaces  "])
+def test_stream_pieces_join_to_the_text(tokenizer, text):
+    """Streamed deltas split at token boundaries and always join to the exact completion text."""
+    from types import SimpleNamespace
+
+    from alignkit.generate.server import _text_pieces
+
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    full = tokenizer.decode(ids, skip_special_tokens=True)
+    pieces = _text_pieces(tokenizer, SimpleNamespace(text=full, token_ids=ids))
+    assert "".join(pieces) == full and len(pieces) > 1 and all(pieces)
+    cut = full[: len(full) // 2]  # text cut at a stop string: the pieces stop there
+    assert "".join(_text_pieces(tokenizer, SimpleNamespace(text=cut, token_ids=ids))) == cut

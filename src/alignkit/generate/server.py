@@ -277,14 +277,23 @@ def _sse_events(tokenizer, result, model_name: str, usage: dict | None):
 
 def _text_pieces(tokenizer, completion) -> list[str]:
     """The completion's text split at token boundaries; the pieces always join to exactly ``text``
-    (a token that ends inside a multi-byte character, or text cut at a stop string, is merged on)."""
+    (a token ending inside a multi-byte character waits for the next one; text cut at a stop string
+    ends the split). Incremental detokenisation over a sliding window: linear in the length."""
     text, pieces, sent = completion.text, [], 0
-    for i in range(1, len(completion.token_ids) + 1):
-        prefix = tokenizer.decode(completion.token_ids[:i], skip_special_tokens=True)
-        end = min(len(prefix), len(text))
-        if end > sent and not prefix.endswith("\ufffd") and text[:end] == prefix[:end]:
-            pieces.append(text[sent:end])
-            sent = end
+    ids = completion.token_ids
+    prefix_offset = read_offset = 0
+    for i in range(len(ids)):
+        before = tokenizer.decode(ids[prefix_offset:read_offset], skip_special_tokens=True)
+        after = tokenizer.decode(ids[prefix_offset : i + 1], skip_special_tokens=True)
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            continue
+        piece = after[len(before) :]
+        prefix_offset, read_offset = read_offset, i + 1
+        end = min(sent + len(piece), len(text))
+        if end <= sent or text[sent:end] != piece[: end - sent]:
+            break
+        pieces.append(text[sent:end])
+        sent = end
     if sent < len(text):
         pieces.append(text[sent:])
     return pieces
