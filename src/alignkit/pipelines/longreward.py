@@ -340,7 +340,7 @@ def run_longreward_pipeline(cfg: LongRewardPipelineConfig, progress: bool = True
         fp, scored = _stage_score(run, fp)
         fp, train_file, pairs = _stage_pairs(run, fp, scored)
         fp_train = _stage_train(run, fp, train_file)
-        _stage_evaluate(run, _fingerprint(fp_train, fp), eval_rows, do_eval)
+        _stage_evaluate(run, fp_train, eval_rows, do_eval)
     finally:
         if run.judge is not None:
             run.judge.close()
@@ -457,12 +457,12 @@ def _stage_train(run: _Run, fp_pairs: str, train_file: Path) -> str:
     return fp
 
 
-def _stage_evaluate(run: _Run, fp_before: str, eval_rows: list[dict], do_eval: bool) -> None:
+def _stage_evaluate(run: _Run, fp_train: str, eval_rows: list[dict], do_eval: bool) -> None:
     """6. evaluate: the trained policy's greedy held-out answers scored next to the "before" ones;
     optionally the offline mini suite before and after."""
     cfg, out = run.cfg, run.out
     model_dir = str(out / "model")
-    fp = _fingerprint(fp_before, cfg.evaluation.model_dump(), cfg.judge.model_dump(), cfg.scorer.model_dump())
+    fp = _fingerprint(fp_train, cfg.evaluation.model_dump(), cfg.judge.model_dump(), cfg.scorer.model_dump())
     eval_path = out / "evaluation.json"
     if run.stages.fresh("evaluate", fp, [eval_path]):
         t = time.time()
