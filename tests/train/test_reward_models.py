@@ -75,13 +75,11 @@ def test_multitask_balanced_rm_one_step_and_rm_eval(tmp_path, tiny_model_dir):
     assert rep["length_spearman"] == pytest.approx(saved["eval_after"]["length_spearman"], abs=1e-5)
 
 
-def test_rm_cli_refusals(tmp_path, capsys):
+def test_rm_eval_refuses_a_missing_model_flag(capsys):
     from alignkit.cli import main
 
-    assert main(["rm", "evaluate", "--model", "x"]) == 2
-    assert "unknown sub-command 'evaluate'" in capsys.readouterr().err
-    assert main(["rm", "--model", "x", "data.train=y"]) == 2
-    assert "belong to a sub-command" in capsys.readouterr().err
+    assert main(["rm", "eval", "--data", "x.jsonl"]) == 2
+    assert "model" in capsys.readouterr().err
 
 
 def test_unbalanced_is_default_and_unpaired_only_batches(tmp_path, tiny_model_dir):

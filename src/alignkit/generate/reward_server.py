@@ -17,7 +17,6 @@ timeout per request, and a clear error for answers that will not improve on retr
 
 from __future__ import annotations
 
-import hmac
 import threading
 import time
 from pathlib import Path
@@ -25,7 +24,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from alignkit.generate.server import DEFAULT_MAX_BODY_BYTES, _BodyLimit, _error
+from alignkit.generate.server import DEFAULT_MAX_BODY_BYTES, _bearer_auth, _error, _invalid_request, _respond
+from alignkit.httpguard import BodyLimit
 
 SCORE_PATH = "/v1/rewards/score"
 MAX_ROWS = 256
@@ -65,7 +65,6 @@ def _text(value) -> str:
 def reward_router(scorer, model_name: str):
     """The scoring endpoint as a FastAPI router; the app that mounts it authenticates (see below)."""
     from fastapi import APIRouter
-    from fastapi.responses import JSONResponse
 
     from alignkit.train.scorers import ProcessRewardScorer
 
@@ -91,8 +90,7 @@ def reward_router(scorer, model_name: str):
             try:
                 scores = scorer.score(prompts, completions)
             except ValueError as exc:  # e.g. a chat template that cannot render the rows
-                return JSONResponse(status_code=400, content={"error": {"message": str(exc),
-                                                                        "type": "invalid_request_error"}})
+                return _error(400, str(exc))
             return {"model": model_name, "kind": "rm", "scores": scores}
 
     @router.get("/health")
@@ -104,22 +102,16 @@ def reward_router(scorer, model_name: str):
 
 def create_reward_app(scorer, model_name: str, api_key: str | None = None,
                       max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
-    """The scoring app: Bearer auth on ``/v1/`` (checked before the body is parsed, so an
-    unauthenticated request gets 401, never a validation answer), behind the chat server's body limit."""
-    from fastapi import FastAPI, Request
+    """The scoring app with the chat server's guards: Bearer auth on ``/v1/`` (checked before the
+    body is parsed, so an unauthenticated request gets 401), 422 naming the bad field, body limit 413."""
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
 
     app = FastAPI(title="alignkit reward scoring", docs_url=None, redoc_url=None, openapi_url=None)
-
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if api_key is not None and request.url.path.startswith("/v1/"):
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-                return _error(401, "invalid or missing API key", "authentication_error")
-        return await call_next(request)
-
+    app.middleware("http")(_bearer_auth(api_key))
+    app.exception_handler(RequestValidationError)(_invalid_request)
     app.include_router(reward_router(scorer, model_name))
-    return _BodyLimit(app, max_body_bytes) if max_body_bytes else app
+    return BodyLimit(app, max_body_bytes, _respond) if max_body_bytes else app
 
 
 def serve_reward_model(model_dir: str, host: str, port: int, api_key: str | None, max_body_bytes: int,

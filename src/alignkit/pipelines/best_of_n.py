@@ -27,8 +27,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from alignkit.config import StrictModel, dump_config
+from alignkit.config import StrictModel
 from alignkit.data.mathgen import check_answer
+from alignkit.generate.options import engine_from_options
 from alignkit.pipelines.prm_label import PolicySampler, read_problems
 
 
@@ -58,7 +59,7 @@ class BoNConfig(PolicySampler):
     rft_min_score: float | None = None
     """Rejection-sampling rows keep a problem's selected sample only if its score is >= this (null: all)."""
     output_dir: str = "runs/bon"
-    """Writes samples.jsonl, curve.md, curve.png, rft_sft.jsonl, summary.json and config.yaml."""
+    """Writes samples.jsonl, curve.md, curve.png, rft_sft.jsonl and summary.json (+ the resolved config.yaml)."""
 
 
 def pick_best(scores: Sequence[float | None]) -> int | None:
@@ -148,17 +149,14 @@ def _plot(curve: dict[int, dict[str, Any]], path: Path, label: str) -> None:
     plt.close(fig)
 
 
-def run_best_of_n(cfg: BoNConfig, resume: bool = False, engine=None) -> dict[str, Any]:
-    """Run ``alignkit bon``; ``engine`` (for tests) replaces the one built from ``cfg.policy``."""
-    from alignkit.errors import UserError
+def run_best_of_n(cfg: BoNConfig, engine=None) -> dict[str, Any]:
+    """Run ``alignkit bon``; ``engine`` (for tests) replaces the one built from ``cfg.model``."""
     from alignkit.generate.engine import SamplingParams
     from alignkit.generate.jsonl import write_jsonl_atomic
 
-    if resume:
-        raise UserError("alignkit bon has nothing to resume; rerun it")
     _check(cfg)
     problems = read_problems(cfg.data, need_steps=False)[: cfg.limit]
-    engine = engine or cfg.make_engine()
+    engine = engine or engine_from_options(cfg)
     s = cfg.sampling
     params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
                             n=cfg.n_max, seed=s.seed)
@@ -170,7 +168,6 @@ def run_best_of_n(cfg: BoNConfig, resume: bool = False, engine=None) -> dict[str
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
     write_jsonl_atomic(out / "samples.jsonl", [
         {"id": p["id"], "prompt": p["prompt"], "answer": p["answer"], "samples": ss, "correct": ok, "scores": sc}
         for p, ss, ok, sc in zip(problems, samples, correct, scores, strict=True)])

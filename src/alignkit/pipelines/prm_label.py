@@ -23,10 +23,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from alignkit.config import StrictModel, dump_config
+from alignkit.config import StrictModel
 from alignkit.data.mathgen import INSTRUCTION, check_answer
 from alignkit.data.rows import DataError
-from alignkit.models import DEFAULT_MODEL
+from alignkit.generate.options import EngineOptions, engine_from_options
 
 
 class LabelSampling(StrictModel):
@@ -42,25 +42,14 @@ class LabelSampling(StrictModel):
     """Base seed: the same config gives the same rollouts."""
 
 
-class PolicySampler(StrictModel):
-    """The policy that samples, and how (shared by ``prm label`` and ``bon``)."""
+class PolicySampler(EngineOptions):
+    """The policy that samples (``model``, engine options), and how (shared by ``prm label`` and ``bon``)."""
 
-    policy: str = DEFAULT_MODEL
-    """Embedded name, HF directory or hub id of the model that samples."""
-    backend: Literal["auto", "hf", "vllm"] = "auto"
-    """Generation engine (vLLM only when usable; an explicit vllm that is not is an error)."""
-    batch_size: int = 16
-    """Sequences decoded together."""
     sampling: LabelSampling = Field(default_factory=LabelSampling)
     limit: int | None = None
     """Use only the first N rows of data (null: all)."""
     progress: bool = True
     """Show a progress bar while generating."""
-
-    def make_engine(self):
-        from alignkit.generate.engine import make_engine
-
-        return make_engine(self.policy, backend=self.backend, batch_size=self.batch_size)
 
 
 class PRMLabelConfig(PolicySampler):
@@ -81,7 +70,7 @@ class PRMLabelConfig(PolicySampler):
     limit: int | None = None
     """Use only the first N rows of data (null: all)."""
     output_dir: str = "runs/prm-label"
-    """Writes stepwise.jsonl, summary.json and the resolved config.yaml."""
+    """Writes stepwise.jsonl and summary.json (the command saves the resolved config.yaml beside them)."""
 
 
 def read_problems(path: str, need_steps: bool) -> list[dict[str, Any]]:
@@ -155,17 +144,15 @@ def mc_scores(engine, items: Sequence[dict[str, Any]], cfg: PRMLabelConfig) -> l
     return scores
 
 
-def label_steps(cfg: PRMLabelConfig, resume: bool = False, engine=None) -> dict[str, Any]:
-    """Run ``alignkit prm label``; ``engine`` (for tests) replaces the one built from ``cfg.policy``."""
+def label_steps(cfg: PRMLabelConfig, engine=None) -> dict[str, Any]:
+    """Run ``alignkit prm label``; ``engine`` (for tests) replaces the one built from ``cfg.model``."""
     from alignkit.errors import UserError
     from alignkit.generate.jsonl import write_jsonl_atomic
 
-    if resume:
-        raise UserError("alignkit prm label has nothing to resume; rerun it")
     if cfg.rollouts < 1 or cfg.solutions_per_problem < 1:
         raise UserError("rollouts and solutions_per_problem must be >= 1")
     problems = read_problems(cfg.data, need_steps=cfg.source == "rows")[: cfg.limit]
-    engine = engine or cfg.make_engine()
+    engine = engine or engine_from_options(cfg)
     items = sample_solutions(engine, problems, cfg) if cfg.source == "policy" else problems
     scores = mc_scores(engine, items, cfg)
     rows = [{"prompt": it["prompt"], "completions": it["steps"],
@@ -173,7 +160,6 @@ def label_steps(cfg: PRMLabelConfig, resume: bool = False, engine=None) -> dict[
              "answer": it["answer"], "id": it["id"], "mc": sc} for it, sc in zip(items, scores, strict=True)]
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
     write_jsonl_atomic(out / "stepwise.jsonl", rows)
     n_steps = sum(len(s) for s in scores)
     summary = {"command": "prm label", "problems": len(problems), "solutions": len(items), "steps": n_steps,

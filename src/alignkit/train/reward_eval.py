@@ -138,19 +138,16 @@ class RMEvalConfig(StrictModel):
     batch_size: int = 8
     """Pairs per forward pass."""
     output: str | None = None
-    """Also write the report to this JSON file (null: print only)."""
+    """Also write the report to this JSON file, the resolved config beside it (null: print only)."""
 
 
-def eval_rm(cfg: RMEvalConfig, resume: bool = False) -> dict[str, Any]:
+def eval_rm(cfg: RMEvalConfig) -> dict[str, Any]:
     """Score ``cfg.data`` with ``cfg.model``; returns the report (see the module docstring)."""
     from alignkit.data.rows import DataError, read_rows
     from alignkit.data.tokenize import tokenize_examples
-    from alignkit.errors import UserError
     from alignkit.models import load_reward_model, load_tokenizer
     from alignkit.train.run import RewardForward
 
-    if resume:
-        raise UserError("alignkit rm eval has nothing to resume")
     check_edges(cfg.length_buckets)
     rows = read_rows(cfg.data, "preference")
     tok = load_tokenizer(cfg.model)
