@@ -310,3 +310,24 @@ def test_embedded_model_matches_naive_reference(embedded_path, tokenizer):
         out = response_logps(model, ids, attn, mask, chunk_size=8)
         torch.testing.assert_close(out.logps, naive_logps(model, ids, attn, mask), rtol=0, atol=1e-4)
     assert (out.logps < 0).all()
+
+
+def test_per_token_logps_and_entropy_equal_naive_ones(lm):
+    """response_token_logps: per-token values at response positions, zeros elsewhere, sums == response_logps,
+    entropies == the full-softmax entropy, and gradients flow."""
+    from alignkit.ops import response_token_logps
+
+    model, tok = lm
+    ids, attn, mask = make_batch(len(tok), tok.pad_token_id)
+    out = response_token_logps(model, ids, attn, mask, chunk_size=5)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=attn).logits.float()
+        logp = logits[:, :-1].log_softmax(-1)
+        per_token = logp.gather(-1, ids[:, 1:, None]).squeeze(-1) * mask[:, 1:]
+        ent = -(logp.exp() * logp).sum(-1) * mask[:, 1:]
+    assert out.logps.shape == ids.shape and (out.logps[~mask] == 0).all() and (out.entropy[~mask] == 0).all()
+    torch.testing.assert_close(out.logps[:, 1:], per_token, rtol=0, atol=1e-5)
+    torch.testing.assert_close(out.entropy[:, 1:], ent, rtol=0, atol=1e-4)
+    torch.testing.assert_close(out.logps.sum(-1), response_logps(model, ids, attn, mask).logps, rtol=0, atol=1e-5)
+    out.logps.sum().backward()
+    assert model.lm_head.weight.grad is not None or model.model.embed_tokens.weight.grad is not None

@@ -138,33 +138,12 @@ def _check_batch(
         )
 
 
-def response_logps(
-    model: nn.Module,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    loss_mask: Tensor,
-    *,
-    temperature: float = 1.0,
-    chunk_size: int = 1024,
-) -> ResponseLogps:
-    """Sum of log-probs of the response tokens of each sequence, never materialising ``B x T x V`` logits.
+def _response_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor,
+                     temperature: float, chunk_size: int) -> tuple[Tensor, Tensor, Tensor, nn.Module]:
+    """One forward pass: ``(predicting (B, T-1) bool, states (N, H), targets (N,), lm_head)``.
 
-    Args:
-        model: a Hugging Face causal LM, possibly PEFT/LoRA-, DDP-, FSDP-, DeepSpeed- or compile-wrapped.
-        input_ids: ``(B, T)`` long, right-padded prompt + response.
-        attention_mask: ``(B, T)``, 1 on real tokens.
-        loss_mask: ``(B, T)`` bool, True on response tokens to score (token ``t`` is predicted by
-            position ``t - 1``, so ``loss_mask[:, 0]`` is False); the response's EOS is included.
-        temperature: logits are divided by it before the log-softmax (EXO divides policy and
-            reference logits by the sampling temperature).
-        chunk_size: rows of the lm-head computed at once; peak extra memory ``chunk_size x V`` floats.
-
-    Returns:
-        ``ResponseLogps(logps (B,) float32, counts (B,) long)``. Gradients flow into trainable
-        parameters when grad mode is on.
-    Raises:
-        ValueError on inconsistent masks; UnsupportedModelError for models whose logits are
-        post-processed (soft-capping, scaling) or that add positions (prompt-learning adapters).
+    ``states[i]`` is the final hidden state that predicts response token ``targets[i]``, in row-major
+    order of ``predicting`` (position ``t-1`` predicts token ``t``).
     """
     loss_mask = loss_mask.bool()
     _check_batch(input_ids, attention_mask, loss_mask, temperature, chunk_size)
@@ -201,9 +180,51 @@ def response_logps(
     _check_logits(lm_head, hidden[:, -1], out.logits[:, -1], type(hf).__name__)
 
     predicting = loss_mask[:, 1:]  # position t-1 predicts token t
-    rows = predicting.nonzero()[:, 0]
     states = hidden[:, :-1][predicting]  # (N, H), grouped by row
     targets = input_ids[:, 1:][predicting]  # (N,)
+    return predicting, states, targets, lm_head
+
+
+def response_logps(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    loss_mask: Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+) -> ResponseLogps:
+    """Sum of log-probs of the response tokens of each sequence, never materialising ``B x T x V`` logits.
+
+    Args:
+        model: a Hugging Face causal LM, possibly PEFT/LoRA-, DDP-, FSDP-, DeepSpeed- or compile-wrapped.
+        input_ids: ``(B, T)`` long, right-padded prompt + response.
+        attention_mask: ``(B, T)``, 1 on real tokens.
+        loss_mask: ``(B, T)`` bool, True on response tokens to score (token ``t`` is predicted by
+            position ``t - 1``, so ``loss_mask[:, 0]`` is False); the response's EOS is included.
+        temperature: logits are divided by it before the log-softmax (EXO divides policy and
+            reference logits by the sampling temperature).
+        chunk_size: rows of the lm-head computed at once; peak extra memory ``chunk_size x V`` floats.
+
+    Returns:
+        ``ResponseLogps(logps (B,) float32, counts (B,) long)``. Gradients flow into trainable
+        parameters when grad mode is on.
+    Raises:
+        ValueError on inconsistent masks; UnsupportedModelError for models whose logits are
+        post-processed (soft-capping, scaling) or that add positions (prompt-learning adapters).
+    """
+    predicting, states, targets, lm_head = _response_states(model, input_ids, attention_mask, loss_mask,
+                                                            temperature, chunk_size)
+    rows = predicting.nonzero()[:, 0]
+    per_token = _chunked(_token_logps, lm_head, states, targets, temperature, chunk_size)
+    logps = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device).index_add(
+        0, rows, per_token
+    )
+    return ResponseLogps(logps=logps, counts=loss_mask.sum(dim=1))
+
+
+def _chunked(fn, lm_head: nn.Module, states: Tensor, targets: Tensor, temperature: float, chunk_size: int) -> Tensor:
+    """``fn(lm_head, h, y, T)`` over ``chunk_size`` rows at a time, checkpointed when gradients are needed."""
     track_grad = torch.is_grad_enabled() and (
         states.requires_grad or any(p.requires_grad for p in lm_head.parameters())
     )
@@ -211,11 +232,45 @@ def response_logps(
     for start in range(0, targets.shape[0], chunk_size):
         h, y = states[start : start + chunk_size], targets[start : start + chunk_size]
         if track_grad:  # keep only (chunk, H) for backward; the (chunk, V) logits are recomputed
-            pieces.append(checkpoint(_token_logps, lm_head, h, y, temperature, use_reentrant=False))
+            pieces.append(checkpoint(fn, lm_head, h, y, temperature, use_reentrant=False))
         else:
-            pieces.append(_token_logps(lm_head, h, y, temperature))
-    per_token = torch.cat(pieces)
-    logps = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device).index_add(
-        0, rows, per_token
-    )
-    return ResponseLogps(logps=logps, counts=loss_mask.sum(dim=1))
+            pieces.append(fn(lm_head, h, y, temperature))
+    return torch.cat(pieces)
+
+
+def _token_logps_entropy(lm_head: nn.Module, hidden: Tensor, targets: Tensor, temperature: float) -> Tensor:
+    """``(n, 2)``: the target's log-prob and the entropy of the (temperature-scaled) distribution."""
+    logits = lm_head(hidden)
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        logp = (logits.float() / temperature).log_softmax(dim=-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    return torch.stack([logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1), entropy], dim=-1)
+
+
+@dataclass
+class TokenLogps:
+    """Per-token results of :func:`response_token_logps`, aligned with ``input_ids``."""
+
+    logps: Tensor  # (B, T) float32: log p(input_ids[b, t] | < t) where loss_mask[b, t], else 0
+    entropy: Tensor  # (B, T) float32: entropy of the distribution that predicted token t, else 0
+
+
+def response_token_logps(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    loss_mask: Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+) -> TokenLogps:
+    """Per-token log-probs and entropies of the response tokens (what PPO needs), same forward as
+    :func:`response_logps` (arguments and errors alike); ``logps.sum(-1)`` equals its ``logps``."""
+    predicting, states, targets, lm_head = _response_states(model, input_ids, attention_mask, loss_mask,
+                                                            temperature, chunk_size)
+    both = _chunked(_token_logps_entropy, lm_head, states, targets, temperature, chunk_size)
+    where = torch.zeros_like(loss_mask, dtype=torch.bool)
+    where[:, 1:] = predicting
+    out = torch.zeros(*input_ids.shape, 2, dtype=torch.float32, device=input_ids.device)
+    out = out.masked_scatter(where.unsqueeze(-1).expand_as(out), both)
+    return TokenLogps(logps=out[..., 0], entropy=out[..., 1])
