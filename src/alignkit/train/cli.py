@@ -1,4 +1,4 @@
-"""``alignkit sft | rm | dpo | check-template``.
+"""``alignkit sft | rm | dpo | rl | check-template``.
 
 Each training command is ``alignkit <stage> --config FILE [key.sub=value ...]``; the config
 fields (with defaults and descriptions) are listed by ``alignkit <stage> --help``.
@@ -14,6 +14,8 @@ RECIPES = {
     "rm": ("alignkit.train.reward", "RMConfig", "train_rm", "Bradley-Terry reward model"),
     "dpo": ("alignkit.train.preference", "PreferenceConfig", "train_preference",
             "preference optimisation: dpo | ipo | exo_pair | exo | dpo_rw"),
+    "rl": ("alignkit.train.rl", "RLConfig", "train_rl",
+           "online RL: PPO (critic + GAE), GRPO, RLOO with ChatGLM-RLHF's stabilisers"),
 }
 
 
