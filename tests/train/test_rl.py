@@ -123,9 +123,10 @@ def _samples(ctx, texts_per_prompt: list[list[str]]):
 def test_reference_baseline_shifts_advantages_by_reference_reward(tmp_path, tiny_model_dir):
     """r'(x, y) = r(x, y) - r(x, y_ref), y_ref the reference's greedy answer (computed once, cached);
     with gamma = lam = 1, no KL, no whitening, GAE advantages move by exactly -r(x, y_ref)."""
+    from tests.train.rl_fakes import varied
+
     from alignkit.generate.engine import HFEngine, SamplingParams
     from alignkit.train import rl
-    from tests.train.rl_fakes import varied
 
     kw = {"reward.normalize": "false", "reward.clip": "null", "kl.coef": 0.0, "advantage.gamma": 1.0,
           "advantage.lam": 1.0, "advantage.whiten": "false"}
@@ -155,12 +156,13 @@ def test_reference_baseline_shifts_advantages_by_reference_reward(tmp_path, tiny
 def test_failing_judge_masks_samples_never_zero(tmp_path, tiny_model_dir, monkeypatch):
     """Judge failures are NaN rewards: masked out of the update, excluded from the group statistics,
     counted; too many in a step stop with a diagnostic."""
+    from tests.train.rl_fakes import ParityJudge
+
     from alignkit.judge import client
     from alignkit.judge.cache import CallCache
     from alignkit.losses.policy import group_advantages
     from alignkit.train import rl
     from alignkit.train.rl_setup import RewardFailureError
-    from tests.train.rl_fakes import ParityJudge
 
     backend = ParityJudge()
     monkeypatch.setattr(client, "judge_from_config",
@@ -247,3 +249,28 @@ def test_two_processes_equal_one(tmp_path, tiny_model_dir):
     s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert s2["steps"] == 2 and abs(s2["last"]["reward/mean"] - one["last"]["reward/mean"]) < 1e-9
     assert _max_diff(_weights(tmp_path / "one"), _weights(tmp_path / "two")) < 1e-6
+
+
+@pytest.mark.slow
+def test_real_rl_on_embedded_model_through_cli(tmp_path):
+    """A short PPO run of `alignkit rl` on SmolLM2-135M through the CLI: HF checkpoint, metrics, report."""
+    from transformers import AutoModelForCausalLM
+
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("".join(DEMO_HELDOUT.read_text().splitlines(keepends=True)[:3]))
+    out = tmp_path / "run"
+    env = {**ENV, "ALIGNKIT_HOME": os.environ["ALIGNKIT_HOME"]}
+    root = Path(__file__).resolve().parents[2]
+    r = _run_cli(["--config", str(root / "configs" / "rl_ppo_smollm2.yaml"), f"data.eval={heldout}",
+                  "data.eval_max_new_tokens=12", "rollout.prompts_per_step=2", "rollout.n=2",
+                  "rollout.max_new_tokens=12", "train.max_steps=1", "ppo.epochs=1", "ppo.num_minibatches=1",
+                  "train.save_every=null", "train.progress=false", f"train.output_dir={out}"], env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 1 and summary["heldout_after"]["n"] == 3
+    assert 0.0 <= summary["heldout_before"]["reward_mean"] <= 1.0
+    logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(logged) == 1 and logged[0]["first_minibatch/ratio_max_dev"] < 1e-4
+    assert (out / "report.md").is_file() and (out / "rl_curves.png").stat().st_size > 10_000
+    assert (out / "tensorboard").is_dir() and (out / "checkpoints" / "step-0000001").is_dir()
+    assert AutoModelForCausalLM.from_pretrained(out).num_parameters() > 100e6

@@ -118,14 +118,15 @@ def _lazy_help(parser: argparse.ArgumentParser, module: str, cls_name: str):
     return format_help
 
 
-def config_reference_markdown() -> str:
-    """The config-key tables of docs/training.md (a test keeps the doc equal to this)."""
+def config_reference_markdown(commands: tuple[str, ...] = ("sft", "rm", "dpo")) -> str:
+    """The config-key tables of docs/training.md (``rl``: docs/rl.md); a test keeps the docs equal to this."""
     import importlib
 
     from alignkit.config import describe_fields
 
     parts = []
-    for name, (module, cls_name, _fn, _help) in RECIPES.items():
+    for name in commands:
+        module, cls_name, _fn, _help = RECIPES[name]
         cls = getattr(importlib.import_module(module), cls_name)
         parts.append(f"### `alignkit {name}` keys\n\n| key | default | meaning |\n| --- | --- | --- |")
         for key, default, desc in describe_fields(cls):

@@ -36,10 +36,13 @@ class RolloutConfig(StrictModel):
     n: int = Field(default=4, ge=1)
     """Samples per prompt (grpo / rloo need >= 2)."""
     max_new_tokens: int = Field(default=64, ge=1)
+    """Token budget of a sample; a sample cut by it is 'length'-finished (the verifier fails it)."""
     temperature: float = 1.0
     """Sampling temperature; the training log-probs use the same temperature (> 0)."""
     top_p: float = 1.0
+    """Nucleus sampling (1.0: off). Below 1 the samples no longer follow the policy whose log-probs are trained."""
     top_k: int = 0
+    """Top-k sampling (0: off); same caveat as top_p."""
     batch_size: int = Field(default=16, ge=1)
     """Sequences the engine decodes together."""
 
@@ -82,6 +85,7 @@ class RewardConfig(StrictModel):
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     """The judge (type judge): rating 0-10 from judge/prompts/rl_reward.en.txt, divided by 10."""
     judge_max_tokens: int = 256
+    """Tokens the judge may write (analysis + rating)."""
     weights: dict[str, float] = Field(default_factory=dict)
     """type sum: weight per component, keys among verifier, model, judge."""
     max_failure_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
@@ -102,6 +106,7 @@ class CriticConfig(StrictModel):
     name_or_path: str | None = None
     """Weights to start from (null: the policy's path, or reward.model for init=reward_model)."""
     lr: float = 1e-5
+    """Critic peak learning rate (same schedule and AdamW settings as the policy)."""
     value_clip: float | None = 0.2
     """Clip the value update to +-value_clip around the rollout values (null: plain squared error)."""
 
@@ -138,6 +143,7 @@ class RLTrainConfig(StrictModel):
     """Optimisation and bookkeeping of the RL run."""
 
     output_dir: str = "runs/rl"
+    """Where checkpoints, logs, the report, the resolved config and the final model go."""
     seed: int = 42
     """Seeds prompt order, sampling, minibatch order and new heads."""
     max_steps: int = Field(default=10, ge=1)
@@ -145,19 +151,29 @@ class RLTrainConfig(StrictModel):
     lr: float = 1e-6
     """Policy peak learning rate (AdamW)."""
     weight_decay: float = 0.0
+    """AdamW decoupled weight decay on matrices."""
     adam_betas: list[float] = Field(default_factory=lambda: [0.9, 0.999])
+    """AdamW (beta1, beta2)."""
     adam_eps: float = 1e-8
+    """AdamW epsilon."""
     schedule: Literal["cosine", "linear", "constant"] = "constant"
+    """Learning-rate decay over all optimizer steps (max_steps x ppo.epochs x ppo.num_minibatches)."""
     warmup_steps: int = 0
     """Linear warmup, in optimizer steps."""
     max_grad_norm: float | None = 1.0
+    """Clip each model's gradient norm (null: no clipping)."""
     precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16: autocast matmuls to bfloat16 in the log-prob / value passes; weights stay fp32."""
     log_every: int = 1
+    """Write metrics every N RL steps (metrics.jsonl, TensorBoard)."""
     save_every: int | None = None
     """Checkpoint every N RL steps (null: only at the end and on SIGINT/SIGTERM)."""
     keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
     tensorboard: bool = True
+    """Write TensorBoard event files under output_dir/tensorboard."""
     progress: bool = True
+    """Show a progress bar."""
     report: bool = True
     """Write report.md and PNG plots at the end."""
 
