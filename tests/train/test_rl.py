@@ -187,6 +187,43 @@ def test_failing_judge_masks_samples_never_zero(tmp_path, tiny_model_dir, monkey
         rl.score(ctx, samples)
 
 
+def test_reward_model_sum_and_critic_from_reward_model(tmp_path, tiny_model_dir):
+    """reward.type=sum over the verifier and an rm checkpoint; the critic starts from the rm's backbone + head."""
+    from alignkit.models import load_reward_model, load_tokenizer
+    from alignkit.train import rl
+    from alignkit.train.reward import distinct_pad
+    from alignkit.train.run import RewardForward
+
+    rm_dir = tmp_path / "rm"
+    tok = load_tokenizer(tiny_model_dir)
+    distinct_pad(tok)
+    torch.manual_seed(0)
+    rm = load_reward_model(tiny_model_dir)
+    rm.config.pad_token_id = tok.pad_token_id
+    rm.save_pretrained(rm_dir)
+    tok.save_pretrained(rm_dir)
+    kw = {"reward.type": "sum", "reward.weights": "{verifier: 1.0, model: 0.5}", "reward.model": str(rm_dir),
+          "critic.init": "reward_model", "train.max_steps": 1}
+    ctx = _ctx(tmp_path, tiny_model_dir, **kw)
+    samples = _samples(ctx, [["a b"], ["hello"]])
+    raw, _, _ = rl.score(ctx, samples)
+    from tests.train.rl_fakes import varied
+
+    fwd = RewardForward(load_reward_model(str(rm_dir))).eval()
+    for s, r in zip(samples, raw.tolist(), strict=True):
+        ids = tok.apply_chat_template([{"role": "user", "content": ctx.rows[s.prompt_index]["prompt"]},
+                                       {"role": "assistant", "content": s.text}], tokenize=False)
+        ids = tok(ids[: ids.rindex(tok.eos_token) + len(tok.eos_token)], add_special_tokens=False,
+                  return_tensors="pt").input_ids
+        with torch.no_grad():
+            expected = varied(None, s.text, "stop") + 0.5 * fwd(ids, torch.ones_like(ids)).item()
+        assert abs(r - expected) < 1e-5
+    head = ctx.acc.unwrap_model(ctx.critic).head.weight
+    assert torch.equal(head, fwd.model.score.weight)
+    s = rl.train_rl(_cfg(tiny_model_dir, tmp_path / "run", **kw))
+    assert s["steps"] == 1 and math.isfinite(s["last"]["loss/value"])
+
+
 def test_accumulation_invariant_micro_4_equals_micro_1(tmp_path, tiny_model_dir):
     from alignkit.train.rl import train_rl
 

@@ -41,6 +41,7 @@ def _run_recipe(args: argparse.Namespace) -> int:
     from alignkit.cli import UserError
     from alignkit.config import load_config
     from alignkit.data.rows import DataError
+    from alignkit.generate.engine import GenerationError
     from alignkit.models import ModelError
     from alignkit.train.loop import NonFiniteError
 
@@ -52,7 +53,7 @@ def _run_recipe(args: argparse.Namespace) -> int:
     console.print_json(json.dumps(cfg.model_dump(mode="json")))
     try:
         summary = getattr(mod, fn_name)(cfg, resume=args.resume)
-    except (DataError, ModelError, NonFiniteError, FileNotFoundError) as exc:
+    except (DataError, ModelError, NonFiniteError, FileNotFoundError, GenerationError) as exc:
         raise UserError(str(exc)) from None
     console.print_json(json.dumps(summary, default=str))
     if summary.get("interrupted"):

@@ -61,7 +61,6 @@ def score(ctx: Ctx, samples) -> tuple[torch.Tensor, torch.Tensor, dict[str, floa
     used = raw.clone()
     if cfg.reference_baseline:
         used = used - torch.tensor([_ref_reward(ctx, s.prompt_index) for s in samples], dtype=torch.float64)
-    failed_local = int((~torch.isfinite(used)).sum())
     everything = gather(ctx.acc, used)
     failed = int((~torch.isfinite(everything)).sum())
     st.failures += failed
@@ -83,7 +82,7 @@ def score(ctx: Ctx, samples) -> tuple[torch.Tensor, torch.Tensor, dict[str, floa
     raw_all = gather(ctx.acc, raw)
     raw_ok = raw_all[torch.isfinite(raw_all)]
     metrics = {"reward/mean": float(raw_ok.mean()) if raw_ok.numel() else math.nan,
-               "reward/failed": failed, "reward/failed_local": failed_local,
+               "reward/failed": failed,
                "reward/used_mean": float(ok.mean()) if ok.numel() else math.nan}
     return raw, used.float(), metrics
 

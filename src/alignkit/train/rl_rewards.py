@@ -54,8 +54,8 @@ def verifier_reward(spec: str) -> RewardFn:
 
 
 def model_reward(path: str, device, batch_size: int = 8) -> RewardFn:
-    """Scalar score of an ``alignkit rm`` checkpoint on (prompt, response), re-tokenised with the
-    reward model's own tokenizer and chat template."""
+    """Scalar score of an ``alignkit rm`` checkpoint on (prompt, response), rendered with the reward
+    model's own tokenizer and chat template exactly as ``alignkit rm`` trained it."""
     from alignkit.data.batching import collate
     from alignkit.data.tokenize import ChatTokenizer, TokenizedExample
     from alignkit.models import load_reward_model, load_tokenizer
@@ -69,10 +69,10 @@ def model_reward(path: str, device, batch_size: int = 8) -> RewardFn:
     def score(rows: Sequence[dict], samples: Sequence[Sample]) -> list[float]:
         exs = []
         for r, s in zip(rows, samples, strict=True):
-            chat = isinstance(r["prompt"], list)
-            completion = [{"role": "assistant", "content": s.text}] if chat else s.text
-            exs.append(TokenizedExample(0, ct.prompt_ids(r["prompt"], chat),
-                                        [ct.completion_ids(r["prompt"], completion, chat)]))
+            # a string prompt is one user message, as the generation engine renders it
+            prompt = r["prompt"] if isinstance(r["prompt"], list) else [{"role": "user", "content": r["prompt"]}]
+            completion = [{"role": "assistant", "content": s.text}]
+            exs.append(TokenizedExample(0, ct.prompt_ids(prompt, True), [ct.completion_ids(prompt, completion, True)]))
         out: list[float] = []
         for i in range(0, len(exs), batch_size):
             b = collate(exs[i : i + batch_size], tok.pad_token_id)
