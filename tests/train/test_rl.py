@@ -311,3 +311,12 @@ def test_real_rl_on_embedded_model_through_cli(tmp_path):
     assert (out / "report.md").is_file() and (out / "rl_curves.png").stat().st_size > 10_000
     assert (out / "tensorboard").is_dir() and (out / "checkpoints" / "step-0000001").is_dir()
     assert AutoModelForCausalLM.from_pretrained(out).num_parameters() > 100e6
+
+
+def test_demo_grpo_stage_settings_are_a_valid_config(tmp_path):
+    from alignkit.config import load_config
+    from alignkit.pipelines.rl_stage import grpo_stage_overrides
+    from alignkit.train.rl import RLConfig
+
+    cfg = load_config(RLConfig, None, grpo_stage_overrides("m", str(DEMO_HELDOUT), None, str(tmp_path), steps=2))
+    assert cfg.advantage.type == "grpo" and cfg.critic is None and cfg.train.max_steps == 2 and cfg.data.eval is None
