@@ -41,7 +41,8 @@ def plot(logs: list[dict], before: dict, after: dict, png: Path) -> None:
     ax = axes[len(panels)]
     if before and after:
         vals = [before.get("reward_mean", math.nan), after.get("reward_mean", math.nan)]
-        ax.bar(["before", "after"], vals, color=["#999999", "#3b7dd8"])
+        bars = ax.bar(["before", "after"], vals, color=["#999999", "#3b7dd8"])
+        ax.bar_label(bars, fmt="%.3f", fontsize=8)
         ax.set_title(f"held-out reward, greedy (n={after.get('n')})", fontsize=9)
     else:
         ax.set_title("no held-out prompts (data.eval)", fontsize=9)
