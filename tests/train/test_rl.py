@@ -21,6 +21,22 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "
 QUIET = ["train.progress=false", "train.tensorboard=false", "train.report=false"]
 
 
+@pytest.fixture(scope="module")
+def rl_model_dir(tmp_path_factory, tokenizer):
+    """The tiny random Llama with sharpened logits: a random init gives a near-uniform next-token
+    distribution (p ~ 2e-5 over 49k tokens) where ~1e-7 rounding differences between batch layouts move
+    inverse-CDF draws to a neighbouring token on some CPUs; the invariance tests compare samples."""
+    from alignkit.models import tiny_random_causal_lm
+
+    model, tok = tiny_random_causal_lm(tokenizer, hidden=32, layers=2, heads=4, seed=0)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20.0)
+    d = tmp_path_factory.mktemp("tiny-rl-model")
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return str(d)
+
+
 def _overrides(model_dir, out, **kw) -> list[str]:
     base = {"model.name_or_path": model_dir, "data.train": str(DEMO_HELDOUT), "rollout.prompts_per_step": 4,
             "rollout.n": 2, "rollout.max_new_tokens": 6, "train.max_steps": 2, "train.lr": 1e-3,
@@ -71,19 +87,19 @@ def test_bad_combination_through_cli(tmp_path, capsys):
     assert code == 2 and "needs rollout.n >= 2" in capsys.readouterr().err
 
 
-def test_vllm_refused_clearly(tmp_path, tiny_model_dir):
+def test_vllm_refused_clearly(tmp_path, rl_model_dir):
     from alignkit.errors import ConfigError
     from alignkit.train.rl import train_rl
 
     with pytest.raises(ConfigError, match="rollout.backend=vllm"):
-        train_rl(_cfg(tiny_model_dir, tmp_path / "v", **{"rollout.backend": "vllm"}))
+        train_rl(_cfg(rl_model_dir, tmp_path / "v", **{"rollout.backend": "vllm"}))
 
 
-def test_first_minibatch_ratio_one_kl_zero_and_update(tmp_path, tiny_model_dir):
+def test_first_minibatch_ratio_one_kl_zero_and_update(tmp_path, rl_model_dir):
     """Step 0, first minibatch: the policy equals the sampler (ratio 1) and the reference (KL 0); it then moves."""
     from alignkit.train.rl import train_rl
 
-    s = train_rl(_cfg(tiny_model_dir, tmp_path / "r", **{"train.max_steps": 1, "ppo.epochs": 2,
+    s = train_rl(_cfg(rl_model_dir, tmp_path / "r", **{"train.max_steps": 1, "ppo.epochs": 2,
                                                          "ppo.num_minibatches": 2}))
     logged = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert s["steps"] == 1 and s["optimizer_steps"] == 4 and len(logged) == 1
@@ -93,16 +109,16 @@ def test_first_minibatch_ratio_one_kl_zero_and_update(tmp_path, tiny_model_dir):
     assert math.isfinite(logged[0]["loss/value"]) and logged[0]["reward/failed"] == 0
     from transformers import AutoModelForCausalLM
 
-    before = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    before = AutoModelForCausalLM.from_pretrained(rl_model_dir).state_dict()
     after = _weights(tmp_path / "r")
     assert _max_diff({k: before[k] for k in after}, after) > 1e-4
 
 
-def _ctx(tmp_path, tiny_model_dir, **kw):
+def _ctx(tmp_path, rl_model_dir, **kw):
     from alignkit.train.rl_setup import build_run
     from alignkit.train.run import make_accelerator
 
-    cfg = _cfg(tiny_model_dir, tmp_path / "c", **kw)
+    cfg = _cfg(rl_model_dir, tmp_path / "c", **kw)
     return build_run(cfg, make_accelerator("fp32"))
 
 
@@ -120,7 +136,7 @@ def _samples(ctx, texts_per_prompt: list[list[str]]):
     return out
 
 
-def test_reference_baseline_shifts_advantages_by_reference_reward(tmp_path, tiny_model_dir):
+def test_reference_baseline_shifts_advantages_by_reference_reward(tmp_path, rl_model_dir):
     """r'(x, y) = r(x, y) - r(x, y_ref), y_ref the reference's greedy answer (computed once, cached);
     with gamma = lam = 1, no KL, no whitening, GAE advantages move by exactly -r(x, y_ref)."""
     from tests.train.rl_fakes import varied
@@ -133,7 +149,7 @@ def test_reference_baseline_shifts_advantages_by_reference_reward(tmp_path, tiny
     texts = [["a b", "hello there"], ["x", "yes sir ok"]]
     results = {}
     for on in (False, True):
-        ctx = _ctx(tmp_path, tiny_model_dir, **{**kw, "reward.reference_baseline": str(on).lower()})
+        ctx = _ctx(tmp_path, rl_model_dir, **{**kw, "reward.reference_baseline": str(on).lower()})
         samples = _samples(ctx, texts)
         raw, used, _ = rl.score(ctx, samples)
         t = rl.rollout_tensors(ctx, samples)
@@ -153,7 +169,7 @@ def test_reference_baseline_shifts_advantages_by_reference_reward(tmp_path, tiny
     assert r_ref.abs().sum() > 0 and torch.allclose(shift, expected.float(), atol=1e-5)
 
 
-def test_failing_judge_masks_samples_never_zero(tmp_path, tiny_model_dir, monkeypatch):
+def test_failing_judge_masks_samples_never_zero(tmp_path, rl_model_dir, monkeypatch):
     """Judge failures are NaN rewards: masked out of the update, excluded from the group statistics,
     counted; too many in a step stop with a diagnostic."""
     from tests.train.rl_fakes import ParityJudge
@@ -167,7 +183,7 @@ def test_failing_judge_masks_samples_never_zero(tmp_path, tiny_model_dir, monkey
     backend = ParityJudge()
     monkeypatch.setattr(client, "judge_from_config",
                         lambda cfg, *a, **k: client.Judge(backend, CallCache(None), concurrency=2, max_retries=0))
-    ctx = _ctx(tmp_path, tiny_model_dir, **{"reward.type": "judge", "advantage.type": "grpo", "critic": "null",
+    ctx = _ctx(tmp_path, rl_model_dir, **{"reward.type": "judge", "advantage.type": "grpo", "critic": "null",
                                            "rollout.n": 3, "reward.normalize": "false", "kl.coef": 0.0})
     texts = [["ab", "abc", "abcd"], ["odd", "even", "xy"]]  # odd lengths fail: abc, odd
     samples = _samples(ctx, texts)
@@ -187,7 +203,7 @@ def test_failing_judge_masks_samples_never_zero(tmp_path, tiny_model_dir, monkey
         rl.score(ctx, samples)
 
 
-def test_reward_model_sum_and_critic_from_reward_model(tmp_path, tiny_model_dir):
+def test_reward_model_sum_and_critic_from_reward_model(tmp_path, rl_model_dir):
     """reward.type=sum over the verifier and an rm checkpoint; the critic starts from the rm's backbone + head."""
     from alignkit.models import load_reward_model, load_tokenizer
     from alignkit.train import rl
@@ -195,16 +211,16 @@ def test_reward_model_sum_and_critic_from_reward_model(tmp_path, tiny_model_dir)
     from alignkit.train.run import RewardForward
 
     rm_dir = tmp_path / "rm"
-    tok = load_tokenizer(tiny_model_dir)
+    tok = load_tokenizer(rl_model_dir)
     distinct_pad(tok)
     torch.manual_seed(0)
-    rm = load_reward_model(tiny_model_dir)
+    rm = load_reward_model(rl_model_dir)
     rm.config.pad_token_id = tok.pad_token_id
     rm.save_pretrained(rm_dir)
     tok.save_pretrained(rm_dir)
     kw = {"reward.type": "sum", "reward.weights": "{verifier: 1.0, model: 0.5}", "reward.model": str(rm_dir),
           "critic.init": "reward_model", "train.max_steps": 1}
-    ctx = _ctx(tmp_path, tiny_model_dir, **kw)
+    ctx = _ctx(tmp_path, rl_model_dir, **kw)
     samples = _samples(ctx, [["a b"], ["hello"]])
     raw, _, _ = rl.score(ctx, samples)
     from tests.train.rl_fakes import varied
@@ -220,17 +236,17 @@ def test_reward_model_sum_and_critic_from_reward_model(tmp_path, tiny_model_dir)
         assert abs(r - expected) < 1e-5
     head = ctx.acc.unwrap_model(ctx.critic).head.weight
     assert torch.equal(head, fwd.model.score.weight)
-    s = rl.train_rl(_cfg(tiny_model_dir, tmp_path / "run", **kw))
+    s = rl.train_rl(_cfg(rl_model_dir, tmp_path / "run", **kw))
     assert s["steps"] == 1 and math.isfinite(s["last"]["loss/value"])
 
 
-def test_accumulation_invariant_micro_4_equals_micro_1(tmp_path, tiny_model_dir):
+def test_accumulation_invariant_micro_4_equals_micro_1(tmp_path, rl_model_dir):
     from alignkit.train.rl import train_rl
 
     outs = []
     for mbs in (4, 1):
         out = tmp_path / f"m{mbs}"
-        train_rl(_cfg(tiny_model_dir, out, **{"ppo.micro_batch_size": mbs, "ppo.num_minibatches": 2}))
+        train_rl(_cfg(rl_model_dir, out, **{"ppo.micro_batch_size": mbs, "ppo.num_minibatches": 2}))
         outs.append(_weights(out))
     assert _max_diff(outs[0], outs[1]) < 1e-6
 
@@ -242,14 +258,14 @@ def _run_cli(args, env, wait=True):
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
 
 
-def test_resume_after_sigkill_equals_uninterrupted(tmp_path, tiny_model_dir):
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path, rl_model_dir):
     """SIGKILL during step 2 (after the step-1 checkpoint), --resume to step 3 == 3 uninterrupted steps."""
     from alignkit.train.rl import train_rl
 
     kw = {"train.max_steps": 3, "train.save_every": 1, "reward.reference_baseline": "true"}
-    full = train_rl(_cfg(tiny_model_dir, tmp_path / "full", **kw))
+    full = train_rl(_cfg(rl_model_dir, tmp_path / "full", **kw))
     env = {**ENV, "ALIGNKIT_HOME": os.environ["ALIGNKIT_HOME"]}
-    args = _overrides(tiny_model_dir, tmp_path / "part", **kw)
+    args = _overrides(rl_model_dir, tmp_path / "part", **kw)
     proc = _run_cli(args, env, wait=False)
     ckpt = tmp_path / "part" / "checkpoints" / "step-0000001"
     deadline = time.time() + 300
@@ -271,16 +287,16 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path, tiny_model_dir):
         assert a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-5 for k in a if isinstance(a[k], float))
 
 
-def test_two_processes_equal_one(tmp_path, tiny_model_dir):
+def test_two_processes_equal_one(tmp_path, rl_model_dir):
     """torchrun, 2 CPU processes with gloo (2 prompts each) == 1 process (4 prompts)."""
     from alignkit.train.rl import train_rl
 
     kw = {"advantage.whiten": "true"}
-    one = train_rl(_cfg(tiny_model_dir, tmp_path / "one", **kw))
+    one = train_rl(_cfg(rl_model_dir, tmp_path / "one", **kw))
     env = {**ENV, "ALIGNKIT_HOME": os.environ["ALIGNKIT_HOME"]}
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     two = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29537", "-m", "alignkit", "rl",
-                          *_overrides(tiny_model_dir, tmp_path / "two", **kw)],
+                          *_overrides(rl_model_dir, tmp_path / "two", **kw)],
                          capture_output=True, text=True, env=env, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
