@@ -96,17 +96,21 @@ def test_vllm_refused_clearly(tmp_path, rl_model_dir):
 
 
 def test_first_minibatch_ratio_one_kl_zero_and_update(tmp_path, rl_model_dir):
-    """Step 0, first minibatch: the policy equals the sampler (ratio 1) and the reference (KL 0); it then moves."""
+    """Step 0, first minibatch: the policy equals the sampler (ratio 1) and the reference (KL 0); it then
+    moves (4 optimizer steps: 2 epochs x 2 minibatches, with a PTX term on SFT rows)."""
+    from alignkit.data.verifiable import DEMO_SFT
     from alignkit.train.rl import train_rl
 
     s = train_rl(_cfg(rl_model_dir, tmp_path / "r", **{"train.max_steps": 1, "ppo.epochs": 2,
-                                                         "ppo.num_minibatches": 2}))
+                                                       "ppo.num_minibatches": 2, "ptx.data": str(DEMO_SFT),
+                                                       "ptx.coef": 0.1, "ptx.batch_size": 2}))
     logged = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert s["steps"] == 1 and s["optimizer_steps"] == 4 and len(logged) == 1
     assert logged[0]["first_minibatch/ratio_max_dev"] < 1e-5
     assert logged[0]["first_minibatch/kl_ref_max"] < 1e-5
     assert logged[0]["policy/ratio"] != 1.0  # later minibatches see updated weights
     assert math.isfinite(logged[0]["loss/value"]) and logged[0]["reward/failed"] == 0
+    assert math.isfinite(logged[0]["ptx/nll"]) and logged[0]["ptx/nll"] > 1.0  # SFT rows are not what a random model says
     from transformers import AutoModelForCausalLM
 
     before = AutoModelForCausalLM.from_pretrained(rl_model_dir).state_dict()
