@@ -103,7 +103,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from alignkit.config import load_config
     from alignkit.generate.engine import GenerationError
     from alignkit.generate.jsonl import RecordError, write_jsonl_atomic
-    from alignkit.judge.client import judge_from_config
+    from alignkit.judge.client import judge_cache_file, judge_from_config
     from alignkit.models import ModelError
 
     overrides = list(args.overrides)
@@ -111,15 +111,18 @@ def _cmd_score(args: argparse.Namespace) -> int:
         overrides.append(f"judge.spec={args.judge}")
     if args.concurrency:
         overrides.append(f"judge.concurrency={args.concurrency}")
+    if args.cache:
+        overrides.append(f"judge.cache={args.cache}")
     cfg = load_config(_score_config_cls(), args.config, overrides)
     try:
         rows = read_response_rows(args.inp)
     except RecordError as exc:
         raise UserError(str(exc)) from None
-    cache = args.cache or cfg.judge.cache or f"{args.out}.judge_cache.sqlite"
+    default_cache = f"{args.out}.judge_cache.sqlite"
+    cache = judge_cache_file(cfg.judge, default_cache) or "none"
     console = Console(stderr=True)
     try:
-        judge = judge_from_config(cfg.judge, cache_path=cache)
+        judge = judge_from_config(cfg.judge, cache_path=default_cache)
     except (ValueError, GenerationError, ModelError) as exc:
         raise UserError(f"judge: {exc}") from None
     console.print(f"scoring {len(rows)} responses with {judge.model_id} (cache: {cache})")
@@ -206,7 +209,7 @@ def register(sub) -> None:
         "--judge", default=None, help="local:<model> or openai:<base_url>#<model> (overrides judge.spec)"
     )
     s.add_argument(
-        "--cache", default=None, help="SQLite call cache (default: judge.cache, else OUT.judge_cache.sqlite)"
+        "--cache", default=None, help="SQLite call cache (same as judge.cache=PATH; default: OUT.judge_cache.sqlite)"
     )
     s.add_argument(
         "--concurrency", type=int, default=None, help="judge calls in flight (overrides judge.concurrency)"

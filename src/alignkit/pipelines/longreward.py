@@ -248,7 +248,7 @@ def _greedy_answers(engine, rows: list[dict], max_new_tokens: int, tag: str) -> 
 def _judge(cfg: LongRewardPipelineConfig, out: Path):
     from alignkit.judge.client import judge_from_config
 
-    return judge_from_config(cfg.judge, cache_path=cfg.judge.cache or str(out / "judge_cache.sqlite"))
+    return judge_from_config(cfg.judge, cache_path=out / "judge_cache.sqlite")
 
 
 def _usage_delta(now: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from alignkit.config import StrictModel
 from alignkit.data.tokenize import TokenizedExample
@@ -39,10 +39,10 @@ class TrainConfig(StrictModel):
     """Where checkpoints, logs, the resolved config and the final model go."""
     seed: int = 42
     """Seeds data order, initialisation of new heads and dropout."""
-    epochs: int = 1
-    """Passes over the training data (ignored when ``max_steps`` is set)."""
-    max_steps: int | None = None
-    """Total optimizer steps; overrides ``epochs``."""
+    epochs: int | None = Field(default=None, ge=1)
+    """Passes over the training data (null: 1 unless ``max_steps`` is set; setting both is an error)."""
+    max_steps: int | None = Field(default=None, ge=1)
+    """Total optimizer steps (null: ``epochs`` passes); set this or ``epochs``, not both."""
     batch_size: int = 4
     """Examples per micro-batch per process."""
     grad_accum: int = 1
@@ -75,6 +75,15 @@ class TrainConfig(StrictModel):
     """Write TensorBoard event files under output_dir/tensorboard."""
     progress: bool = True
     """Show a progress bar."""
+
+    @model_validator(mode="after")
+    def _one_length(self) -> TrainConfig:
+        # Refuse, don't downgrade: one of the two would be silently ignored.
+        if self.epochs is not None and self.max_steps is not None:
+            raise ValueError(
+                f"set train.epochs ({self.epochs}) or train.max_steps ({self.max_steps}), not both"
+            )
+        return self
 
 
 class NonFiniteError(RuntimeError):
@@ -165,7 +174,7 @@ class Trainer:
         self.evaluate = evaluate
         self.run_state = run_state or {}
         self.global_batch = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
-        total = cfg.max_steps or cfg.epochs * steps_per_epoch(len(examples), self.global_batch)
+        total = cfg.max_steps or (cfg.epochs or 1) * steps_per_epoch(len(examples), self.global_batch)
         self.total_steps = total
         optimizer = build_optimizer(cfg, model)
         scheduler = get_scheduler(

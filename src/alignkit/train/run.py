@@ -53,8 +53,8 @@ class DataConfig(StrictModel):
     """JSONL/JSON/Parquet file or saved HF dataset directory."""
     eval: str | None = None
     """Held-out file in the same format (optional)."""
-    eval_fraction: float = 0.0
-    """If no eval file: hold out this fraction of train rows (deterministic by seed)."""
+    eval_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """If no eval file: hold out this fraction of train rows, 0 <= f < 1 (deterministic by seed)."""
     policy: DataPolicy = Field(default_factory=DataPolicy)
 
 
