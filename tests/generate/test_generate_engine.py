@@ -225,8 +225,8 @@ def test_vllm_request_is_refused_without_vllm_or_gpu():
         make_engine("smollm2-135m-instruct", backend="tgi")
 
 
-def test_auto_backend_uses_hf_on_cpu(embedded_path):
-    eng = make_engine(embedded_path, backend="auto", batch_size=2)
+def test_auto_backend_uses_hf_on_cpu(tiny_model_dir):
+    eng = make_engine(tiny_model_dir, backend="auto", batch_size=2)
     assert isinstance(eng, HFEngine) and eng.batch_size == 2
 
 

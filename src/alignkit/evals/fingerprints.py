@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from alignkit.atomic import write_atomic
 
 
 def canonical_dumps(obj: Any) -> bytes:
@@ -140,10 +141,7 @@ def model_dir_fingerprint(model_dir: str | Path) -> str:
         cache = {}
     entries = [(str(p.relative_to(model_dir)), _file_sha256(p, cache)) for p in files]
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache))
-        os.replace(tmp, cache_file)
+        write_atomic(cache_file, json.dumps(cache))
     except OSError:
         pass  # a read-only cache only costs a re-hash next time
     return sha256_hex(entries)

@@ -196,12 +196,11 @@ def _with_reference(examples: list[TokenizedExample], ref: torch.Tensor, pad_id:
 
 def _detect_kind(path: str) -> str:
     """K-way rows carry 'completions'; pair rows carry 'chosen'."""
-    from pathlib import Path
 
-    from alignkit.data.rows import _iter_records
+    from alignkit.data.records import iter_records
 
-    for _, rec in _iter_records(Path(path)):
-        return "kway" if isinstance(rec, dict) and "completions" in rec else "preference"
+    for rec in iter_records(path):
+        return "kway" if isinstance(rec.value, dict) and "completions" in rec.value else "preference"
     raise DataError(f"{path}: no rows")
 
 

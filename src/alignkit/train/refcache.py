@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from alignkit.atomic import atomic_path
 from alignkit.data.batching import by_completion, collate
 from alignkit.data.tokenize import TokenizedExample
 from alignkit.models import alignkit_home
@@ -125,11 +124,8 @@ def load_or_compute(
         data = compute_ref_logps(model, examples, tokenizer.pad_token_id, batch_size, temperature, precision,
                                  device, progress=progress, batches=batches)
         if use_cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            os.close(fd)
-            torch.save(data, tmp)
-            os.replace(tmp, path)
+            with atomic_path(path, suffix=".pt") as tmp:
+                torch.save(data, tmp)
     if accelerator is not None and accelerator.num_processes > 1:
         # Other processes wait for the main one, then read its result (from disk, or broadcast).
         accelerator.wait_for_everyone()
