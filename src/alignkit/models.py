@@ -184,6 +184,26 @@ def load_reward_model(name_or_path: str, dtype: str = "float32", device: str = "
     return model
 
 
+def load_trainable(name_or_path: str, head: str = "causal-lm", gradient_checkpointing: bool = False,
+                   lora: dict[str, Any] | None = None):
+    """The one way a recipe loads the model it trains: a causal LM or a scalar reward model (fresh head).
+
+    Gradient checkpointing turns the KV cache off (it is useless in training and conflicts with
+    recomputation); ``lora`` (keyword arguments of :func:`apply_lora`) wraps the model in an adapter.
+    Seed torch first when the head is new: its initialisation draws from the global RNG.
+    """
+    if head not in ("causal-lm", "reward"):
+        raise ValueError(f"head must be 'causal-lm' or 'reward', got {head!r}")
+    load = load_reward_model if head == "reward" else load_causal_lm
+    model = load(name_or_path, trainable=True)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    if lora is not None:
+        model = apply_lora(model, **lora)
+    return model
+
+
 def apply_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0, target_modules: list[str] | None = None):
     """Wrap ``model`` with a PEFT LoRA adapter; only the adapter is trainable."""
     from peft import LoraConfig, TaskType, get_peft_model

@@ -29,6 +29,7 @@ from pydantic import Field, model_validator
 
 from alignkit.config import StrictModel
 from alignkit.data.tokenize import TokenizedExample
+from alignkit.progress import ProgressBar
 from alignkit.train import checkpoint as ckpt
 
 
@@ -325,7 +326,8 @@ class Trainer:
             self._writer = SummaryWriter(str(self.out / "tensorboard"))
         result = TrainResult(step=self.step)
         old_handlers = self._install_signals()
-        progress = _progress(self.cfg.progress and self.acc.is_main_process, self.total_steps, self.step)
+        progress = ProgressBar("train", self.total_steps, self.cfg.progress and self.acc.is_main_process,
+                               completed=self.step)
         t0 = time.perf_counter()
         try:
             with progress as bar:
@@ -337,7 +339,7 @@ class Trainer:
                     if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
                         self._log(logs)
                     result.history.append(logs)
-                    bar.advance(logs)
+                    bar.advance(info=f"loss {logs['loss']:.4f}")
                     if self.cfg.save_every and self.step % self.cfg.save_every == 0:
                         self.save()
                     if self._stop_signal:
@@ -360,31 +362,4 @@ class _nullcontext:
         return self
 
     def __exit__(self, *exc):
-        return False
-
-
-class _progress:
-    """A rich progress bar showing step and loss (a no-op when disabled)."""
-
-    def __init__(self, enabled: bool, total: int, done: int):
-        self.enabled, self.total, self.done = enabled, total, done
-        self._p = None
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._p = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
-                               TextColumn("{task.fields[info]}"), TimeRemainingColumn())
-            self._p.__enter__()
-            self._task = self._p.add_task("train", total=self.total, completed=self.done, info="")
-        return self
-
-    def advance(self, logs: dict[str, Any]) -> None:
-        if self._p is not None:
-            self._p.update(self._task, advance=1, info=f"loss {logs['loss']:.4f}")
-
-    def __exit__(self, *exc):
-        if self._p is not None:
-            self._p.__exit__(*exc)
         return False

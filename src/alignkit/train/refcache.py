@@ -20,6 +20,7 @@ from alignkit.atomic import atomic_path
 from alignkit.data.batching import by_completion, collate
 from alignkit.data.tokenize import TokenizedExample
 from alignkit.models import alignkit_home
+from alignkit.progress import ProgressBar
 
 CACHE_VERSION = 1
 
@@ -89,15 +90,14 @@ def compute_ref_logps(
         if len(seen) != len(examples):
             raise ValueError(f"reference batches cover {len(seen)} of {len(examples)} examples")
     autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    bar = _bar(progress, len(chunks))
-    for chunk in chunks:
-        batch = collate([examples[i] for i in chunk], pad_id)
-        with autocast:
-            res = response_logps(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                                 batch["loss_mask"].to(device), temperature=temperature)
-        out[chunk] = by_completion(res.logps.float().cpu(), n_comp)
-        bar.advance()
-    bar.close()
+    with ProgressBar("reference log-probs", len(chunks), progress) as bar:
+        for chunk in chunks:
+            batch = collate([examples[i] for i in chunk], pad_id)
+            with autocast:
+                res = response_logps(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                                     batch["loss_mask"].to(device), temperature=temperature)
+            out[chunk] = by_completion(res.logps.float().cpu(), n_comp)
+            bar.advance()
     model.train(was_training)
     return out
 
@@ -139,22 +139,3 @@ def load_or_compute(
 
             data = broadcast(data.to(accelerator.device)).cpu()
     return data, info
-
-
-class _bar:
-    def __init__(self, enabled: bool, total: int):
-        self._p = None
-        if enabled:
-            from rich.progress import Progress
-
-            self._p = Progress()
-            self._p.start()
-            self._t = self._p.add_task("reference log-probs", total=total)
-
-    def advance(self):
-        if self._p is not None:
-            self._p.advance(self._t)
-
-    def close(self):
-        if self._p is not None:
-            self._p.stop()
