@@ -425,6 +425,8 @@ def judge_cache_file(cfg: JudgeConfig, default: str | Path | None) -> str | None
     """The SQLite file ``cfg.cache`` names (``default`` when it is true); None when caching is off."""
     if cfg.cache is False:
         return None
+    if isinstance(default, bool):  # a caller passing `cfg.cache or ...` from before true/false existed
+        raise TypeError("judge_cache_file: default is the file `judge.cache: true` means, not a flag")
     if cfg.cache is True:
         if default is None:
             raise ValueError("judge.cache: true needs a default file here; give a path or false")
