@@ -17,14 +17,6 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from alignkit.config import ConfigError, StrictModel
-from alignkit.evals.fingerprints import (
-    chat_template_hash,
-    dataset_hash,
-    model_dir_fingerprint,
-    module_fingerprint,
-    sha256_hex,
-    tokenizer_fingerprint,
-)
 from alignkit.evals.longbench import (
     GENERATION_SEED,
     LONGBENCH_E_BUCKETS,
@@ -42,6 +34,14 @@ from alignkit.evals.longbench import (
 from alignkit.evals.metrics import get_metric
 from alignkit.evals.registry import TaskSpec, load_suite, select_tasks
 from alignkit.evals.signature import Signature, aggregate_signature
+from alignkit.fingerprints import (
+    chat_template_hash,
+    dataset_hash,
+    model_dir_fingerprint,
+    module_fingerprint,
+    sha256_hex,
+    tokenizer_fingerprint,
+)
 from alignkit.models import DEFAULT_MODEL
 
 PROTOCOL = {"name": "longbench-v1", "version": 1}

@@ -19,28 +19,21 @@ import torch
 from alignkit.atomic import atomic_path
 from alignkit.data.batching import by_completion, collate
 from alignkit.data.tokenize import TokenizedExample
+from alignkit.fingerprints import chat_template_hash, module_fingerprint, sha256_hex, tokenizer_fingerprint
 from alignkit.models import alignkit_home
 from alignkit.progress import ProgressBar
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: weights and tokenizer identities from alignkit.fingerprints
 
 
 def weights_digest(model) -> str:
-    """BLAKE2b over every parameter and buffer (name, dtype, shape, bytes) in a fixed order."""
-    h = hashlib.blake2b(digest_size=20)
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+    """Identity of the reference weights (every parameter and buffer: name, dtype, shape, bytes)."""
+    return module_fingerprint(model)
 
 
 def tokenizer_digest(tokenizer) -> str:
-    h = hashlib.sha256()
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    h.update(backend.to_str().encode() if backend is not None else repr(sorted(tokenizer.get_vocab().items())).encode())
-    h.update((getattr(tokenizer, "chat_template", None) or "").encode())
-    return h.hexdigest()
+    """Identity of the tokenizer and its chat template (both change the token ids)."""
+    return sha256_hex([tokenizer_fingerprint(tokenizer), chat_template_hash(tokenizer)])
 
 
 def fingerprint(weights: str, tok: str, examples: list[TokenizedExample], temperature: float, precision: str,
