@@ -9,7 +9,7 @@ import pytest
 from tests.train.conftest import make_pairs, write_jsonl
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-QUIET = ["train.progress=false", "train.tensorboard=false"]
+QUIET = ["train.progress=false", "train.report_to=[]"]
 
 
 def alignkit(*args, env=None, timeout=600):

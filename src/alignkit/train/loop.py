@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from alignkit.config import StrictModel
 from alignkit.data.tokenize import TokenizedExample
 from alignkit.progress import ProgressBar
 from alignkit.train import checkpoint as ckpt
+from alignkit.train.trackers import TrackerName, Trackers, check_installed
 
 
 class TrainConfig(StrictModel):
@@ -72,10 +73,16 @@ class TrainConfig(StrictModel):
     """How many recent checkpoints to keep."""
     eval_every: int | None = None
     """Run the recipe's evaluation every N steps (null: before and after training only)."""
-    tensorboard: bool = True
-    """Write TensorBoard event files under output_dir/tensorboard."""
+    report_to: list[TrackerName] = Field(default_factory=lambda: ["tensorboard"])
+    """Experiment trackers for the logged metrics: tensorboard (output_dir/tensorboard), wandb, mlflow
+    (optional extras alignkit[wandb] / alignkit[mlflow]; see docs/training.md); [] for none."""
     progress: bool = True
     """Show a progress bar."""
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers_installed(cls, names: list[str]) -> list[str]:
+        return check_installed(names)
 
     @model_validator(mode="after")
     def _one_length(self) -> TrainConfig:
@@ -192,7 +199,7 @@ class Trainer:
         self.step = 0
         self._stop_signal: str | None = None
         self.out = Path(cfg.output_dir)
-        self._writer = None
+        self._trackers: Trackers | None = None
 
     # -- data ---------------------------------------------------------------------------
     def micro_batches(self, step: int) -> list[dict[str, torch.Tensor]]:
@@ -279,10 +286,8 @@ class Trainer:
             return
         with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(logs) + "\n")
-        if self._writer is not None:
-            for k, v in logs.items():
-                if k != "step" and isinstance(v, int | float):
-                    self._writer.add_scalar(k, v, logs["step"])
+        if self._trackers is not None:
+            self._trackers.log(logs, logs["step"])
 
     def save(self) -> Path:
         state = {"step": self.step, "total_steps": self.total_steps, **self.run_state}
@@ -320,10 +325,8 @@ class Trainer:
             self.resume()
         elif self.acc.is_main_process and (self.out / "metrics.jsonl").exists():
             (self.out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
-        if self.cfg.tensorboard and self.acc.is_main_process:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(str(self.out / "tensorboard"))
+        if self.cfg.report_to and self.acc.is_main_process:
+            self._trackers = Trackers(self.cfg.report_to, self.out, self.cfg.model_dump(mode="json"))
         result = TrainResult(step=self.step)
         old_handlers = self._install_signals()
         progress = ProgressBar("train", self.total_steps, self.cfg.progress and self.acc.is_main_process,
@@ -349,8 +352,9 @@ class Trainer:
         finally:
             for sig, h in old_handlers.items():
                 signal.signal(sig, h)
-            if self._writer is not None:
-                self._writer.close()
+            if self._trackers is not None:
+                self._trackers.close()
+                self._trackers = None
         result.step = self.step
         result.interrupted = self._stop_signal is not None
         result.signal = self._stop_signal
