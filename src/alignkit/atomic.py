@@ -1,7 +1,9 @@
 """Atomic file writes: a reader sees the old file or the complete new one, never a half-written one.
 
 The one way every output file is written: a temporary file in the destination's directory (same
-filesystem, so the rename is atomic), flushed and fsynced, then renamed over the destination. A
+filesystem, so the rename is atomic), flushed and fsynced, then renamed over the destination.
+Directories (checkpoints, materialised models) are built beside their destination and moved in
+with :func:`replace_dir`. A
 failure part-way removes the temporary file and leaves the destination untouched. The new file
 gets the usual permissions (0666 minus the umask), not ``mkstemp``'s private 0600.
 """
@@ -11,10 +13,42 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+
+def fsync_tree(path: str | Path) -> None:
+    """fsync every file under ``path`` and the directory itself (before a directory rename)."""
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as fh:
+                os.fsync(fh.fileno())
+    _fsync_dir(Path(path))
+
+
+def replace_dir(tmp: str | Path, final: str | Path) -> None:
+    """The directory variant: fsync the finished ``tmp`` tree, then rename it to ``final`` (replacing it).
+
+    ``final`` is never partial: a crash leaves the complete tree under ``tmp`` or ``final`` (an
+    existing ``final`` is removed just before the rename).
+    """
+    tmp, final = Path(tmp), Path(final)
+    fsync_tree(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _default_mode() -> int:

@@ -99,6 +99,8 @@ def materialise_embedded(name: str = DEFAULT_MODEL) -> Path:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from alignkit.atomic import replace_dir
+
         src = _package_dir(spec.package)
         tok = AutoTokenizer.from_pretrained(src, gguf_file=spec.file)
         quant = AutoModelForCausalLM.from_pretrained(src, gguf_file=spec.file, dtype=torch.float32)
@@ -113,7 +115,7 @@ def materialise_embedded(name: str = DEFAULT_MODEL) -> Path:
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
             (tmp / "ALIGNKIT_SOURCE").write_text(f"{spec.package}/{spec.file}\n{spec.description}\n")
-            os.replace(tmp, target)
+            replace_dir(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
