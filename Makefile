@@ -27,7 +27,7 @@ install: $(STAMP)
 # The main jobs on the embedded model: SFT -> verified on-policy pairs -> DPO (alignkit demo), then
 # LongReward AI feedback -> pairs -> DPO+NLL (alignkit pipeline longreward). Each prints its report path.
 demo: install
-	$(PY) -m alignkit demo --out runs/demo
+	$(PY) -m alignkit demo --config configs/demo.yaml
 	$(PY) -m alignkit pipeline longreward --config configs/longreward_smollm2.yaml
 	@echo "reports: runs/demo/report.md and runs/longreward-smollm2/report.md"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
@@ -21,14 +20,14 @@ def tiny_small_vocab_dir(tmp_path, tokenizer):
 
 
 def test_demo_runs_every_stage_and_writes_its_report(tmp_path, tiny_small_vocab_dir):
-    from alignkit.pipelines.demo import run_demo
+    from alignkit.config import load_config
+    from alignkit.pipelines.demo import DemoConfig, run_demo
 
-    # the demo's own settings object (issue 8 turns it into a config model with the same fields)
-    settings = argparse.Namespace(
-        model=tiny_small_vocab_dir, out=str(tmp_path / "demo"), n_train=16, n_heldout=4, k=4, temperature=1.0,
-        sft_epochs=1, sft_steps=1, min_pairs=1, sft_lr=1e-3, dpo_epochs=1, dpo_lr=1e-3, beta=0.1,
-        nll_weight=0.1, precision="fp32", gen_batch=16, seed=0,
-    )
+    settings = load_config(DemoConfig, None, [
+        f"model={tiny_small_vocab_dir}", f"out={tmp_path / 'demo'}", "n_train=16", "n_heldout=4", "k=4",
+        "temperature=1.0", "sft_steps=1", "min_pairs=1", "sft_lr=1e-3", "dpo_epochs=1", "dpo_lr=1e-3",
+        "precision=fp32", "gen_batch=16", "seed=0",
+    ])
     results = run_demo(settings)
     out = tmp_path / "demo"
     assert json.loads((out / "results.json").read_text())["settings"]["n_train"] == 16
