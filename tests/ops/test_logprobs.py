@@ -244,6 +244,7 @@ def test_refuses_bad_masks_and_options(lm):
         response_logps(torch.nn.Linear(2, 2), ids, attn, mask)
 
 
+@pytest.mark.slow  # two processes (torchrun): an integration test for `make test`, not the fast tier
 def test_ddp_two_processes_sync_gradients(tmp_path):
     """Under DDP (gloo, 2 CPU processes, half the batch each) the gradients equal one process's.
 
@@ -286,7 +287,8 @@ def test_ddp_two_processes_sync_gradients(tmp_path):
 
 
 @pytest.mark.slow
-def test_embedded_model_matches_naive_reference(embedded_path, tokenizer):
+def test_embedded_model_matches_naive_reference(embedded_path, embedded_tokenizer):
+    tokenizer = embedded_tokenizer
     """The real 135M model (tied embeddings, real logit magnitudes): equal to the naive computation."""
     from alignkit.models import load_causal_lm
 

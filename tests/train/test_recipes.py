@@ -23,7 +23,7 @@ def _cfg(kind, tmp_path, model_dir, data, **train):
 
     cls = {"sft": SFTConfig, "rm": RMConfig, "dpo": PreferenceConfig}[kind]
     over = [f"model.name_or_path={model_dir}", f"data.train={data}", f"train.output_dir={tmp_path / 'out'}",
-            "train.progress=false", "train.tensorboard=false", "train.lr=1e-3", "train.max_grad_norm=null"]
+            "train.progress=false", "train.report_to=[]", "train.lr=1e-3", "train.max_grad_norm=null"]
     over += [f"{k}={v}" for k, v in train.items()]
     return load_config(cls, None, over)
 

@@ -259,7 +259,9 @@ class HFEngine:
         seeds = [s if s is not None else int(torch.randint(0, 2**62, (1,)).item()) for s in requested]
         outputs: list[list[_Row | None]] = [[None] * params.n for _ in prompts]
         total = len(prompts) * params.n
-        bar = _Progress(total, enabled=progress and total > 0)
+        from alignkit.progress import ProgressBar
+
+        bar = ProgressBar("generate", total, enabled=progress and total > 0)
         with bar, torch.inference_mode():
             for batch in self._plan(encoded, params.n):
                 rows = [
@@ -444,38 +446,6 @@ class HFEngine:
         text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
         cut = _cut_at_stop(text, stops) if stops else None
         row.text = text if cut is None else text[:cut]
-
-
-class _Progress:
-    """A rich progress bar over completions (no-op when disabled)."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled = total, enabled
-        self._progress = None
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._progress = Progress(
-                TextColumn("generate"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                transient=False,
-            )
-            self._progress.__enter__()
-            self._task = self._progress.add_task("generate", total=self.total)
-        return self
-
-    def advance(self) -> None:
-        if self._progress is not None:
-            self._progress.advance(self._task)
-
-    def __exit__(self, *exc):
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
-        return False
 
 
 class VLLMEngine:

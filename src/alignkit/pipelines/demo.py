@@ -149,8 +149,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     sft_data = str(DEMO_SFT)
     sft_cfg = load_config(SFTConfig, None, [
         f"model.name_or_path={base}", f"data.train={sft_data}", "data.eval_fraction=0.1",
-        f"train.output_dir={out / 'sft'}", f"train.epochs={cfg.sft_epochs}", "train.batch_size=8",
-        f"train.max_steps={'null' if not cfg.sft_steps else cfg.sft_steps}",
+        f"train.output_dir={out / 'sft'}", "train.batch_size=8",
+        f"train.max_steps={cfg.sft_steps}" if cfg.sft_steps else f"train.epochs={cfg.sft_epochs}",
         f"train.lr={cfg.sft_lr}", "train.warmup_steps=2", f"train.precision={cfg.precision}",
         "data.policy.max_length=256", "data.policy.max_prompt_length=160",
     ])

@@ -24,7 +24,6 @@ stopped.
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import shutil
 import time
@@ -36,6 +35,7 @@ from pydantic import Field, model_validator
 
 from alignkit.config import ConfigError, StrictModel, dump_config
 from alignkit.data.tokenize import DataPolicy
+from alignkit.fingerprints import file_sha256, sha256_hex
 from alignkit.judge.client import JudgeConfig
 from alignkit.judge.longreward import DIMENSIONS, LongRewardConfig
 from alignkit.models import DEFAULT_MODEL
@@ -183,11 +183,11 @@ class LongRewardPipelineConfig(StrictModel):
 
 # ----------------------------------------------------------------------------------------- helpers
 def _fingerprint(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return sha256_hex(list(parts))[:16]
 
 
 def _file_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "missing"
+    return file_sha256(path)[:16] if path.is_file() else "missing"
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -288,7 +288,7 @@ def _greedy_answers(engine, rows: list[dict], max_new_tokens: int, tag: str) -> 
 def _judge(cfg: LongRewardPipelineConfig, out: Path):
     from alignkit.judge.client import judge_from_config
 
-    return judge_from_config(cfg.judge, cache_path=cfg.judge.cache or str(out / "judge_cache.sqlite"))
+    return judge_from_config(cfg.judge, cache_path=out / "judge_cache.sqlite")
 
 
 def _usage_delta(now: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from alignkit.config import StrictModel
 from alignkit.data.batching import by_completion, collate
 from alignkit.data.rows import DataError
 from alignkit.data.tokenize import TokenizedExample
+from alignkit.errors import ConfigError
 from alignkit.train.loop import TrainConfig, Trainer, epoch_micro_batches
 from alignkit.train.run import (
     DataConfig,
@@ -76,7 +77,7 @@ class EXOLoss(_Loss):
     beta_pi: float = 0.5
     """Policy coefficient: p_policy = softmax(beta_pi * log-ratio). Effective KL coefficient = beta_pi * beta_r."""
     beta_r: float = 0.5
-    """Reward temperature: p_reward = softmax(rewards / beta_r) (unused for pair rows: targets [0, -10])."""
+    """Reward temperature: p_reward = softmax(rewards / beta_r) (pair rows have fixed targets [0, -10]: setting beta_r with them is an error)."""
     kway: ClassVar[bool] = True
 
 
@@ -87,7 +88,7 @@ class DPORWLoss(_Loss):
     beta_pi: float = 0.5
     """Policy coefficient: p_policy = softmax(beta_pi * log-ratio)."""
     beta_r: float = 0.5
-    """Reward temperature: q = softmax(rewards / beta_r) (pair rows: hard labels [1, 0])."""
+    """Reward temperature: q = softmax(rewards / beta_r) (pair rows have hard labels [1, 0]: setting beta_r with them is an error)."""
     kway: ClassVar[bool] = True
 
 
@@ -195,12 +196,11 @@ def _with_reference(examples: list[TokenizedExample], ref: torch.Tensor, pad_id:
 
 def _detect_kind(path: str) -> str:
     """K-way rows carry 'completions'; pair rows carry 'chosen'."""
-    from pathlib import Path
 
-    from alignkit.data.rows import _iter_records
+    from alignkit.data.records import iter_records
 
-    for _, rec in _iter_records(Path(path)):
-        return "kway" if isinstance(rec, dict) and "completions" in rec else "preference"
+    for rec in iter_records(path):
+        return "kway" if isinstance(rec.value, dict) and "completions" in rec.value else "preference"
     raise DataError(f"{path}: no rows")
 
 
@@ -254,6 +254,12 @@ def train_preference(cfg: PreferenceConfig, resume: bool = False) -> dict[str, A
     if kind == "kway" and not cfg.loss.kway:
         raise DataError(f"{cfg.data.train}: K-way rows need loss exo or dpo_rw (got {cfg.loss.type})")
     pairs = kind == "preference"
+    if pairs and cfg.loss.kway and "beta_r" in cfg.loss.model_fields_set:
+        # Pair rows carry no rewards: the targets are fixed, so a beta_r would be silently ignored.
+        raise ConfigError(
+            f"loss.beta_r={cfg.loss.beta_r} has no effect on pair rows ({cfg.data.train}: prompt/chosen/"
+            f"rejected, fixed targets); remove loss.beta_r or train on K-way rows with rewards"
+        )
     model, tok = load_policy(cfg.model, cfg.train.seed)
     train, evals, summary = load_data(cfg.data, kind, tok, cfg.train.seed, pairwise=pairs)
     out = prepare_output(acc, cfg, cfg.train.output_dir)  # only once the data is known to be valid

@@ -12,35 +12,28 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from alignkit.atomic import atomic_path
 from alignkit.data.batching import by_completion, collate
 from alignkit.data.tokenize import TokenizedExample
+from alignkit.fingerprints import chat_template_hash, module_fingerprint, sha256_hex, tokenizer_fingerprint
 from alignkit.models import alignkit_home
+from alignkit.progress import ProgressBar
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: weights and tokenizer identities from alignkit.fingerprints
 
 
 def weights_digest(model) -> str:
-    """BLAKE2b over every parameter and buffer (name, dtype, shape, bytes) in a fixed order."""
-    h = hashlib.blake2b(digest_size=20)
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+    """Identity of the reference weights (every parameter and buffer: name, dtype, shape, bytes)."""
+    return module_fingerprint(model)
 
 
 def tokenizer_digest(tokenizer) -> str:
-    h = hashlib.sha256()
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    h.update(backend.to_str().encode() if backend is not None else repr(sorted(tokenizer.get_vocab().items())).encode())
-    h.update((getattr(tokenizer, "chat_template", None) or "").encode())
-    return h.hexdigest()
+    """Identity of the tokenizer and its chat template (both change the token ids)."""
+    return sha256_hex([tokenizer_fingerprint(tokenizer), chat_template_hash(tokenizer)])
 
 
 def fingerprint(weights: str, tok: str, examples: list[TokenizedExample], temperature: float, precision: str,
@@ -90,15 +83,14 @@ def compute_ref_logps(
         if len(seen) != len(examples):
             raise ValueError(f"reference batches cover {len(seen)} of {len(examples)} examples")
     autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    bar = _bar(progress, len(chunks))
-    for chunk in chunks:
-        batch = collate([examples[i] for i in chunk], pad_id)
-        with autocast:
-            res = response_logps(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                                 batch["loss_mask"].to(device), temperature=temperature)
-        out[chunk] = by_completion(res.logps.float().cpu(), n_comp)
-        bar.advance()
-    bar.close()
+    with ProgressBar("reference log-probs", len(chunks), progress) as bar:
+        for chunk in chunks:
+            batch = collate([examples[i] for i in chunk], pad_id)
+            with autocast:
+                res = response_logps(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                                     batch["loss_mask"].to(device), temperature=temperature)
+            out[chunk] = by_completion(res.logps.float().cpu(), n_comp)
+            bar.advance()
     model.train(was_training)
     return out
 
@@ -125,11 +117,8 @@ def load_or_compute(
         data = compute_ref_logps(model, examples, tokenizer.pad_token_id, batch_size, temperature, precision,
                                  device, progress=progress, batches=batches)
         if use_cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            os.close(fd)
-            torch.save(data, tmp)
-            os.replace(tmp, path)
+            with atomic_path(path, suffix=".pt") as tmp:
+                torch.save(data, tmp)
     if accelerator is not None and accelerator.num_processes > 1:
         # Other processes wait for the main one, then read its result (from disk, or broadcast).
         accelerator.wait_for_everyone()
@@ -143,22 +132,3 @@ def load_or_compute(
 
             data = broadcast(data.to(accelerator.device)).cpu()
     return data, info
-
-
-class _bar:
-    def __init__(self, enabled: bool, total: int):
-        self._p = None
-        if enabled:
-            from rich.progress import Progress
-
-            self._p = Progress()
-            self._p.start()
-            self._t = self._p.add_task("reference log-probs", total=total)
-
-    def advance(self):
-        if self._p is not None:
-            self._p.advance(self._t)
-
-    def close(self):
-        if self._p is not None:
-            self._p.stop()

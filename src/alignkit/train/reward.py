@@ -21,6 +21,7 @@ from alignkit.train.run import (
     ModelConfig,
     RewardForward,
     load_data,
+    load_policy,
     make_accelerator,
     prepare_output,
     seed_everything,
@@ -82,21 +83,15 @@ def evaluate_rm(model: RewardForward, examples, pad_id: int, batch_size: int, de
 
 
 def train_rm(cfg: RMConfig, resume: bool = False) -> dict[str, Any]:
-    from alignkit.models import apply_lora, load_reward_model, load_tokenizer
+    from alignkit.models import load_tokenizer
     from alignkit.train.checkpoint import export_model
 
     acc = make_accelerator(cfg.train.precision)
     seed_everything(cfg.train.seed)
     tok = load_tokenizer(cfg.model.name_or_path)
     distinct_pad(tok)
-    torch.manual_seed(cfg.train.seed)  # the fresh score head's initialisation
-    model = load_reward_model(cfg.model.name_or_path, trainable=True)
+    model, tok = load_policy(cfg.model, cfg.train.seed, head="reward", tokenizer=tok)
     model.config.pad_token_id = tok.pad_token_id
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    if cfg.model.lora is not None:
-        lo = cfg.model.lora
-        model = apply_lora(model, r=lo.r, alpha=lo.alpha, dropout=lo.dropout, target_modules=lo.target_modules)
     train, evals, summary = load_data(cfg.data, "preference", tok, cfg.train.seed, pairwise=True)
     out = prepare_output(acc, cfg, cfg.train.output_dir)  # only once the data is known to be valid
     fwd = RewardForward(model.to(acc.device))

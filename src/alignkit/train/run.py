@@ -53,8 +53,8 @@ class DataConfig(StrictModel):
     """JSONL/JSON/Parquet file or saved HF dataset directory."""
     eval: str | None = None
     """Held-out file in the same format (optional)."""
-    eval_fraction: float = 0.0
-    """If no eval file: hold out this fraction of train rows (deterministic by seed)."""
+    eval_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """If no eval file: hold out this fraction of train rows, 0 <= f < 1 (deterministic by seed)."""
     policy: DataPolicy = Field(default_factory=DataPolicy)
 
 
@@ -116,19 +116,15 @@ def split_rows(rows: list[Example], fraction: float, seed: int) -> tuple[list[Ex
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
 
-def load_policy(model_cfg: ModelConfig, seed: int):
-    """Load the trainable causal LM (optionally LoRA-wrapped) and its tokenizer."""
-    from alignkit.models import apply_lora, load_causal_lm, load_tokenizer
+def load_policy(model_cfg: ModelConfig, seed: int, head: str = "causal-lm", tokenizer=None):
+    """Load the trainable model (causal LM, or reward model with ``head="reward"``) and its tokenizer."""
+    from alignkit.models import load_tokenizer, load_trainable
 
-    tokenizer = load_tokenizer(model_cfg.name_or_path)
-    torch.manual_seed(seed)
-    model = load_causal_lm(model_cfg.name_or_path, trainable=True)
-    if model_cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = False
-    if model_cfg.lora is not None:
-        lo = model_cfg.lora
-        model = apply_lora(model, r=lo.r, alpha=lo.alpha, dropout=lo.dropout, target_modules=lo.target_modules)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(model_cfg.name_or_path)
+    torch.manual_seed(seed)  # a new head's initialisation
+    lora = model_cfg.lora.model_dump(exclude={"merge_on_save"}) if model_cfg.lora is not None else None
+    model = load_trainable(model_cfg.name_or_path, head, model_cfg.gradient_checkpointing, lora)
     return model, tokenizer
 
 
