@@ -18,7 +18,7 @@ import torch
 from alignkit.data.verifiable import DEMO_HELDOUT
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-QUIET = ["train.progress=false", "train.tensorboard=false", "train.report=false"]
+QUIET = ["train.progress=false", "train.report_to=[]", "train.report=false"]
 
 
 @pytest.fixture(scope="module")

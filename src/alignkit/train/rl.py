@@ -217,8 +217,8 @@ def heldout_reward(ctx: Ctx, rows: list[dict]) -> dict[str, Any]:
 
 def train_rl(cfg: RLConfig, resume: bool = False) -> dict[str, Any]:
     """Run the recipe; returns the run summary (also written to ``output_dir/summary.json``)."""
+    from alignkit.progress import ProgressBar
     from alignkit.train.checkpoint import export_model
-    from alignkit.train.loop import _progress
     from alignkit.train.run import make_accelerator, prepare_output, seed_everything, write_summary
 
     acc = make_accelerator(cfg.train.precision)
@@ -234,30 +234,30 @@ def train_rl(cfg: RLConfig, resume: bool = False) -> dict[str, Any]:
         if acc.is_main_process and (out / "metrics.jsonl").exists():
             (out / "metrics.jsonl").unlink()
         ctx.state.heldout_before = heldout_reward(ctx, eval_rows)
-    writer = None
-    if cfg.train.tensorboard and acc.is_main_process:
-        from torch.utils.tensorboard import SummaryWriter
+    trackers = None
+    if cfg.train.report_to and acc.is_main_process:
+        from alignkit.train.trackers import Trackers
 
-        writer = SummaryWriter(str(out / "tensorboard"))
+        trackers = Trackers(cfg.train.report_to, out, cfg.model_dump(mode="json"))
     history = []
-    with StopSignals() as stop, _progress(cfg.train.progress and acc.is_main_process, cfg.train.max_steps,
-                                       ctx.state.step) as bar:
+    bar_enabled = cfg.train.progress and acc.is_main_process
+    with StopSignals() as stop, ProgressBar("rl", cfg.train.max_steps, bar_enabled, completed=ctx.state.step) as bar:
         while ctx.state.step < cfg.train.max_steps:
             logs = rl_step(ctx)
             history.append(logs)
             if acc.is_main_process and (logs["step"] % cfg.train.log_every == 0 or logs["step"] == cfg.train.max_steps):
                 with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(logs) + "\n")
-                for k, v in logs.items():
-                    if writer is not None and k != "step" and isinstance(v, int | float) and math.isfinite(v):
-                        writer.add_scalar(k, v, logs["step"])
-            bar.advance(logs)
+                if trackers is not None:
+                    trackers.log({k: v for k, v in logs.items() if isinstance(v, int | float) and math.isfinite(v)},
+                                 logs["step"])
+            bar.advance(info=f"reward {logs.get('reward/mean', math.nan):.3f}")
             if cfg.train.save_every and ctx.state.step % cfg.train.save_every == 0:
                 save(ctx, out)
             if stop.signal:
                 break
-    if writer is not None:
-        writer.close()
+    if trackers is not None:
+        trackers.close()
     if stop.signal or ctx.state.step == cfg.train.max_steps:
         save(ctx, out)
     after = {}

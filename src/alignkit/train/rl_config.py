@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from alignkit.config import StrictModel
 from alignkit.judge.client import JudgeConfig
 from alignkit.train.run import ModelConfig
+from alignkit.train.trackers import TrackerName, check_installed
 
 
 class RLDataConfig(StrictModel):
@@ -170,12 +171,18 @@ class RLTrainConfig(StrictModel):
     """Checkpoint every N RL steps (null: only at the end and on SIGINT/SIGTERM)."""
     keep_checkpoints: int = 2
     """How many recent checkpoints to keep."""
-    tensorboard: bool = True
-    """Write TensorBoard event files under output_dir/tensorboard."""
+    report_to: list[TrackerName] = Field(default_factory=lambda: ["tensorboard"])
+    """Experiment trackers for the logged metrics: tensorboard (output_dir/tensorboard), wandb, mlflow
+    (the same trackers and extras as the offline recipes' ``train.report_to``); [] logs to metrics.jsonl only."""
     progress: bool = True
     """Show a progress bar."""
     report: bool = True
     """Write report.md and PNG plots at the end."""
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers_installed(cls, names: list[str]) -> list[str]:
+        return check_installed(names)
 
 
 class ReferenceSettings(StrictModel):

@@ -37,7 +37,7 @@ class RunState:
     heldout_before: dict[str, Any] = field(default_factory=dict)
 
 
-def build_reward(cfg: RewardConfig, device):
+def build_reward(cfg: RewardConfig, device, judge_cache_path: Path | str):
     from alignkit.train import rl_rewards as R
 
     def part(kind: str):
@@ -47,7 +47,7 @@ def build_reward(cfg: RewardConfig, device):
             return R.model_reward(cfg.model, device)
         from alignkit.judge.client import judge_from_config
 
-        return R.judge_reward(judge_from_config(cfg.judge), cfg.judge_max_tokens)
+        return R.judge_reward(judge_from_config(cfg.judge, judge_cache_path), cfg.judge_max_tokens)
 
     if cfg.type == "sum":
         return R.weighted_sum({k: part(k) for k in cfg.weights}, cfg.weights)
@@ -148,7 +148,7 @@ def build_run(cfg: RLConfig, acc) -> Ctx:
     else:
         policy, opt = acc.prepare(policy, opt)
         acc.register_for_checkpointing(sched)
-    reward_fn = build_reward(cfg.reward, acc.device)
+    reward_fn = build_reward(cfg.reward, acc.device, Path(cfg.train.output_dir) / "judge_cache.sqlite")
     return Ctx(cfg, acc, tok, policy, reference, critic, opt, sched, critic_opt, critic_sched, rows, reward_fn,
                ptx, RunState())
 
