@@ -17,7 +17,7 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto: vLLM when installed and a GPU is present, else HF; vllm is refused without them",
     )
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cpu for HF)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences decoded together (default 8)")
 

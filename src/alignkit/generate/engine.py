@@ -196,7 +196,7 @@ class HFEngine:
     def from_pretrained(
         cls,
         name_or_path: str,
-        dtype: str = "float32",
+        dtype: str = "auto",
         device: str = "cpu",
         batch_size: int = 8,
         max_batch_tokens: int = 16384,

@@ -188,7 +188,7 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--seed", type=int, default=0, help="prompt row i is sampled with seed SEED+i")
     p.add_argument("--backend", choices=["auto", "hf", "vllm"], default="auto")
-    p.add_argument("--dtype", default="float32")
+    p.add_argument("--dtype", default="auto")
     p.add_argument("--device", default=None)
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(func=_cmd_sample)

@@ -247,7 +247,7 @@ def register(sub) -> None:
     p.add_argument("--dpo-lr", type=float, default=5e-6)
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--nll-weight", type=float, default=0.1)
-    p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--gen-batch", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd)

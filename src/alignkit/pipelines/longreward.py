@@ -66,7 +66,8 @@ class SamplingSection(StrictModel):
     max_new_tokens: int = Field(default=512, ge=1)
     seed: int = 0
     batch_size: int = Field(default=8, ge=1)
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Policy weights while sampling (auto: bfloat16 where the hardware has native bf16, else float32)."""
     device: str | None = None
     backend: Literal["auto", "hf", "vllm"] = "auto"
 

@@ -27,6 +27,7 @@ from alignkit.train.run import (
     load_policy,
     make_accelerator,
     prepare_output,
+    resolve_run_precision,
     seed_everything,
     write_summary,
 )
@@ -248,7 +249,8 @@ def train_preference(cfg: PreferenceConfig, resume: bool = False) -> dict[str, A
     from alignkit.train import refcache
     from alignkit.train.checkpoint import export_model
 
-    acc = make_accelerator(cfg.train.precision)
+    prec = resolve_run_precision(cfg.train.precision)
+    acc = make_accelerator(prec.precision)
     seed_everything(cfg.train.seed)
     kind = _detect_kind(cfg.data.train)
     if kind == "kway" and not cfg.loss.kway:
@@ -265,7 +267,7 @@ def train_preference(cfg: PreferenceConfig, resume: bool = False) -> dict[str, A
 
         ref_model = load_causal_lm(cfg.reference.name_or_path).to(acc.device)
     ref_kw = dict(batch_size=max(1, cfg.train.batch_size), temperature=cfg.logit_temperature,
-                  precision=cfg.train.precision, device=acc.device, accelerator=acc,
+                  precision=prec.precision, device=acc.device, accelerator=acc,
                   use_cache=cfg.reference.cache, progress=cfg.train.progress and acc.is_main_process)
     model.to(acc.device)
     # Same micro-batches as training / evaluation, so bf16 rounding matches the policy's at init.
@@ -293,7 +295,7 @@ def train_preference(cfg: PreferenceConfig, resume: bool = False) -> dict[str, A
             after = evaluate_pairs(acc.unwrap_model(trainer.model), evals, ref_eval, tok.pad_token_id,
                                    cfg.train.batch_size, acc.device)
     payload = {
-        "recipe": "dpo", "loss": cfg.loss.type, "steps": result.step, "interrupted": result.interrupted,
+        "recipe": "dpo", "precision": prec.as_dict(), "loss": cfg.loss.type, "steps": result.step, "interrupted": result.interrupted,
         "signal": result.signal, "data": summary.as_dict(), "reference_cache": ref_info,
         "eval_before": before, "eval_after": after,
         "final_loss": result.history[-1]["loss"] if result.history else math.nan,

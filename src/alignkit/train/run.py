@@ -8,6 +8,7 @@ wrap the model in :class:`LogpsForward` / :class:`RewardForward` and let acceler
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -58,10 +59,23 @@ class DataConfig(StrictModel):
     policy: DataPolicy = Field(default_factory=DataPolicy)
 
 
+def resolve_run_precision(requested: str):
+    """The precision a run uses (``auto`` probed, see :mod:`alignkit.precision`), announced once."""
+    from alignkit.precision import announce, resolve_precision
+
+    choice = resolve_precision(requested, "cuda" if torch.cuda.is_available() else "cpu")
+    if int(os.environ.get("RANK", "0")) == 0:  # before the Accelerator exists; torchrun/accelerate set RANK
+        announce(choice)
+    return choice
+
+
 def make_accelerator(cfg_precision: str):
+    """An Accelerator for ``fp32`` or ``bf16`` (``auto`` is resolved by :func:`resolve_run_precision`)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    if cfg_precision == "auto":
+        cfg_precision = resolve_run_precision(cfg_precision).precision
     # accelerate keeps one process-wide state and refuses a second Accelerator with another
     # precision; recipes run one after another in a process (the demo, tests) may differ, so reset
     # the precision state. The process group (PartialState) is kept.
