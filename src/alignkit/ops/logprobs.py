@@ -121,10 +121,7 @@ def _check_batch(
             "input_ids, attention_mask and loss_mask must all be (B, T); got "
             f"{tuple(input_ids.shape)}, {tuple(attention_mask.shape)}, {tuple(loss_mask.shape)}"
         )
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if not (isinstance(chunk_size, int) and chunk_size >= 1):
-        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+    _check_options(temperature, chunk_size)
     if loss_mask[:, 0].any():
         raise ValueError(
             "loss_mask[:, 0] must be False: the first token has no preceding position to predict it"
@@ -138,6 +135,40 @@ def _check_batch(
         )
 
 
+def _check_options(temperature: float, chunk_size: int) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not (isinstance(chunk_size, int) and chunk_size >= 1):
+        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+
+
+def _check_segments(input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor, position_ids: Tensor | None,
+                    predictor: Tensor, sequence: Tensor | None, n_sequences: int | None) -> None:
+    r, t = input_ids.shape
+    if attention_mask.shape != (r, 1, t, t) or attention_mask.dtype != torch.bool:
+        raise ValueError(f"the segment layout needs a (R, 1, T, T) bool attention mask; got {tuple(attention_mask.shape)}")
+    if any(x is None or x.shape != (r, t) for x in (position_ids, predictor, sequence, loss_mask)):
+        raise ValueError("the segment layout needs position_ids, predictor, sequence and loss_mask of shape (R, T)")
+    if n_sequences is None or (loss_mask.any() and int(sequence[loss_mask].max()) >= n_sequences):
+        raise ValueError(f"n_sequences ({n_sequences}) must exceed every output slot in `sequence`")
+    picked = predictor[loss_mask]
+    if (picked < 0).any() or (picked >= loss_mask.nonzero()[:, 1]).any():
+        raise ValueError("predictor must point at an earlier position of the same row")
+
+
+def _segment_mask_for(hf: nn.Module, mask: Tensor, decoder: nn.Module) -> Tensor:
+    """The bool 4-D mask as the attention implementation wants it: as is (sdpa), additive (eager)."""
+    impl = getattr(hf.config, "_attn_implementation", None)
+    if impl == "sdpa":
+        return mask
+    if impl == "eager":
+        dtype = next(decoder.parameters()).dtype
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    raise UnsupportedModelError(
+        f"{type(hf).__name__}: packed / shared-prompt batches need attn_implementation sdpa or eager (got {impl!r})"
+    )
+
+
 def response_logps(
     model: nn.Module,
     input_ids: Tensor,
@@ -146,6 +177,10 @@ def response_logps(
     *,
     temperature: float = 1.0,
     chunk_size: int = 1024,
+    position_ids: Tensor | None = None,
+    predictor: Tensor | None = None,
+    sequence: Tensor | None = None,
+    n_sequences: int | None = None,
 ) -> ResponseLogps:
     """Sum of log-probs of the response tokens of each sequence, never materialising ``B x T x V`` logits.
 
@@ -158,16 +193,32 @@ def response_logps(
         temperature: logits are divided by it before the log-softmax (EXO divides policy and
             reference logits by the sampling temperature).
         chunk_size: rows of the lm-head computed at once; peak extra memory ``chunk_size x V`` floats.
+        position_ids, predictor, sequence, n_sequences: the segment layout of
+            :func:`alignkit.data.batching.collate_segments` (packed rows, shared prompts). Then
+            ``attention_mask`` is ``(R, 1, T, T)`` bool, ``loss_mask`` marks the scored tokens themselves,
+            ``predictor[r, t]`` is the position predicting token ``t`` and ``sequence[r, t]`` the output
+            slot (``0 .. n_sequences - 1``) it is summed into.
 
     Returns:
-        ``ResponseLogps(logps (B,) float32, counts (B,) long)``. Gradients flow into trainable
+        ``ResponseLogps(logps (B,) float32, counts (B,) long)`` (``(n_sequences,)`` in the segment
+        layout). Gradients flow into trainable
         parameters when grad mode is on.
     Raises:
         ValueError on inconsistent masks; UnsupportedModelError for models whose logits are
         post-processed (soft-capping, scaling) or that add positions (prompt-learning adapters).
     """
     loss_mask = loss_mask.bool()
-    _check_batch(input_ids, attention_mask, loss_mask, temperature, chunk_size)
+    if predictor is None:
+        _check_batch(input_ids, attention_mask, loss_mask, temperature, chunk_size)
+        # Right padding: positions 0..len-1 either way; cumsum also keeps left-padded batches correct.
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        rows, src = loss_mask[:, 1:].nonzero(as_tuple=True)  # position t-1 predicts token t
+        tgt, out_index, n_out = src + 1, rows, input_ids.shape[0]
+    else:
+        _check_segments(input_ids, attention_mask, loss_mask, position_ids, predictor, sequence, n_sequences)
+        _check_options(temperature, chunk_size)
+        rows, tgt = loss_mask.nonzero(as_tuple=True)
+        src, out_index, n_out = predictor[rows, tgt], sequence[rows, tgt], n_sequences
     hf = _hf_model(model)
     _check_architecture(hf)
     decoder, lm_head = hf.get_decoder(), hf.get_output_embeddings()
@@ -179,8 +230,8 @@ def response_logps(
     def capture(_module: nn.Module, _args: Any, output: Any) -> None:
         captured.append(output if isinstance(output, Tensor) else output[0])
 
-    # Right padding: positions 0..len-1 either way; cumsum also keeps left-padded batches correct.
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    if predictor is not None:
+        attention_mask = _segment_mask_for(hf, attention_mask, decoder)
     handle = decoder.register_forward_hook(capture)
     try:
         out = model(
@@ -200,10 +251,8 @@ def response_logps(
     hidden = captured[0]
     _check_logits(lm_head, hidden[:, -1], out.logits[:, -1], type(hf).__name__)
 
-    predicting = loss_mask[:, 1:]  # position t-1 predicts token t
-    rows = predicting.nonzero()[:, 0]
-    states = hidden[:, :-1][predicting]  # (N, H), grouped by row
-    targets = input_ids[:, 1:][predicting]  # (N,)
+    states = hidden[rows, src]  # (N, H), grouped by row
+    targets = input_ids[rows, tgt]  # (N,)
     track_grad = torch.is_grad_enabled() and (
         states.requires_grad or any(p.requires_grad for p in lm_head.parameters())
     )
@@ -215,7 +264,6 @@ def response_logps(
         else:
             pieces.append(_token_logps(lm_head, h, y, temperature))
     per_token = torch.cat(pieces)
-    logps = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device).index_add(
-        0, rows, per_token
-    )
-    return ResponseLogps(logps=logps, counts=loss_mask.sum(dim=1))
+    logps = torch.zeros(n_out, dtype=torch.float32, device=input_ids.device).index_add(0, out_index, per_token)
+    counts = torch.bincount(out_index, minlength=n_out)
+    return ResponseLogps(logps=logps, counts=counts)

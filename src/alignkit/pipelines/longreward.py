@@ -135,7 +135,7 @@ class LongRewardPipelineConfig(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self):
-        kway_loss = getattr(self.training.loss, "kway", False)
+        kway_loss = "kway" in self.training.loss.rows
         if self.pairs.train_on == "kway" and not kway_loss:
             raise ValueError(
                 f"pairs.train_on=kway needs training.loss.type exo or dpo_rw (got {self.training.loss.type})"

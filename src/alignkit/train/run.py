@@ -155,12 +155,27 @@ class LogpsForward(torch.nn.Module):
         self.temperature = temperature
         self.chunk_size = chunk_size
 
-    def forward(self, input_ids, attention_mask, loss_mask):
+    def forward(self, input_ids, attention_mask, loss_mask, **layout):
         from alignkit.ops.logprobs import response_logps
 
         out = response_logps(self.model, input_ids, attention_mask, loss_mask,
-                             temperature=self.temperature, chunk_size=self.chunk_size)
+                             temperature=self.temperature, chunk_size=self.chunk_size, **layout)
         return out.logps, out.counts
+
+
+def forward_logps(model: LogpsForward, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs and token counts, ``(B, C)`` float32 / long, for a batch from
+    :func:`~alignkit.data.batching.collate` or :func:`~alignkit.data.batching.collate_segments`.
+    Slots that are not ``valid`` (rows with fewer completions) are 0 in both."""
+    from alignkit.data.batching import by_completion
+
+    valid = batch["valid"]
+    layout = {k: batch[k] for k in ("position_ids", "predictor", "sequence") if k in batch}
+    if layout:
+        layout["n_sequences"] = valid.numel()
+    logps, counts = model(batch["input_ids"], batch["attention_mask"], batch["loss_mask"], **layout)
+    logps, counts = by_completion(logps.float(), valid.shape[1]), by_completion(counts, valid.shape[1])
+    return logps.where(valid, 0.0), counts.where(valid, 0)
 
 
 class RewardForward(torch.nn.Module):
