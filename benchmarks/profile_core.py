@@ -47,10 +47,11 @@ def model_flops(model, tokens: int, backward: bool) -> float:
     return (6 if backward else 2) * n * tokens
 
 
-def profiled(fn, rows: int, label: str):
+def profiled(fn, rows: int, label: str, warmup: bool = True):
     from torch.profiler import ProfilerActivity, profile
 
-    fn()  # warm-up (allocations, lazy inits)
+    if warmup:
+        fn()  # allocations, lazy inits
     t = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
@@ -82,24 +83,20 @@ def _pair_batch(tok, prompt_len: int, comp_len: int, n_pairs: int, seed: int = 0
     return exs, collate(exs, tok.pad_token_id)
 
 
-def dpo_step(model, tok, exs, batch, shared: bool, precision: str):
-    from alignkit.ops.logprobs import response_logps
+def dpo_step(model, tok, exs, shared: bool, precision: str):
+    """One forward+backward of the summed response log-probs, separate padded sequences or shared-prompt."""
+    from alignkit.data.batching import collate, collate_segments
+    from alignkit.train.run import LogpsForward, forward_logps
 
+    fwd = LogpsForward(model)
+    batch = collate_segments(exs, tok.pad_token_id) if shared else collate(exs, tok.pad_token_id)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def run():
         model.zero_grad(set_to_none=True)
         with autocast:
-            if shared:
-                from alignkit.data.batching import collate_shared
-
-                sb = collate_shared(exs, tok.pad_token_id)
-                out = response_logps(model, sb["input_ids"], sb["attention_mask"], sb["loss_mask"],
-                                     position_ids=sb["position_ids"], segment_ids=sb["segment_ids"],
-                                     n_segments=sb["n_segments"])
-            else:
-                out = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
-        out.logps.sum().backward()
+            logps, _ = forward_logps(fwd, batch)
+        logps.sum().backward()
 
     return run
 
@@ -129,17 +126,16 @@ def main() -> int:
             continue
         exs, batch = _pair_batch(tok, plen, clen, n)
         tokens = int(batch["attention_mask"].sum())
-        for shared in ((False, True) if name == "dpo_long" else (False,)):
-            run = dpo_step(model, tok, exs, batch, shared, args.precision)
+        for shared in (False, True):
+            run = dpo_step(model, tok, exs, shared, args.precision)
             label = f"{name} {'shared-prompt' if shared else 'separate'} {tuple(batch['input_ids'].shape)}"
-            wall = profiled(run, args.rows, label)
+            wall = profiled(run, args.rows, label, warmup=name == "dpo_short")
             fl = model_flops(model, tokens, True)
             print(f"{label}: {tokens / wall:.0f} tok/s (separate-sequence tokens), "
                   f"{fl / wall / 1e12:.3f} TFLOP/s = {fl / wall / 1e12 / peak:.0%} of the {args.precision} matmul peak")
 
     model.eval().requires_grad_(False)
     if "prefill" in args.only:
-        exs, _ = _pair_batch(tok, 1500, 1, 2)
         for plen in (1500, 3000):
             ids = torch.randint(100, 20000, (1, plen))
 
@@ -156,15 +152,15 @@ def main() -> int:
 
         engine = HFEngine(model, tok, batch_size=8)
         prompts = [f"Write one sentence about the number {i}." for i in range(8)]
-        params = SamplingParams(max_new_tokens=32, temperature=0.0, ignore_eos=True) \
-            if "ignore_eos" in SamplingParams.model_fields else SamplingParams(max_new_tokens=32, temperature=0.0)
+        params = SamplingParams(max_new_tokens=32, temperature=0.0, min_new_tokens=32)
 
         def run():
             return engine.generate(prompts, params)
 
-        wall = profiled(run, args.rows, "decode 8 x 32 greedy")
-        n_new = sum(len(r.completions[0].token_ids) for r in run()) if hasattr(run()[0], "completions") else 8 * 32
-        print(f"decode: {n_new / wall:.0f} new tok/s, {n_new} tokens")
+        wall = profiled(run, args.rows, "decode 8 x 32 greedy (min_new_tokens=32)")
+        fwd_only = timed(lambda: model(input_ids=torch.randint(100, 20000, (8, 1)), use_cache=False), reps=5)
+        print(f"decode: {8 * 32 / wall:.0f} new tok/s; {wall / 32 * 1000:.0f} ms per step of 8 rows "
+              f"(a bare 8 x 1 forward without cache: {fwd_only * 1000:.0f} ms)")
     return 0
 
 
