@@ -32,9 +32,31 @@ import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 Prompt = str | list[dict]
+
+
+class Engine(Protocol):
+    """What every generation backend offers (:class:`HFEngine`, :class:`VLLMEngine`).
+
+    Build one with :func:`make_engine` (the one place engines are constructed); code that generates,
+    judges or evaluates takes an ``Engine`` and never asks which backend it is.
+    """
+
+    name: str
+
+    @property
+    def max_context(self) -> int: ...
+
+    def render(self, prompt: Prompt, apply_chat_template: bool = True) -> str: ...
+
+    def encode(self, prompt: Prompt, apply_chat_template: bool = True) -> list[int]: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams, *, apply_chat_template: bool = True,
+                 progress: bool = False, seeds: Sequence[int | None] | None = None) -> list[GenerationResult]: ...
 
 
 class GenerationError(ValueError):
@@ -628,7 +650,7 @@ def vllm_available() -> tuple[bool, str]:
     return True, "vllm and a CUDA GPU are present"
 
 
-def make_engine(name_or_path: str, backend: str = "auto", **kw):
+def make_engine(name_or_path: str, backend: str = "auto", **kw) -> Engine:
     """Build a generation engine: ``"hf"``, ``"vllm"`` or ``"auto"`` (vLLM only when usable).
 
     An explicit ``"vllm"`` request that cannot be honoured raises :class:`GenerationError`; it is never

@@ -188,6 +188,7 @@ class _Stages:
 
     def finish(self, name: str, fingerprint: str, started: float) -> None:
         self.timings[name] = round(time.time() - started, 1)
+        self.console.print(f"stage {name}: {self.timings[name]:.0f} s")
         self.done[name] = {"fingerprint": fingerprint, "seconds": self.timings[name]}
         self.path.write_text(json.dumps(self.done, indent=1))
 
