@@ -161,6 +161,13 @@ def main() -> int:
         fwd_only = timed(lambda: model(input_ids=torch.randint(100, 20000, (8, 1)), use_cache=False), reps=5)
         print(f"decode: {8 * 32 / wall:.0f} new tok/s; {wall / 32 * 1000:.0f} ms per step of 8 rows "
               f"(a bare 8 x 1 forward without cache: {fwd_only * 1000:.0f} ms)")
+        for rows in (16, 64):  # batching policy: decode throughput by batch size
+            big = HFEngine(model, tok, batch_size=rows)
+            ps = [f"Write one sentence about the number {i}." for i in range(rows // 4)]
+            p4 = SamplingParams(max_new_tokens=16, temperature=1.0, min_new_tokens=16, n=4, seed=0)
+            sec = timed(lambda big=big, ps=ps, p4=p4: big.generate(ps, p4), reps=1)
+            print(f"decode batch {rows} rows ({rows // 4} prompts x n=4) x 16 tokens: {sec:.2f} s, "
+                  f"{rows * 16 / sec:.0f} new tok/s, {sec / 16 * 1000:.0f} ms per step")
     return 0
 
 
