@@ -450,6 +450,7 @@ def _train(cfg: LongRewardPipelineConfig, train_file: Path, model_dir: Path) -> 
 
 def _mini_suite(cfg: LongRewardPipelineConfig, model: str, engine, out: Path) -> dict[str, Any]:
     from alignkit.evals.runner import EvalConfig, run_eval
+    from alignkit.precision import resolve_dtype
 
     ecfg = EvalConfig(
         model=model,
@@ -458,7 +459,7 @@ def _mini_suite(cfg: LongRewardPipelineConfig, model: str, engine, out: Path) ->
         lengths=list(cfg.evaluation.mini_lengths),
         samples_per_length=cfg.evaluation.mini_samples_per_length,
         batch_size=cfg.sampling.batch_size,
-        dtype=cfg.sampling.dtype,
+        dtype=resolve_dtype(cfg.sampling.dtype, cfg.sampling.device),
         output_dir=str(out),
     )
     res = run_eval(ecfg, engine=engine)
