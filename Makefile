@@ -27,7 +27,7 @@ install: $(STAMP)
 # LongReward AI feedback -> pairs -> DPO+NLL (alignkit pipeline longreward). Each prints its report path.
 # Precision is chosen by capability (fp32 on CPUs without native bf16); each stage prints its time.
 demo: install
-	@t=$$(date +%s) && $(PY) -m alignkit demo --out runs/demo && echo "alignkit demo: $$(( $$(date +%s) - t )) s"
+	@t=$$(date +%s) && $(PY) -m alignkit demo --config configs/demo.yaml && echo "alignkit demo: $$(( $$(date +%s) - t )) s"
 	@t=$$(date +%s) && $(PY) -m alignkit pipeline longreward --config configs/longreward_smollm2.yaml \
 	  && echo "alignkit pipeline longreward: $$(( $$(date +%s) - t )) s"
 	@echo "reports: runs/demo/report.md and runs/longreward-smollm2/report.md"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -19,9 +19,18 @@ from alignkit.errors import ConfigError  # noqa: F401  (re-exported: config erro
 
 
 class StrictModel(BaseModel):
-    """Base for every config section: unknown keys and type mismatches are rejected."""
+    """Base for every config section: unknown keys and type mismatches are rejected.
+
+    A model used as a command's config (see :mod:`alignkit.commands`) may declare, as class
+    attributes: ``cli_aliases`` (extra flag spellings -> dotted key, e.g. ``{"--in": "input"}``),
+    ``cli_positional`` (fields given as positional arguments, in order) and ``cli_whole`` (list
+    fields whose flag value is one item, repeatable, never split on commas).
+    """
 
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, use_attribute_docstrings=True)
+    cli_aliases: ClassVar[dict[str, str]] = {}
+    cli_positional: ClassVar[tuple[str, ...]] = ()
+    cli_whole: ClassVar[tuple[str, ...]] = ()
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -87,6 +96,20 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def set_dotted(data: dict[str, Any], key: str, value: Any, what: str) -> None:
+    """Set ``data[a][b][c] = value`` for ``key = "a.b.c"``, creating sections on the way."""
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"{what}: empty key")
+    node = data
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{what}: {p!r} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """Apply ``a.b.c=value`` overrides in order to a nested dict (returns a new dict)."""
     out = json.loads(json.dumps(data))  # deep copy of plain data
@@ -94,16 +117,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key.sub=value")
         key, _, raw = item.partition("=")
-        parts = [p for p in key.strip().split(".") if p]
-        if not parts:
-            raise ConfigError(f"override {item!r}: empty key")
-        node = out
-        for p in parts[:-1]:
-            nxt = node.setdefault(p, {})
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"override {item!r}: {p!r} is not a section")
-            node = nxt
-        node[parts[-1]] = parse_value(raw)
+        set_dotted(out, key, parse_value(raw), f"override {item!r}")
     return out
 
 
@@ -120,9 +134,13 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_config(cls: type[M], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> M:
-    """Build ``cls`` from an optional YAML file plus dotted overrides; errors name file and field."""
+def load_config(cls: type[M], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                values: dict[str, Any] | None = None) -> M:
+    """Build ``cls`` from an optional YAML file, typed ``values`` (dotted keys, e.g. from generated
+    command-line flags) and then dotted overrides; errors name file and field."""
     data = load_yaml(path) if path else {}
+    for key, value in (values or {}).items():
+        set_dotted(data, key, value, f"--{key}")
     data = apply_overrides(data, list(overrides))
     source = str(path) if path else "<overrides>"
     try:
@@ -141,14 +159,14 @@ def describe_fields(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, s
         ann = f.annotation
         sub = [a for a in (typing.get_args(ann) or (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
         if len(sub) == 1 and not f.discriminator:
-            section_doc = (f.description or (sub[0].__doc__ or "").strip().splitlines()[0]).strip()
+            section_doc = (f.description or ((sub[0].__doc__ or "").strip().splitlines() or [""])[0]).strip()
             rows.append((key, "", section_doc))
             rows.extend(describe_fields(sub[0], key + "."))
             continue
         if f.discriminator and len(sub) > 1:  # tagged union: list each variant's own fields
             for variant in sub:
                 tag = variant.model_fields[f.discriminator].default
-                doc = (variant.__doc__ or "").strip().splitlines()[0]
+                doc = ((variant.__doc__ or "").strip().splitlines() or [""])[0]
                 rows.append((f"{key}.{f.discriminator}={tag}", "", doc))
                 rows.extend((k, d, desc) for k, d, desc in describe_fields(variant, key + ".")
                             if not k.endswith("." + f.discriminator))

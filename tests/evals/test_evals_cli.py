@@ -14,7 +14,8 @@ def test_build_mini_is_deterministic(tmp_path, capsys):
     args = ["eval", "build-mini", "--lengths", "1k", "--samples-per-length", "2", "--suite-seed", "3"]
     assert main(args + ["--out", str(tmp_path / "a")]) == 0
     assert main(args + ["--out", str(tmp_path / "b")]) == 0
-    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    files = sorted(p.name for p in (tmp_path / "a").iterdir() if p.suffix == ".jsonl")
+    assert (tmp_path / "a" / "config.yaml").is_file()  # the resolved config, saved beside the outputs
     assert files == [
         f"{n}.jsonl"
         for n in sorted(
@@ -131,13 +132,12 @@ def test_seqa_command_small(tmp_path):
 
 
 def test_config_file_and_flags_merge(tmp_path):
-    from alignkit.cli import build_parser
-    from alignkit.evals.cli import _eval_config
+    from alignkit.cli import registry
+    from alignkit.commands import resolve
 
     cfg_file = tmp_path / "eval.yaml"
     cfg_file.write_text("suite: mini\ntasks: [mini_kv_retrieval]\nlengths: [500, 1k]\nlimit: 3\n")
-    args = build_parser().parse_args(["eval", "--config", str(cfg_file), "--limit", "1", "--no-plot"])
-    cfg = _eval_config(args)
+    cfg, _ = resolve(registry()["eval"], ["--config", str(cfg_file), "--limit", "1", "--no-plot"])
     assert (cfg.tasks, cfg.lengths, cfg.limit, cfg.plot, cfg.resume) == (
         ["mini_kv_retrieval"],
         ["500", "1k"],

@@ -147,7 +147,11 @@ def test_oversized_request_is_413(server):
         ),
         ({"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}, 422, "messages.0.role"),
         ({"model": "other", "messages": [{"role": "user", "content": "x"}]}, 404, "model"),
-        ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "stream": True}, 400, "stream"),
+        (
+            {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "stream": True, "logprobs": True},
+            400,
+            "logprobs",
+        ),
         (
             {
                 "model": "tiny",
@@ -247,3 +251,76 @@ def test_logprobs_in_openai_format(server):
         assert "".join(p["token"] for p in content) == data["choices"][0]["message"]["content"]
         bad = c.post("/v1/chat/completions", json={**body, "logprobs": False})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "top_logprobs"
+
+
+def test_streaming_with_the_official_openai_client(server):
+    """stream=true: OpenAI chat.completion.chunk events, read by the official client; same text as non-streamed."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=60)
+    msgs = [{"role": "user", "content": "Tell me something"}]
+    whole = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=6, temperature=0)
+    chunks = list(client.chat.completions.create(model="tiny", messages=msgs, max_tokens=6, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert all(ch.object == "chat.completion.chunk" and ch.model == "tiny" for ch in chunks)
+    with_choice = [ch for ch in chunks if ch.choices]
+    assert with_choice[0].choices[0].delta.role == "assistant"
+    text = "".join(ch.choices[0].delta.content or "" for ch in with_choice)
+    assert text == whole.choices[0].message.content
+    assert len([ch for ch in with_choice if ch.choices[0].delta.content]) > 1  # token by token, not one blob
+    assert with_choice[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert [ch.choices[0].finish_reason for ch in with_choice[:-1]] == [None] * (len(with_choice) - 1)
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    # auth and the body limit hold for streamed requests too
+    bad = openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0, timeout=60)
+    with pytest.raises(openai.AuthenticationError):
+        list(bad.chat.completions.create(model="tiny", messages=msgs, max_tokens=2, stream=True))
+    with pytest.raises(openai.APIStatusError) as exc:
+        list(client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x" * 30000}],
+                                            max_tokens=2, stream=True))
+    assert exc.value.status_code == 413
+
+
+def test_stream_ends_with_done(server):
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "n": 2,
+            "temperature": 0.9, "seed": 1, "stream": True}
+    with _client(server) as c:
+        r = c.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = [line[len("data: "):] for line in r.text.splitlines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        import json
+
+        finals = [json.loads(e)["choices"][0] for e in events[:-1] if json.loads(e)["choices"][0]["finish_reason"]]
+        assert sorted(f["index"] for f in finals) == [0, 1]
+
+
+def test_malformed_content_length_is_400(server):
+    """A Content-Length that is not a number is a bad request (both servers share this guard)."""
+    import http.client
+
+    host, port = server.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.putrequest("POST", "/v1/chat/completions")
+    conn.putheader("Authorization", f"Bearer {KEY}")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", "12abc")
+    conn.endheaders()
+    resp = conn.getresponse()
+    assert resp.status == 400
+    conn.close()
+
+
+@pytest.mark.parametrize("text", ["Hello world, how are you? 😀 naïve café.\nNext", "日本語のテキスト", "  two  spaces  "])
+def test_stream_pieces_join_to_the_text(tokenizer, text):
+    """Streamed deltas split at token boundaries and always join to the exact completion text."""
+    from types import SimpleNamespace
+
+    from alignkit.generate.server import _text_pieces
+
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    full = tokenizer.decode(ids, skip_special_tokens=True)
+    pieces = _text_pieces(tokenizer, SimpleNamespace(text=full, token_ids=ids))
+    assert "".join(pieces) == full and len(pieces) > 1 and all(pieces)
+    cut = full[: len(full) // 2]  # text cut at a stop string: the pieces stop there
+    assert "".join(_text_pieces(tokenizer, SimpleNamespace(text=cut, token_ids=ids))) == cut

@@ -130,6 +130,21 @@ def test_pipeline_runs_every_stage_under_judge_faults_and_resumes(tmp_path, tiny
         assert exo["reused_stages"] == ["sample", "score"]
         assert exo["training"]["loss"] == "exo" and exo["training"]["data"]["kept"] == len(pairs)
 
+        # an interrupted training resumes from its checkpoint and keeps its metrics (it used to start
+        # over from step 0 and delete metrics.jsonl): mark the train stage as started, not finished
+        stages = json.loads((run / "stages.json").read_text())
+        del stages["train"]["fingerprint"]
+        (run / "stages.json").write_text(json.dumps(stages))
+        (run / "model" / "config.json").unlink()
+        metrics = (run / "model" / "metrics.jsonl").read_text()
+        assert metrics.strip()
+        exo_args = ["pipeline", "longreward", "--config", str(cfg), "pairs.train_on=kway", "training.loss.type=exo"]
+        assert main(exo_args) == 0
+        assert (run / "model" / "metrics.jsonl").read_text() == metrics  # resumed at step 2 of 2: kept as it was
+        assert (run / "model" / "config.json").is_file()
+        resumed = json.loads((run / "results.json").read_text())
+        assert resumed["reused_stages"] == ["sample", "score", "evaluate"] and resumed["training"]["steps"] == 2
+
 
 def test_pipeline_refuses_inconsistent_configs(tmp_path):
     bad = [
@@ -145,13 +160,13 @@ def test_pipeline_refuses_inconsistent_configs(tmp_path):
 
 
 def test_shipped_longreward_configs_load():
-    from alignkit.judge.cli import _score_config_cls
+    from alignkit.judge.scoring import LongRewardScoreConfig
 
     found = sorted((REPO / "configs").glob("longreward*.yaml"))
     assert found
     for path in found:
-        cls = _score_config_cls() if "score" in path.name else LongRewardPipelineConfig
-        load_config(cls, path)
+        cls = LongRewardScoreConfig if "score" in path.name else LongRewardPipelineConfig
+        load_config(cls, path, ["input=in.jsonl", "out=out.jsonl"] if "score" in path.name else [])
 
 
 @pytest.mark.slow

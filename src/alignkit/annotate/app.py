@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
@@ -34,6 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from alignkit.annotate import assignment, auth, render, stats
 from alignkit.annotate.db import Database
 from alignkit.annotate.export import preference_rows
+from alignkit.httpguard import BodyLimit, send_json
 
 FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><rect width="32" height="32" rx="7" '
            'fill="#2f5bea"/><path d="M9 22l7-13 7 13" stroke="#fff" stroke-width="3" fill="none" '
@@ -60,11 +61,10 @@ class ServerSettings:
 
 
 class Guard:
-    """Pure ASGI middleware applied to every HTTP request before routing."""
+    """Pure ASGI middleware applied to every HTTP request before routing: cross-site writes, security headers."""
 
-    def __init__(self, app, max_body_bytes: int):
+    def __init__(self, app):
         self.app = app
-        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -83,34 +83,7 @@ class Guard:
         if scope["method"] in ("POST", "PUT", "PATCH", "DELETE") and _cross_site(headers):
             return await _plain(send_with_headers, 403, "cross-site request refused")
 
-        declared = headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
-            return await _plain(send_with_headers, 413, f"request body larger than {self.max_body_bytes} bytes")
-        # Read the body up front (bounded) so a chunked upload cannot exceed the limit either.
-        chunks, size = [], 0
-        if scope["method"] not in ("GET", "HEAD"):
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > self.max_body_bytes:
-                    return await _plain(send_with_headers, 413, f"request body larger than {self.max_body_bytes} bytes")
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
-        body = b"".join(chunks)
-        sent = False
-
-        async def replay():
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return await self.app(scope, replay, send_with_headers)
+        return await self.app(scope, receive, send_with_headers)
 
 
 def _cross_site(headers: dict[str, str]) -> bool:
@@ -132,50 +105,62 @@ def _cross_site(headers: dict[str, str]) -> bool:
 
 
 async def _plain(send, status: int, text: str):
-    body = json.dumps({"detail": text}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, status, json.dumps({"detail": text}).encode())
 
 
 # --- application --------------------------------------------------------------------------------
 
 
 def create_app(db: Database, settings: ServerSettings | None = None) -> FastAPI:
-    """Build the application around an open database."""
+    """Build the application around an open database: middleware, static files and the routers."""
     settings = settings or ServerSettings()
-    criteria: list[str] = list(db.setting("criteria"))
-    scale: int = int(db.setting("scale"))
-    limiter = auth.LoginRateLimiter(settings.login_max_failures, settings.login_window_s)
     app = FastAPI(title="alignkit annotate", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(Guard, max_body_bytes=settings.max_body_bytes)
+    # the last middleware added runs first: Guard adds security headers to BodyLimit's refusals too
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, respond=_plain)
+    app.add_middleware(Guard)
     app.mount("/static", StaticFiles(directory=str(render.STATIC_DIR)), name="static")
     app.state.db = db
     app.state.settings = settings
+    ctx = _Context(db, settings)
+    for routes in (_home_routes, _auth_routes, _session_routes, _annotator_routes, _annotator_api_routes, _admin_routes):
+        app.include_router(routes(ctx))
+    return app
 
-    def who(request: Request) -> auth.Principal | None:
-        return auth.session_principal(db, request.cookies.get(SESSION_COOKIE))
 
-    def html(name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+class _Context:
+    """What every router shares: the database, the settings, and the request helpers."""
+
+    def __init__(self, db: Database, settings: ServerSettings):
+        self.db, self.settings = db, settings
+        self.criteria: list[str] = list(db.setting("criteria"))
+        self.scale: int = int(db.setting("scale"))
+        self.limiter = auth.LoginRateLimiter(settings.login_max_failures, settings.login_window_s)
+
+    def who(self, request: Request) -> auth.Principal | None:
+        return auth.session_principal(self.db, request.cookies.get(SESSION_COOKIE))
+
+    def html(self, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
         return HTMLResponse(render.page(name, **ctx), status_code=status)
 
-    def login_page(request: Request, status: int = 200, error: str | None = None, next_path: str = "") -> HTMLResponse:
+    def login_page(self, request: Request, status: int = 200, error: str | None = None,
+                   next_path: str = "") -> HTMLResponse:
         pre = secrets.token_urlsafe(24)
-        resp = html("login.html", status, csrf_token=pre, error=error, next_path=_safe_next(next_path))
-        resp.set_cookie(LOGIN_CSRF_COOKIE, pre, httponly=True, samesite="strict", secure=settings.secure_cookies,
+        resp = self.html("login.html", status, csrf_token=pre, error=error, next_path=_safe_next(next_path))
+        resp.set_cookie(LOGIN_CSRF_COOKIE, pre, httponly=True, samesite="strict", secure=self.settings.secure_cookies,
                         path="/login", max_age=3600)
         return resp
 
-    def require_html(request: Request, role: str) -> auth.Principal | HTMLResponse:
-        p = who(request)
+    def require_html(self, request: Request, role: str) -> auth.Principal | HTMLResponse:
+        p = self.who(request)
         if p is None:
-            return login_page(request, 401, "Please log in.", request.url.path)
+            return self.login_page(request, 401, "Please log in.", request.url.path)
         if p.role != role:
-            return html("error.html", 403, title="Forbidden", message=f"This page is for {role}s.", principal=p)
+            return self.html("error.html", 403, title="Forbidden", message=f"This page is for {role}s.", principal=p)
         return p
 
-    def require_api(request: Request, role: str | None = None, write: bool = False) -> auth.Principal | JSONResponse:
-        p = who(request)
+    def require_api(self, request: Request, role: str | None = None,
+                    write: bool = False) -> auth.Principal | JSONResponse:
+        p = self.who(request)
         if p is None:
             return JSONResponse({"detail": "not logged in"}, status_code=401)
         if role is not None and p.role != role:
@@ -184,149 +169,105 @@ def create_app(db: Database, settings: ServerSettings | None = None) -> FastAPI:
             return JSONResponse({"detail": "missing or wrong X-CSRF-Token"}, status_code=403)
         return p
 
-    def set_session(resp: Response, cookie: str) -> None:
-        resp.set_cookie(SESSION_COOKIE, cookie, httponly=True, samesite="lax", secure=settings.secure_cookies,
-                        path="/", max_age=int(settings.session_lifetime_s))
+    def set_session(self, resp: Response, cookie: str) -> None:
+        resp.set_cookie(SESSION_COOKIE, cookie, httponly=True, samesite="lax", secure=self.settings.secure_cookies,
+                        path="/", max_age=int(self.settings.session_lifetime_s))
 
+    @staticmethod
     def client(request: Request) -> str:
         return request.client.host if request.client else "unknown"
 
-    def try_login(request: Request, token: str) -> tuple[Any, str | None]:
+    def try_login(self, request: Request, token: str) -> tuple[Any, str | None]:
         """``((user_id, name, role), None)`` or ``(status, message)`` for a refused login."""
-        wait = limiter.retry_after(client(request))
+        wait = self.limiter.retry_after(self.client(request))
         if wait > 0:
             return 429, f"Too many failed logins; try again in {int(wait) + 1} s."
-        found = auth.verify_token(db, token or "")
+        found = auth.verify_token(self.db, token or "")
         if found is None:
-            limiter.record_failure(client(request))
+            self.limiter.record_failure(self.client(request))
             return 401, "Unknown or revoked token."
         return found, None
 
-    # --- pages ----------------------------------------------------------------------------------
+    def annotate_page(self, p: auth.Principal, status: int = 200, message: str | None = None,
+                      error: str | None = None, form: dict[str, str] | None = None) -> HTMLResponse:
+        task = assignment.next_task(self.db, p.user_id, self.settings.lease_s)
+        prog = assignment.progress(self.db, p.user_id, self.settings.lease_s)
+        return self.html("annotate.html", status, principal=p, task=task, progress=prog, criteria=self.criteria,
+                         scale=self.scale, message=message, error=error, form=form or {})
 
-    @app.get("/", response_class=HTMLResponse)
+
+def _home_routes(ctx: _Context) -> APIRouter:
+    """The start page (redirects by role) and the favicon."""
+    router = APIRouter()
+
+    @router.get("/", response_class=HTMLResponse)
     def home(request: Request):
-        p = who(request)
+        p = ctx.who(request)
         if p is None:
             return RedirectResponse("/login", status_code=303)
         return RedirectResponse("/admin" if p.role == "admin" else "/annotate", status_code=303)
 
-    @app.get("/favicon.svg")
+    @router.get("/favicon.svg")
     def favicon():
         return Response(FAVICON, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
 
-    @app.get("/login", response_class=HTMLResponse)
-    def login_get(request: Request, next: str = ""):
-        return login_page(request, next_path=next)
+    return router
 
-    @app.post("/login", response_class=HTMLResponse)
+
+def _auth_routes(ctx: _Context) -> APIRouter:
+    """Login and logout with the HTML form."""
+    router = APIRouter()
+
+    @router.get("/login", response_class=HTMLResponse)
+    def login_get(request: Request, next: str = ""):
+        return ctx.login_page(request, next_path=next)
+
+    @router.post("/login", response_class=HTMLResponse)
     async def login_post(request: Request):
         form = {k: str(v) for k, v in (await request.form()).items()}
         return await _in_thread(login_submit, request, form)
 
     def login_submit(request: Request, form: dict[str, str]) -> Response:
         if not auth.csrf_matches(request.cookies.get(LOGIN_CSRF_COOKIE, ""), form.get("csrf_token")):
-            return login_page(request, 403, "The login form expired; please try again.")
-        found, error = try_login(request, form.get("token", ""))
+            return ctx.login_page(request, 403, "The login form expired; please try again.")
+        found, error = ctx.try_login(request, form.get("token", ""))
         if error is not None:
-            resp = login_page(request, found, error, form.get("next", ""))
+            resp = ctx.login_page(request, found, error, form.get("next", ""))
             if found == 429:
-                resp.headers["Retry-After"] = str(int(limiter.retry_after(client(request))) + 1)
+                resp.headers["Retry-After"] = str(int(ctx.limiter.retry_after(ctx.client(request))) + 1)
             return resp
         user_id, _name, role = found
-        cookie, _csrf = auth.create_session(db, user_id, settings.session_lifetime_s)
+        cookie, _csrf = auth.create_session(ctx.db, user_id, ctx.settings.session_lifetime_s)
         default = "/admin" if role == "admin" else "/annotate"
         resp = RedirectResponse(_safe_next(form.get("next", "")) or default, status_code=303)
-        set_session(resp, cookie)
+        ctx.set_session(resp, cookie)
         resp.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
         return resp
 
-    @app.post("/logout")
+    @router.post("/logout")
     async def logout(request: Request):
         form = {k: str(v) for k, v in (await request.form()).items()}
         return await _in_thread(logout_submit, request, form)
 
     def logout_submit(request: Request, form: dict[str, str]) -> Response:
-        p = who(request)
+        p = ctx.who(request)
         if p is None:
-            return login_page(request, 401, "Please log in.")
+            return ctx.login_page(request, 401, "Please log in.")
         if not auth.csrf_matches(p.csrf_token, form.get("csrf_token")):
-            return html("error.html", 403, title="Forbidden", message="Missing or wrong CSRF token.", principal=p)
-        auth.end_session(db, p.session_id)
+            return ctx.html("error.html", 403, title="Forbidden", message="Missing or wrong CSRF token.", principal=p)
+        auth.end_session(ctx.db, p.session_id)
         resp = RedirectResponse("/login", status_code=303)
         resp.delete_cookie(SESSION_COOKIE, path="/")
         return resp
 
-    def annotate_page(p: auth.Principal, status: int = 200, message: str | None = None, error: str | None = None,
-                      form: dict[str, str] | None = None) -> HTMLResponse:
-        task = assignment.next_task(db, p.user_id, settings.lease_s)
-        prog = assignment.progress(db, p.user_id, settings.lease_s)
-        return html("annotate.html", status, principal=p, task=task, progress=prog, criteria=criteria, scale=scale,
-                    message=message, error=error, form=form or {})
+    return router
 
-    @app.get("/annotate", response_class=HTMLResponse)
-    def annotate_get(request: Request, m: str = ""):
-        p = require_html(request, "annotator")
-        if not isinstance(p, auth.Principal):
-            return p
-        return annotate_page(p, message=_MESSAGES.get(m))
 
-    @app.post("/annotate/{assignment_id}", response_class=HTMLResponse)
-    async def annotate_post(request: Request, assignment_id: int):
-        form = {k: str(v) for k, v in (await request.form()).items()}
-        return await _in_thread(annotate_submit, request, assignment_id, form)
+def _session_routes(ctx: _Context) -> APIRouter:
+    """Login and logout through the JSON API (a session cookie plus a CSRF token)."""
+    router = APIRouter()
 
-    def annotate_submit(request: Request, assignment_id: int, form: dict[str, str]) -> Response:
-        p = require_html(request, "annotator")
-        if not isinstance(p, auth.Principal):
-            return p
-        if not auth.csrf_matches(p.csrf_token, form.get("csrf_token")):
-            return html("error.html", 403, title="Forbidden", message="Missing or wrong CSRF token; reload the page.",
-                        principal=p)
-        ratings: dict[str, dict[str, str]] = {}
-        for key, value in form.items():
-            if key.startswith("rating.") and value:
-                _, crit, side = (key.split(".", 2) + ["", ""])[:3]
-                ratings.setdefault(crit, {})[side] = value
-        try:
-            choice, clean, comment = assignment.validate_label(form.get("choice"), ratings, form.get("comment", ""),
-                                                               criteria, scale)
-            result = assignment.submit_label(db, p.user_id, assignment_id, choice, clean, comment)
-        except assignment.SubmitError as exc:
-            if exc.status == 422:
-                return annotate_page(p, 422, None, _human(str(exc)), form)
-            if exc.status == 409:
-                return RedirectResponse("/annotate?m=expired", status_code=303)
-            return html("error.html", exc.status, title="Refused", message=str(exc), principal=p)
-        return RedirectResponse("/annotate?m=" + ("duplicate" if result.duplicate else "saved"), status_code=303)
-
-    @app.get("/admin", response_class=HTMLResponse)
-    def admin_page(request: Request, page: int = 1):
-        p = require_html(request, "admin")
-        if not isinstance(p, auth.Principal):
-            return p
-        page = max(1, page)
-        per_page = 50
-        s = stats.summary(db, item_offset=(page - 1) * per_page, item_limit=per_page)
-        pages = max(1, -(-s["n_items"] // per_page))
-        return html("admin.html", principal=p, s=s, page=page, pages=pages, criteria=criteria, scale=scale)
-
-    @app.get("/admin/export.jsonl")
-    def admin_export(request: Request, min_labels: int = 1, min_agreement: float = 0.0):
-        p = require_html(request, "admin")
-        if not isinstance(p, auth.Principal):
-            return p
-        try:
-            rows, _report = preference_rows(db, min_labels, min_agreement)
-        except ValueError as exc:
-            return JSONResponse({"detail": str(exc)}, status_code=422)
-        body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        return Response(body, media_type="application/jsonl",
-                        headers={"Content-Disposition": 'attachment; filename="preferences.jsonl"'})
-
-    # --- JSON API -------------------------------------------------------------------------------
-
-    @app.post("/api/session")
+    @router.post("/api/session")
     async def api_login(request: Request):
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             return JSONResponse({"detail": "expected Content-Type: application/json"}, status_code=415)
@@ -340,45 +281,95 @@ def create_app(db: Database, settings: ServerSettings | None = None) -> FastAPI:
         token = body.get("token") if isinstance(body, dict) else None
         if not isinstance(token, str):
             return JSONResponse({"detail": "field 'token': expected a string"}, status_code=422)
-        found, error = try_login(request, token)
+        found, error = ctx.try_login(request, token)
         if error is not None:
-            headers = {"Retry-After": str(int(limiter.retry_after(client(request))) + 1)} if found == 429 else None
+            headers = {"Retry-After": str(int(ctx.limiter.retry_after(ctx.client(request))) + 1)} if found == 429 else None
             return JSONResponse({"detail": error}, status_code=found, headers=headers)
         user_id, name, role = found
-        cookie, csrf = auth.create_session(db, user_id, settings.session_lifetime_s)
+        cookie, csrf = auth.create_session(ctx.db, user_id, ctx.settings.session_lifetime_s)
         resp = JSONResponse({"user": name, "role": role, "csrf_token": csrf})
-        set_session(resp, cookie)
+        ctx.set_session(resp, cookie)
         return resp
 
-    @app.delete("/api/session")
+    @router.delete("/api/session")
     def api_logout(request: Request):
-        p = require_api(request, write=True)
+        p = ctx.require_api(request, write=True)
         if not isinstance(p, auth.Principal):
             return p
-        auth.end_session(db, p.session_id)
+        auth.end_session(ctx.db, p.session_id)
         resp = JSONResponse({"ok": True})
         resp.delete_cookie(SESSION_COOKIE, path="/")
         return resp
 
-    @app.get("/api/next")
-    def api_next(request: Request):
-        p = require_api(request, "annotator")
+    return router
+
+
+def _annotator_routes(ctx: _Context) -> APIRouter:
+    """The annotator's labelling page and its form submission."""
+    router = APIRouter()
+
+    @router.get("/annotate", response_class=HTMLResponse)
+    def annotate_get(request: Request, m: str = ""):
+        p = ctx.require_html(request, "annotator")
         if not isinstance(p, auth.Principal):
             return p
-        task = assignment.next_task(db, p.user_id, settings.lease_s)
-        body: dict[str, Any] = {"task": None, "criteria": criteria, "scale": scale}
+        return ctx.annotate_page(p, message=_MESSAGES.get(m))
+
+    @router.post("/annotate/{assignment_id}", response_class=HTMLResponse)
+    async def annotate_post(request: Request, assignment_id: int):
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        return await _in_thread(annotate_submit, request, assignment_id, form)
+
+    def annotate_submit(request: Request, assignment_id: int, form: dict[str, str]) -> Response:
+        p = ctx.require_html(request, "annotator")
+        if not isinstance(p, auth.Principal):
+            return p
+        if not auth.csrf_matches(p.csrf_token, form.get("csrf_token")):
+            return ctx.html("error.html", 403, title="Forbidden", message="Missing or wrong CSRF token; reload the page.",
+                        principal=p)
+        ratings: dict[str, dict[str, str]] = {}
+        for key, value in form.items():
+            if key.startswith("rating.") and value:
+                _, crit, side = (key.split(".", 2) + ["", ""])[:3]
+                ratings.setdefault(crit, {})[side] = value
+        try:
+            choice, clean, comment = assignment.validate_label(form.get("choice"), ratings, form.get("comment", ""),
+                                                               ctx.criteria, ctx.scale)
+            result = assignment.submit_label(ctx.db, p.user_id, assignment_id, choice, clean, comment)
+        except assignment.SubmitError as exc:
+            if exc.status == 422:
+                return ctx.annotate_page(p, 422, None, _human(str(exc)), form)
+            if exc.status == 409:
+                return RedirectResponse("/annotate?m=expired", status_code=303)
+            return ctx.html("error.html", exc.status, title="Refused", message=str(exc), principal=p)
+        return RedirectResponse("/annotate?m=" + ("duplicate" if result.duplicate else "saved"), status_code=303)
+
+    return router
+
+
+def _annotator_api_routes(ctx: _Context) -> APIRouter:
+    """The annotator's JSON API: next item, labels, progress."""
+    router = APIRouter()
+
+    @router.get("/api/next")
+    def api_next(request: Request):
+        p = ctx.require_api(request, "annotator")
+        if not isinstance(p, auth.Principal):
+            return p
+        task = assignment.next_task(ctx.db, p.user_id, ctx.settings.lease_s)
+        body: dict[str, Any] = {"task": None, "criteria": ctx.criteria, "scale": ctx.scale}
         if task is not None:
             body["task"] = {"assignment_id": task.assignment_id, "item_id": task.item_id, "prompt": task.prompt,
                             "left": task.left, "right": task.right}
-        body["progress"] = _progress_json(assignment.progress(db, p.user_id, settings.lease_s))
+        body["progress"] = _progress_json(assignment.progress(ctx.db, p.user_id, ctx.settings.lease_s))
         return body
 
-    @app.post("/api/labels")
+    @router.post("/api/labels")
     async def api_label(request: Request):
         return await _in_thread(api_label_submit, request, await request.body())
 
     def api_label_submit(request: Request, raw: bytes) -> Response:
-        p = require_api(request, "annotator", write=True)
+        p = ctx.require_api(request, "annotator", write=True)
         if not isinstance(p, auth.Principal):
             return p
         try:
@@ -389,28 +380,59 @@ def create_app(db: Database, settings: ServerSettings | None = None) -> FastAPI:
             return JSONResponse({"detail": "field 'assignment_id': expected an integer"}, status_code=422)
         try:
             choice, clean, comment = assignment.validate_label(body.get("choice"), body.get("ratings"),
-                                                               body.get("comment", ""), criteria, scale)
-            result = assignment.submit_label(db, p.user_id, body["assignment_id"], choice, clean, comment)
+                                                               body.get("comment", ""), ctx.criteria, ctx.scale)
+            result = assignment.submit_label(ctx.db, p.user_id, body["assignment_id"], choice, clean, comment)
         except assignment.SubmitError as exc:
             return JSONResponse({"detail": str(exc)}, status_code=exc.status)
         return JSONResponse({"label_id": result.label_id, "duplicate": result.duplicate},
                             status_code=200 if result.duplicate else 201)
 
-    @app.get("/api/progress")
+    @router.get("/api/progress")
     def api_progress(request: Request):
-        p = require_api(request, "annotator")
+        p = ctx.require_api(request, "annotator")
         if not isinstance(p, auth.Principal):
             return p
-        return _progress_json(assignment.progress(db, p.user_id, settings.lease_s))
+        return _progress_json(assignment.progress(ctx.db, p.user_id, ctx.settings.lease_s))
 
-    @app.get("/api/admin/stats")
+    return router
+
+
+def _admin_routes(ctx: _Context) -> APIRouter:
+    """The admin dashboard, the export download and the statistics API."""
+    router = APIRouter()
+
+    @router.get("/admin", response_class=HTMLResponse)
+    def admin_page(request: Request, page: int = 1):
+        p = ctx.require_html(request, "admin")
+        if not isinstance(p, auth.Principal):
+            return p
+        page = max(1, page)
+        per_page = 50
+        s = stats.summary(ctx.db, item_offset=(page - 1) * per_page, item_limit=per_page)
+        pages = max(1, -(-s["n_items"] // per_page))
+        return ctx.html("admin.html", principal=p, s=s, page=page, pages=pages, criteria=ctx.criteria, scale=ctx.scale)
+
+    @router.get("/admin/export.jsonl")
+    def admin_export(request: Request, min_labels: int = 1, min_agreement: float = 0.0):
+        p = ctx.require_html(request, "admin")
+        if not isinstance(p, auth.Principal):
+            return p
+        try:
+            rows, _report = preference_rows(ctx.db, min_labels, min_agreement)
+        except ValueError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=422)
+        body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        return Response(body, media_type="application/jsonl",
+                        headers={"Content-Disposition": 'attachment; filename="preferences.jsonl"'})
+
+    @router.get("/api/admin/stats")
     def api_stats(request: Request, offset: int = 0, limit: int = 50):
-        p = require_api(request, "admin")
+        p = ctx.require_api(request, "admin")
         if not isinstance(p, auth.Principal):
             return p
-        return stats.summary(db, item_offset=max(0, offset), item_limit=max(1, min(limit, 1000)))
+        return stats.summary(ctx.db, item_offset=max(0, offset), item_limit=max(1, min(limit, 1000)))
 
-    return app
+    return router
 
 
 _MESSAGES = {

@@ -5,12 +5,16 @@ Import-light on purpose: FastAPI, SQLAlchemy and uvicorn are imported inside the
 
 from __future__ import annotations
 
-import argparse
-import ipaddress
 import json
 import os
 import re
 import sys
+from typing import Literal
+
+from pydantic import Field
+
+from alignkit.commands import Command, Group
+from alignkit.config import StrictModel
 
 DEFAULT_DB = "annotations.sqlite"
 DEFAULT_CRITERIA = "helpfulness,harmlessness,fluency"
@@ -18,16 +22,112 @@ _CRITERION_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
 def _user_error(message: str) -> Exception:
-    from alignkit.cli import UserError
+    from alignkit.errors import UserError
 
     return UserError(message)
 
 
-def _open(args):
+class DbConfig(StrictModel):
+    """An annotation database."""
+
+    db: str = Field(default_factory=lambda: os.environ.get("ALIGNKIT_ANNOTATE_DB", DEFAULT_DB))
+    """Annotation database (default: $ALIGNKIT_ANNOTATE_DB or annotations.sqlite)."""
+
+
+class InitConfig(DbConfig):
+    """``alignkit annotate init``."""
+
+    redundancy: int = 3
+    """Distinct annotators per item."""
+    criteria: str = DEFAULT_CRITERIA
+    """Rated criteria, comma-separated (1 to 8 names)."""
+    scale: int = 5
+    """Rating scale 1..N (2 to 9)."""
+    admin_name: str = "admin"
+    """Name of the admin user."""
+
+
+class UserNameConfig(DbConfig):
+    """A user of the database, by name."""
+
+    name: str
+    """The user's name."""
+
+    cli_positional = ("name",)
+
+
+class UsersAddConfig(UserNameConfig):
+    """``alignkit annotate users add NAME``."""
+
+    admin: bool = False
+    """An admin (dashboard and export) instead of an annotator."""
+
+
+class ImportConfig(DbConfig):
+    """``alignkit annotate import FILE``."""
+
+    file: str
+    """JSONL of prompt + responses, or prompt/chosen/rejected rows."""
+    redundancy: int | None = None
+    """Annotators per item (default: the database's)."""
+    pairs: Literal["all", "adjacent"] = "all"
+    """Pairs from K responses: every pair or consecutive ones."""
+    degenerate: Literal["skip", "error"] = "skip"
+    """Identical or empty responses: skip and count them, or fail the import."""
+
+    cli_positional = ("file",)
+
+
+class AnnotateServeConfig(DbConfig):
+    """``alignkit annotate serve``: the annotation web app."""
+
+    host: str = "127.0.0.1"
+    """Address to bind (default: this machine only)."""
+    port: int = 8080
+    """TCP port."""
+    lease_minutes: float = 30.0
+    """An unanswered item goes back to the pool after this long."""
+    session_hours: float = 12.0
+    """Login session lifetime."""
+    max_body_kb: float = 64.0
+    """Largest accepted request body (KiB)."""
+    login_max_failures: int = 10
+    """Failed logins allowed per client address per 5 minutes."""
+    secure_cookies: bool = False
+    """Mark cookies Secure (when served over HTTPS)."""
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    """uvicorn log level."""
+
+
+class ExportConfig(DbConfig):
+    """``alignkit annotate export``: majority-vote preference rows."""
+
+    out: str
+    """Output JSONL file."""
+    min_labels: int = 1
+    """Leave out items with fewer labels."""
+    min_agreement: float = 0.0
+    """Leave out items whose winner has a smaller share of the votes."""
+    meta: bool = True
+    """Write the metadata fields too (--no-meta: only prompt, chosen and rejected)."""
+
+
+class StatsConfig(DbConfig):
+    """``alignkit annotate stats``."""
+
+    as_json: bool = False
+    """Print the full summary as JSON (--json)."""
+    items: bool = False
+    """Include the per-item table."""
+
+    cli_aliases = {"--json": "as_json"}
+
+
+def _open(cfg):
     from alignkit.annotate.db import DatabaseError, open_database
 
     try:
-        return open_database(args.db)
+        return open_database(cfg.db)
     except DatabaseError as exc:
         raise _user_error(str(exc)) from None
 
@@ -37,159 +137,152 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _cmd_init(args) -> int:
+def init(cfg) -> int:
     from alignkit.annotate import auth
     from alignkit.annotate.db import DatabaseError, create_database
 
-    criteria = [c.strip() for c in args.criteria.split(",") if c.strip()]
+    criteria = [c.strip() for c in cfg.criteria.split(",") if c.strip()]
     if not criteria or len(criteria) > 8:
-        raise _user_error(f"--criteria {args.criteria!r}: give 1 to 8 comma-separated names")
+        raise _user_error(f"--criteria {cfg.criteria!r}: give 1 to 8 comma-separated names")
     for c in criteria:
         if not _CRITERION_RE.match(c):
             raise _user_error(f"--criteria: {c!r} is not a valid name (lowercase letters, digits, _; max 32)")
     if len(set(criteria)) != len(criteria):
-        raise _user_error(f"--criteria {args.criteria!r}: duplicate names")
-    if not 2 <= args.scale <= 9:  # ratings are typed with the digit keys 1-9
-        raise _user_error(f"--scale {args.scale}: expected 2 to 9")
-    if args.redundancy < 1:
-        raise _user_error(f"--redundancy {args.redundancy}: expected >= 1")
+        raise _user_error(f"--criteria {cfg.criteria!r}: duplicate names")
+    if not 2 <= cfg.scale <= 9:  # ratings are typed with the digit keys 1-9
+        raise _user_error(f"--scale {cfg.scale}: expected 2 to 9")
+    if cfg.redundancy < 1:
+        raise _user_error(f"--redundancy {cfg.redundancy}: expected >= 1")
     try:
-        db = create_database(args.db, {"redundancy": args.redundancy, "criteria": criteria, "scale": args.scale})
+        db = create_database(cfg.db, {"redundancy": cfg.redundancy, "criteria": criteria, "scale": cfg.scale})
     except DatabaseError as exc:
         raise _user_error(str(exc)) from None
-    token = auth.add_user(db, args.admin_name, role="admin")
-    _say(f"created {args.db} (redundancy {args.redundancy}, criteria {', '.join(criteria)}, scale 1-{args.scale})")
-    _say(f"admin token for {args.admin_name!r} (shown once; only a hash is stored):")
+    token = auth.add_user(db, cfg.admin_name, role="admin")
+    _say(f"created {cfg.db} (redundancy {cfg.redundancy}, criteria {', '.join(criteria)}, scale 1-{cfg.scale})")
+    _say(f"admin token for {cfg.admin_name!r} (shown once; only a hash is stored):")
     print(token)
     return 0
 
 
-def _cmd_migrate(args) -> int:
+def migrate_db(cfg) -> int:
     from alignkit.annotate.db import DatabaseError, migrate, open_database
 
     try:
-        db = open_database(args.db, allow_old=True)
+        db = open_database(cfg.db, allow_old=True)
         applied = migrate(db)
     except DatabaseError as exc:
         raise _user_error(str(exc)) from None
-    _say(f"{args.db}: applied migrations {applied}" if applied else f"{args.db}: already up to date")
+    _say(f"{cfg.db}: applied migrations {applied}" if applied else f"{cfg.db}: already up to date")
     return 0
 
 
-def _cmd_users_add(args) -> int:
+def users_add(cfg) -> int:
     from alignkit.annotate import auth
 
-    db = _open(args)
+    db = _open(cfg)
     try:
-        token = auth.add_user(db, args.name, role="admin" if args.admin else "annotator")
+        token = auth.add_user(db, cfg.name, role="admin" if cfg.admin else "annotator")
     except ValueError as exc:
         raise _user_error(str(exc)) from None
-    _say(f"token for {args.name!r} (shown once; only a hash is stored):")
+    _say(f"token for {cfg.name!r} (shown once; only a hash is stored):")
     print(token)
     return 0
 
 
-def _cmd_users_rotate(args) -> int:
+def users_rotate(cfg) -> int:
     from alignkit.annotate import auth
 
-    db = _open(args)
+    db = _open(cfg)
     try:
-        token = auth.rotate_token(db, args.name)
+        token = auth.rotate_token(db, cfg.name)
     except ValueError as exc:
         raise _user_error(str(exc)) from None
-    _say(f"new token for {args.name!r} (the old one no longer works):")
+    _say(f"new token for {cfg.name!r} (the old one no longer works):")
     print(token)
     return 0
 
 
-def _cmd_users_revoke(args) -> int:
+def users_revoke(cfg) -> int:
     from alignkit.annotate import auth
 
-    db = _open(args)
+    db = _open(cfg)
     try:
-        auth.revoke_user(db, args.name)
+        auth.revoke_user(db, cfg.name)
     except ValueError as exc:
         raise _user_error(str(exc)) from None
-    _say(f"revoked {args.name!r}: their token and sessions no longer work; their labels are kept")
+    _say(f"revoked {cfg.name!r}: their token and sessions no longer work; their labels are kept")
     return 0
 
 
-def _cmd_users_list(args) -> int:
+def users_list(cfg) -> int:
     from alignkit.annotate.stats import summary
 
-    db = _open(args)
+    db = _open(cfg)
     for a in summary(db, item_limit=0)["annotators"]:
         print(f"{a['name']}\t{a['role']}\t{'active' if a['active'] else 'revoked'}\t{a['labels']} labels")
     return 0
 
 
-def _cmd_import(args) -> int:
+def import_items(cfg) -> int:
     from alignkit.annotate.ingest import ImportFileError, import_file
 
-    db = _open(args)
-    if args.redundancy is not None and args.redundancy < 1:
-        raise _user_error(f"--redundancy {args.redundancy}: expected >= 1")
+    db = _open(cfg)
+    if cfg.redundancy is not None and cfg.redundancy < 1:
+        raise _user_error(f"--redundancy {cfg.redundancy}: expected >= 1")
     try:
-        r = import_file(db, args.file, redundancy=args.redundancy, pairs=args.pairs, degenerate=args.degenerate)
+        r = import_file(db, cfg.file, redundancy=cfg.redundancy, pairs=cfg.pairs, degenerate=cfg.degenerate)
     except ImportFileError as exc:
         raise _user_error(f"{exc}\nnothing was imported") from None
     skipped = ", ".join(f"{v} {k}" for k, v in r.degenerate.items() if v) or "none"
-    _say(f"{args.file}: {r.rows} rows -> {r.added} new items (redundancy {r.redundancy}); "
+    _say(f"{cfg.file}: {r.rows} rows -> {r.added} new items (redundancy {r.redundancy}); "
          f"{r.duplicates} duplicates skipped; degenerate pairs skipped: {skipped}")
     return 0
 
 
-def _cmd_serve(args) -> int:
+def serve(cfg) -> int:
     import uvicorn
 
     from alignkit.annotate.app import ServerSettings, create_app
 
-    if args.port < 0 or args.port > 65535:
-        raise _user_error(f"--port {args.port}: expected 0-65535")
+    if cfg.port < 0 or cfg.port > 65535:
+        raise _user_error(f"--port {cfg.port}: expected 0-65535")
     for name in ("lease_minutes", "session_hours", "max_body_kb", "login_max_failures"):
-        if getattr(args, name) <= 0:
-            raise _user_error(f"--{name.replace('_', '-')} {getattr(args, name)}: expected > 0")
-    db = _open(args)
-    settings = ServerSettings(lease_s=args.lease_minutes * 60, session_lifetime_s=args.session_hours * 3600,
-                              max_body_bytes=int(args.max_body_kb * 1024), login_max_failures=args.login_max_failures,
-                              secure_cookies=args.secure_cookies)
-    if not _is_loopback(args.host):
-        _say(f"warning: listening on {args.host}, reachable from other machines; serve it behind HTTPS "
+        if getattr(cfg, name) <= 0:
+            raise _user_error(f"--{name.replace('_', '-')} {getattr(cfg, name)}: expected > 0")
+    db = _open(cfg)
+    settings = ServerSettings(lease_s=cfg.lease_minutes * 60, session_lifetime_s=cfg.session_hours * 3600,
+                              max_body_bytes=int(cfg.max_body_kb * 1024), login_max_failures=cfg.login_max_failures,
+                              secure_cookies=cfg.secure_cookies)
+    from alignkit.httpguard import is_loopback
+
+    if not is_loopback(cfg.host):
+        _say(f"warning: listening on {cfg.host}, reachable from other machines; serve it behind HTTPS "
              "(a reverse proxy) and pass --secure-cookies")
-    _say(f"serving {args.db} on http://{args.host}:{args.port}/ (Ctrl+C to stop)")
-    uvicorn.run(create_app(db, settings), host=args.host, port=args.port, log_level=args.log_level,
-                workers=1, proxy_headers=False, server_header=False, access_log=args.log_level == "debug")
+    _say(f"serving {cfg.db} on http://{cfg.host}:{cfg.port}/ (Ctrl+C to stop)")
+    uvicorn.run(create_app(db, settings), host=cfg.host, port=cfg.port, log_level=cfg.log_level,
+                workers=1, proxy_headers=False, server_header=False, access_log=cfg.log_level == "debug")
     return 0
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _cmd_export(args) -> int:
+def export_rows(cfg) -> int:
     from alignkit.annotate.export import export
 
-    db = _open(args)
+    db = _open(cfg)
     try:
-        r = export(db, args.out, min_labels=args.min_labels, min_agreement=args.min_agreement, meta=not args.no_meta)
+        r = export(db, cfg.out, min_labels=cfg.min_labels, min_agreement=cfg.min_agreement, meta=cfg.meta)
     except ValueError as exc:
         raise _user_error(str(exc)) from None
     dropped = ", ".join(f"{v} {k}" for k, v in sorted(r.dropped.items())) or "none"
-    _say(f"wrote {r.written} preference rows to {args.out}; items left out: {dropped}")
+    _say(f"wrote {r.written} preference rows to {cfg.out}; items left out: {dropped}")
     return 0
 
 
-def _cmd_stats(args) -> int:
+def stats(cfg) -> int:
     from alignkit.annotate.stats import summary
 
-    db = _open(args)
-    s = summary(db, item_limit=None if args.items else 0)
-    if args.json:
+    db = _open(cfg)
+    s = summary(db, item_limit=None if cfg.items else 0)
+    if cfg.as_json:
         print(json.dumps(s, indent=2))
         return 0
     from rich.console import Console
@@ -223,7 +316,7 @@ def _cmd_stats(args) -> int:
             t.add_row(" · ".join(p["annotators"]), str(p["shared_items"]),
                       "n/a" if p["kappa"] is None else f"{p['kappa']:.3f}")
         con.print(t)
-    if args.items:
+    if cfg.items:
         t = Table(title="items")
         for col in ("id", "source", "labels", "votes 1/2/tie/bad", "verdict", "agreement"):
             t.add_column(col)
@@ -236,72 +329,25 @@ def _cmd_stats(args) -> int:
     return 0
 
 
-def register(subparsers) -> None:
-    db_parent = argparse.ArgumentParser(add_help=False)
-    db_parent.add_argument("--db", default=os.environ.get("ALIGNKIT_ANNOTATE_DB", DEFAULT_DB),
-                           help=f"annotation database (default: $ALIGNKIT_ANNOTATE_DB or {DEFAULT_DB})")
-
-    top = subparsers.add_parser("annotate", help="collect human preference labels in a web app")
-    sub = top.add_subparsers(dest="annotate_command", metavar="ACTION")
-    top.set_defaults(func=lambda _args: (top.print_help(), 2)[1])
-
-    p = sub.add_parser("init", parents=[db_parent], help="create a database and print the admin token")
-    p.add_argument("--redundancy", type=int, default=3, help="distinct annotators per item (default 3)")
-    p.add_argument("--criteria", default=DEFAULT_CRITERIA, help=f"rated criteria (default {DEFAULT_CRITERIA})")
-    p.add_argument("--scale", type=int, default=5, help="rating scale 1..N (default 5)")
-    p.add_argument("--admin-name", default="admin", help="name of the admin user (default admin)")
-    p.set_defaults(func=_cmd_init)
-
-    p = sub.add_parser("migrate", parents=[db_parent], help="upgrade a database to this version's schema")
-    p.set_defaults(func=_cmd_migrate)
-
-    users = sub.add_parser("users", help="manage annotators and admins")
-    usub = users.add_subparsers(dest="users_command", metavar="ACTION")
-    users.set_defaults(func=lambda _args: (users.print_help(), 2)[1])
-    p = usub.add_parser("add", parents=[db_parent], help="add a user and print their login token once")
-    p.add_argument("name")
-    p.add_argument("--admin", action="store_true", help="an admin (dashboard and export) instead of an annotator")
-    p.set_defaults(func=_cmd_users_add)
-    p = usub.add_parser("list", parents=[db_parent], help="list users")
-    p.set_defaults(func=_cmd_users_list)
-    p = usub.add_parser("revoke", parents=[db_parent], help="disable a user's token and sessions (labels are kept)")
-    p.add_argument("name")
-    p.set_defaults(func=_cmd_users_revoke)
-    p = usub.add_parser("rotate", parents=[db_parent], help="issue a new token for a user (the old one stops working)")
-    p.add_argument("name")
-    p.set_defaults(func=_cmd_users_rotate)
-
-    p = sub.add_parser("import", parents=[db_parent], help="add items from JSONL (prompt + responses, or chosen/rejected)")
-    p.add_argument("file")
-    p.add_argument("--redundancy", type=int, default=None, help="annotators per item (default: the database's)")
-    p.add_argument("--pairs", choices=["all", "adjacent"], default="all",
-                   help="pairs from K responses: every pair (default) or consecutive ones")
-    p.add_argument("--degenerate", choices=["skip", "error"], default="skip",
-                   help="identical or empty responses: skip and count them (default) or fail the import")
-    p.set_defaults(func=_cmd_import)
-
-    p = sub.add_parser("serve", parents=[db_parent], help="run the annotation web app")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--lease-minutes", type=float, default=30.0,
-                   help="an unanswered item goes back to the pool after this long (default 30)")
-    p.add_argument("--session-hours", type=float, default=12.0, help="login session lifetime (default 12)")
-    p.add_argument("--max-body-kb", type=float, default=64.0, help="largest accepted request body (default 64)")
-    p.add_argument("--login-max-failures", type=int, default=10,
-                   help="failed logins allowed per client address per 5 minutes (default 10)")
-    p.add_argument("--secure-cookies", action="store_true", help="mark cookies Secure (when served over HTTPS)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    p.set_defaults(func=_cmd_serve)
-
-    p = sub.add_parser("export", parents=[db_parent], help="write majority-vote prompt/chosen/rejected rows")
-    p.add_argument("--out", required=True, help="output JSONL file")
-    p.add_argument("--min-labels", type=int, default=1, help="leave out items with fewer labels (default 1)")
-    p.add_argument("--min-agreement", type=float, default=0.0,
-                   help="leave out items whose winner has a smaller share of the votes (default 0)")
-    p.add_argument("--no-meta", action="store_true", help="write only prompt, chosen and rejected")
-    p.set_defaults(func=_cmd_export)
-
-    p = sub.add_parser("stats", parents=[db_parent], help="progress, label distribution, position bias, agreement")
-    p.add_argument("--json", action="store_true", help="print the full summary as JSON")
-    p.add_argument("--items", action="store_true", help="include the per-item table")
-    p.set_defaults(func=_cmd_stats)
+_M = "alignkit.annotate.cli:"
+COMMANDS = [
+    Group("annotate", "collect human preference labels in a web app"),
+    Command("annotate init", "create a database and print the admin token", _M + "InitConfig", _M + "init", echo=False),
+    Command("annotate migrate", "upgrade a database to this version's schema", _M + "DbConfig", _M + "migrate_db",
+            echo=False),
+    Group("annotate users", "manage annotators and admins"),
+    Command("annotate users add", "add a user and print their login token once", _M + "UsersAddConfig",
+            _M + "users_add", echo=False),
+    Command("annotate users list", "list users", _M + "DbConfig", _M + "users_list", echo=False),
+    Command("annotate users revoke", "disable a user's token and sessions (labels are kept)", _M + "UserNameConfig",
+            _M + "users_revoke", echo=False),
+    Command("annotate users rotate", "issue a new token for a user (the old one stops working)",
+            _M + "UserNameConfig", _M + "users_rotate", echo=False),
+    Command("annotate import", "add items from JSONL (prompt + responses, or chosen/rejected)", _M + "ImportConfig",
+            _M + "import_items", echo=False),
+    Command("annotate serve", "run the annotation web app", _M + "AnnotateServeConfig", _M + "serve"),
+    Command("annotate export", "write majority-vote prompt/chosen/rejected rows", _M + "ExportConfig",
+            _M + "export_rows", echo=False),
+    Command("annotate stats", "progress, label distribution, position bias, agreement", _M + "StatsConfig",
+            _M + "stats", echo=False),
+]

@@ -81,6 +81,16 @@ class EvalConfig(StrictModel):
     plot: bool = Field(default=True, description="Write the score-by-length PNG.")
     resume: bool = Field(default=True, description="Reuse cached predictions of identical prompts/settings.")
 
+    cli_aliases = {"-o": "output_dir"}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _suite_from_dir(cls, data: Any) -> Any:
+        # a LongBench folder without a suite means the LongBench suite (the mini suite has no folder)
+        if isinstance(data, dict) and data.get("longbench_dir") and "suite" not in data:
+            return {**data, "suite": "longbench"}
+        return data
+
     @field_validator("lengths", mode="before")
     @classmethod
     def _lengths_as_text(cls, v: Any) -> Any:

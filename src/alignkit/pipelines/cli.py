@@ -1,31 +1,17 @@
-"""``alignkit pipeline <name> --config FILE [key.sub=value ...]``: multi-stage flows."""
+"""``alignkit pipeline <name> --config FILE [key.sub=value ...]`` and ``alignkit demo``: multi-stage flows."""
 
 from __future__ import annotations
 
-import argparse
+from alignkit.commands import Command, Group
 
 
-def _cmd_longreward(args: argparse.Namespace) -> int:
-    import json
-
+def longreward(cfg) -> int:
     from rich.console import Console
 
-    from alignkit.cli import UserError
-    from alignkit.config import load_config
-    from alignkit.data.rows import DataError
-    from alignkit.generate.engine import GenerationError
-    from alignkit.generate.jsonl import RecordError
-    from alignkit.models import ModelError
-    from alignkit.pipelines.longreward import LongRewardPipelineConfig, PipelineError, run_longreward_pipeline
+    from alignkit.pipelines.longreward import run_longreward_pipeline
 
-    cfg = load_config(LongRewardPipelineConfig, args.config, args.overrides)
+    results = run_longreward_pipeline(cfg)
     console = Console(stderr=True)
-    console.print("[bold]alignkit pipeline longreward[/] resolved config:")
-    console.print_json(json.dumps(cfg.model_dump(mode="json")))
-    try:
-        results = run_longreward_pipeline(cfg)
-    except (PipelineError, RecordError, DataError, GenerationError, ModelError) as exc:
-        raise UserError(str(exc)) from None
     ev = results.get("evaluation", {})
     if ev.get("judge_before"):
         b, a = ev["judge_before"]["reward"], ev["judge_after"]["reward"]
@@ -34,17 +20,22 @@ def _cmd_longreward(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub) -> None:
-    p = sub.add_parser("pipeline", help="multi-stage pipelines (longreward)")
-    psub = p.add_subparsers(dest="pipeline_command", metavar="PIPELINE", required=True)
-    lr = psub.add_parser(
-        "longreward",
-        help="sample K -> LongReward judge scores -> pairs -> DPO(+NLL) -> before/after report",
-        description="Runs every LongReward stage with one config (see configs/longreward_smollm2.yaml and "
-        "docs/longreward.md). Unchanged stages are reused on a rerun of the same output_dir.",
-    )
-    lr.add_argument("--config", default=None, help="pipeline YAML (defaults apply to missing keys)")
-    lr.add_argument(
-        "overrides", nargs="*", help="dotted overrides, e.g. sampling.k=4 judge.spec=openai:URL#model"
-    )
-    lr.set_defaults(func=_cmd_longreward)
+def demo(cfg) -> int:
+    from alignkit.pipelines.demo import run_demo
+
+    run_demo(cfg)
+    return 0
+
+
+# Both pipelines save their resolved config in their output directory themselves.
+COMMANDS = [
+    Command("demo", "SFT -> preference data -> DPO on the embedded model, with a before/after report",
+            "alignkit.pipelines.demo:DemoConfig", "alignkit.pipelines.cli:demo",
+            description="The verifiable-instruction job of configs/demo.yaml: baseline pass rate, SFT on the base "
+            "model's passing samples, verified on-policy pairs, DPO, report."),
+    Group("pipeline", "multi-stage pipelines (longreward)"),
+    Command("pipeline longreward", "sample K -> LongReward judge scores -> pairs -> DPO(+NLL) -> before/after report",
+            "alignkit.pipelines.longreward:LongRewardPipelineConfig", "alignkit.pipelines.cli:longreward",
+            description="Runs every LongReward stage with one config (see configs/longreward_smollm2.yaml and "
+            "docs/longreward.md). Unchanged stages are reused on a rerun of the same output_dir."),
+]

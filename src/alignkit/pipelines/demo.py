@@ -15,11 +15,51 @@ Every number in the table is measured in the run; nothing is precomputed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from alignkit.config import StrictModel
+
+
+class DemoConfig(StrictModel):
+    """``alignkit demo`` (configs/demo.yaml): the verifiable-instruction SFT -> DPO job on the embedded model."""
+
+    model: str = "smollm2-135m-instruct"
+    """Base model: embedded name, local HF dir or hub id."""
+    out: str = "runs/demo"
+    """Output directory (report.md, results.json, config.yaml, models)."""
+    n_train: int = 96
+    """Training prompts to sample preference data on."""
+    n_heldout: int = 48
+    """Held-out prompts for the pass rate."""
+    k: int = 4
+    """Samples per prompt for preference data."""
+    temperature: float = 0.9
+    """Sampling temperature of the preference data."""
+    sft_epochs: int = 1
+    """SFT epochs (used when sft_steps is 0)."""
+    sft_steps: int = 16
+    """Cap on SFT optimizer steps of 8 rows (0: sft_epochs)."""
+    min_pairs: int = 8
+    """Stop if fewer verified pairs than this."""
+    sft_lr: float = 1e-5
+    """SFT learning rate."""
+    dpo_epochs: int = 2
+    """DPO epochs."""
+    dpo_lr: float = 5e-6
+    """DPO learning rate."""
+    beta: float = 0.1
+    """DPO beta."""
+    nll_weight: float = 0.1
+    """Weight of the NLL term on chosen responses during DPO."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Training precision of SFT and DPO (auto: bf16 only where the hardware multiplies bf16 natively, else fp32)."""
+    gen_batch: int = 16
+    """Sequences decoded together when sampling and evaluating."""
+    seed: int = 0
+    """Seed of the prompt split and of sampling."""
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> str:
@@ -69,13 +109,15 @@ def plot_training(runs: dict[str, Path], out_png: Path) -> None:
     plt.close(fig)
 
 
-def run_demo(args: argparse.Namespace) -> dict[str, Any]:
+def run_demo(cfg: DemoConfig) -> dict[str, Any]:
+    """Run the demo job ``cfg`` describes; returns the results also written to ``<out>/results.json``."""
     import torch
     from rich.console import Console
     from rich.table import Table
 
-    from alignkit.config import load_config
+    from alignkit.config import dump_config, load_config
     from alignkit.data.verifiable import DEMO_SFT, make_splits
+    from alignkit.errors import UserError
     from alignkit.generate.engine import SamplingParams, make_engine
     from alignkit.models import DEFAULT_MODEL, resolve_model_path
     from alignkit.pipelines.verifiable_prefs import build_pairs, score_samples
@@ -83,13 +125,14 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     from alignkit.train.sft import SFTConfig, train_sft
 
     console = Console()
-    out = Path(args.out).resolve()
+    out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
-    base = resolve_model_path(args.model)
+    base = resolve_model_path(cfg.model)
     # Prompts are regenerated deterministically; the hash split keeps held-out prompts out of training.
-    train_prompts, heldout = make_splits(args.n_train, args.n_heldout, seed=args.seed)
+    train_prompts, heldout = make_splits(cfg.n_train, cfg.n_heldout, seed=cfg.seed)
     shipped_sft = _read_jsonl(DEMO_SFT)  # the base model's passing samples (rejection sampling)
     held_ids = {r["id"] for r in heldout}
     leaked = [r["id"] for r in shipped_sft if r.get("id") in held_ids]
@@ -98,7 +141,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
 
     console.rule("[bold]1/5 baseline: held-out verifier pass rate (greedy)")
     t = time.perf_counter()
-    before = _pass_rate(base, heldout, args.gen_batch, "float32")
+    before = _pass_rate(base, heldout, cfg.gen_batch, "float32")
     timings["baseline_eval_s"] = time.perf_counter() - t
 
     console.rule("[bold]2/5 SFT on the base model's passing samples")
@@ -106,9 +149,9 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     sft_data = str(DEMO_SFT)
     sft_cfg = load_config(SFTConfig, None, [
         f"model.name_or_path={base}", f"data.train={sft_data}", "data.eval_fraction=0.1",
-        f"train.output_dir={out / 'sft'}", f"train.epochs={args.sft_epochs}", "train.batch_size=8",
-        f"train.max_steps={'null' if not args.sft_steps else args.sft_steps}",
-        f"train.lr={args.sft_lr}", "train.warmup_steps=2", f"train.precision={args.precision}",
+        f"train.output_dir={out / 'sft'}", f"train.epochs={cfg.sft_epochs}", "train.batch_size=8",
+        f"train.max_steps={'null' if not cfg.sft_steps else cfg.sft_steps}",
+        f"train.lr={cfg.sft_lr}", "train.warmup_steps=2", f"train.precision={cfg.precision}",
         "data.policy.max_length=256", "data.policy.max_prompt_length=160",
     ])
     sft_summary = train_sft(sft_cfg)
@@ -117,15 +160,15 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
 
     console.rule("[bold]3/5 preference data: K samples per prompt from the SFT model, verified")
     t = time.perf_counter()
-    engine = make_engine(sft_dir, "hf", batch_size=args.gen_batch)
-    torch.manual_seed(args.seed)
-    params = SamplingParams(max_new_tokens=64, temperature=args.temperature, top_p=0.95, n=args.k)
+    engine = make_engine(sft_dir, "hf", batch_size=cfg.gen_batch)
+    torch.manual_seed(cfg.seed)
+    params = SamplingParams(max_new_tokens=64, temperature=cfg.temperature, top_p=0.95, n=cfg.k)
     scored = score_samples(engine, train_prompts, params, progress=True)
     pairs, _kway, pair_stats = build_pairs(scored)
     del engine
-    if len(pairs) < args.min_pairs:
-        raise RuntimeError(f"only {len(pairs)} preference pairs from {len(train_prompts)} prompts: "
-                           f"raise --n-train or --k ({pair_stats})")
+    if len(pairs) < cfg.min_pairs:
+        raise UserError(f"only {len(pairs)} preference pairs from {len(train_prompts)} prompts: "
+                        f"raise n_train or k ({pair_stats})")
     pref_data = _write_jsonl(out / "dpo_pairs.jsonl", pairs)
     timings["sampling_s"] = time.perf_counter() - t
 
@@ -133,9 +176,9 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     t = time.perf_counter()
     dpo_cfg = load_config(PreferenceConfig, None, [
         f"model.name_or_path={sft_dir}", f"data.train={pref_data}", "data.eval_fraction=0.2",
-        f"train.output_dir={out / 'dpo'}", f"train.epochs={args.dpo_epochs}", "train.batch_size=4",
-        "train.grad_accum=2", f"train.lr={args.dpo_lr}", "train.warmup_steps=1",
-        f"train.precision={args.precision}", f"loss.beta={args.beta}", f"nll_weight={args.nll_weight}",
+        f"train.output_dir={out / 'dpo'}", f"train.epochs={cfg.dpo_epochs}", "train.batch_size=4",
+        "train.grad_accum=2", f"train.lr={cfg.dpo_lr}", "train.warmup_steps=1",
+        f"train.precision={cfg.precision}", f"loss.beta={cfg.beta}", f"nll_weight={cfg.nll_weight}",
         "data.policy.max_length=256", "data.policy.max_prompt_length=160",
     ])
     dpo_summary = train_preference(dpo_cfg)
@@ -143,14 +186,14 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
 
     console.rule("[bold]5/5 evaluation after SFT and after DPO")
     t = time.perf_counter()
-    after_sft = _pass_rate(sft_dir, heldout, args.gen_batch, "float32")
-    after_dpo = _pass_rate(dpo_summary["output_dir"], heldout, args.gen_batch, "float32")
+    after_sft = _pass_rate(sft_dir, heldout, cfg.gen_batch, "float32")
+    after_dpo = _pass_rate(dpo_summary["output_dir"], heldout, cfg.gen_batch, "float32")
     timings["final_eval_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_all
 
     plot_training({"SFT": out / "sft", "DPO": out / "dpo"}, out / "training.png")
     results = {
-        "model": args.model if args.model != DEFAULT_MODEL else f"{DEFAULT_MODEL} (embedded)",
+        "model": cfg.model if cfg.model != DEFAULT_MODEL else f"{DEFAULT_MODEL} (embedded)",
         "heldout_prompts": len(heldout),
         "pass_rate": {"base": before["pass_rate"], "sft": after_sft["pass_rate"], "dpo": after_dpo["pass_rate"]},
         "pass_rate_by_type": {"base": before["by_type"], "sft": after_sft["by_type"], "dpo": after_dpo["by_type"]},
@@ -159,7 +202,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         "dpo": {k: dpo_summary[k] for k in ("steps", "final_loss", "data", "reference_cache")},
         "pairs": pair_stats,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
-        "settings": vars(args),
+        "settings": cfg.model_dump(mode="json"),
         "examples": _examples(before, after_dpo),
     }
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
@@ -225,30 +268,3 @@ def _report_md(r: dict) -> str:
                   f"  - after: {e['after']!r}"]
     lines += ["", "## Timings (s)", "", *[f"- {k}: {v}" for k, v in r["timings_s"].items()], ""]
     return "\n".join(lines)
-
-
-def _cmd(args: argparse.Namespace) -> int:
-    run_demo(args)
-    return 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser("demo", help="SFT -> preference data -> DPO on the embedded model, with a before/after report")
-    p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--out", default="runs/demo", help="output directory (report.md, results.json, models)")
-    p.add_argument("--n-train", type=int, default=96, help="training prompts to sample preference data on")
-    p.add_argument("--n-heldout", type=int, default=48, help="held-out prompts for the pass rate")
-    p.add_argument("--k", type=int, default=4, help="samples per prompt for preference data")
-    p.add_argument("--temperature", type=float, default=0.9)
-    p.add_argument("--sft-epochs", type=int, default=1)
-    p.add_argument("--sft-steps", type=int, default=16, help="cap on SFT optimizer steps of 8 rows (0: --sft-epochs)")
-    p.add_argument("--min-pairs", type=int, default=8, help="stop if fewer verified pairs than this")
-    p.add_argument("--sft-lr", type=float, default=1e-5)
-    p.add_argument("--dpo-epochs", type=int, default=2)
-    p.add_argument("--dpo-lr", type=float, default=5e-6)
-    p.add_argument("--beta", type=float, default=0.1)
-    p.add_argument("--nll-weight", type=float, default=0.1)
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    p.add_argument("--gen-batch", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cmd)

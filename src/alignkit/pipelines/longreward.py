@@ -26,7 +26,9 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,21 +63,32 @@ class SamplingSection(StrictModel):
     """Candidate sampling from the policy (METHODS §1.6: the official example draws 10 per prompt)."""
 
     k: int = Field(default=10, ge=2)
+    """Responses sampled per training prompt."""
     temperature: float = Field(default=0.8, gt=0.0)
+    """Sampling temperature."""
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    """Nucleus sampling mass."""
     max_new_tokens: int = Field(default=512, ge=1)
+    """Most tokens per sampled response."""
     seed: int = 0
+    """Prompt row i is sampled with seed SEED+i."""
     batch_size: int = Field(default=8, ge=1)
+    """Sequences decoded together (sampling and evaluation)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Policy weights while sampling (auto: bfloat16 where the hardware has native bf16, else float32)."""
+    """Policy dtype for generation (auto: bfloat16 where the hardware has native bf16, else float32)."""
     device: str | None = None
+    """cpu | cuda | cuda:N (null: the backend's default)."""
     backend: Literal["auto", "hf", "vllm"] = "auto"
+    """Generation backend: auto picks vLLM when installed and a GPU is present."""
 
 
 class PairsSection(StrictModel):
+    """How scored responses become training rows (METHODS §1.6: best vs worst per prompt)."""
+
     min_scored: int = Field(default=5, ge=2)
     """Skip prompts with fewer successfully scored responses (official: 5)."""
     prompt_format: Literal["messages", "string"] = "messages"
+    """Prompt of the rows: chat messages or a plain string."""
     train_on: Literal["pairs", "kway"] = "pairs"
     """pairs: best-vs-worst rows (dpo, ipo, exo_pair losses); kway: all scored responses (exo, dpo_rw)."""
 
@@ -88,9 +101,13 @@ class TrainingSection(StrictModel):
     nll_weight: float = 0.1
     """Auxiliary per-token NLL on the chosen response (METHODS §1.6 / Appendix A; ~0.1, unverified)."""
     logit_temperature: float = 1.0
+    """Divide policy and reference logits by T before log-softmax (1.0: off)."""
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
+    """The reference model (null name: the policy's initial weights) and its log-prob cache."""
     lora: LoraSettings | None = None
+    """Train LoRA adapters instead of all weights (null: full fine-tuning)."""
     gradient_checkpointing: bool = False
+    """Recompute activations in backward: less memory, more compute."""
     data_policy: DataPolicy = Field(
         default_factory=lambda: DataPolicy(max_length=4096, max_prompt_length=3584)
     )
@@ -108,30 +125,43 @@ class TrainingSection(StrictModel):
 
 
 class EvaluationSection(StrictModel):
+    """Before/after evaluation of the trained policy."""
+
     judge_eval: bool = True
     """Score the policy's greedy answers to the held-out prompts before and after training."""
     max_new_tokens: int = Field(default=512, ge=1)
+    """Most tokens per greedy held-out answer."""
     mini_suite: bool = False
     """Also run the offline mini suite (alignkit eval --suite mini) before and after."""
     mini_tasks: list[str] = Field(default_factory=list)
     """Mini-suite tasks (empty: all)."""
     mini_lengths: list[str] = Field(default_factory=lambda: ["1k"])
+    """Mini-suite nominal lengths."""
     mini_samples_per_length: int = Field(default=2, ge=1)
+    """Mini-suite samples per task and length."""
 
 
 class LongRewardPipelineConfig(StrictModel):
     """``alignkit pipeline longreward --config FILE``."""
 
     output_dir: str = "runs/longreward"
+    """Every stage's files, the model, report.md and results.json go here (rerun the same dir to resume)."""
     policy: str = DEFAULT_MODEL
     """The model to sample from and train (embedded name, HF directory or hub id)."""
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    """Where the long-context prompts come from and how they are split."""
     sampling: SamplingSection = Field(default_factory=SamplingSection)
+    """Candidate sampling from the policy."""
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    """Which judge answers, and how it is called."""
     scorer: LongRewardConfig = Field(default_factory=LongRewardConfig)
+    """LongReward scorer settings."""
     pairs: PairsSection = Field(default_factory=PairsSection)
+    """How scored responses become training rows."""
     training: TrainingSection = Field(default_factory=TrainingSection)
+    """The preference recipe's settings."""
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+    """Before/after evaluation."""
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -186,10 +216,19 @@ class _Stages:
         self.console.rule(f"[bold]stage {name}")
         return True
 
+    def begin(self, name: str, fingerprint: str) -> bool:
+        """Record that ``name`` starts with ``fingerprint``; True when an earlier attempt with the same
+        fingerprint started and never finished (it was interrupted and may be resumed)."""
+        prev = self.done.get(name, {})
+        interrupted = prev.get("started") == fingerprint and prev.get("fingerprint") != fingerprint
+        self.done[name] = {**prev, "started": fingerprint}
+        self.path.write_text(json.dumps(self.done, indent=1))
+        return interrupted
+
     def finish(self, name: str, fingerprint: str, started: float) -> None:
         self.timings[name] = round(time.time() - started, 1)
         self.console.print(f"stage {name}: {self.timings[name]:.0f} s")
-        self.done[name] = {"fingerprint": fingerprint, "seconds": self.timings[name]}
+        self.done[name] = {"fingerprint": fingerprint, "started": fingerprint, "seconds": self.timings[name]}
         self.path.write_text(json.dumps(self.done, indent=1))
 
 
@@ -268,163 +307,217 @@ def _summarise_scores(rows: list[dict]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------- the run
+@dataclass
+class _Run:
+    """What every stage shares: the config, the output folder, the stage bookkeeping, the judge."""
+
+    cfg: LongRewardPipelineConfig
+    out: Path
+    stages: _Stages
+    console: Any
+    progress: bool
+    results: dict[str, Any]
+    judge: Any = None
+
+    def get_judge(self):
+        if self.judge is None:
+            self.judge = _judge(self.cfg, self.out)
+        return self.judge
+
+
 def run_longreward_pipeline(cfg: LongRewardPipelineConfig, progress: bool = True) -> dict[str, Any]:
     """Run every stage; returns the results written to ``<output_dir>/results.json``."""
     from rich.console import Console
-
-    from alignkit.generate.engine import SamplingParams
-    from alignkit.generate.jsonl import write_jsonl_atomic
-    from alignkit.judge.cli import score_rows
-    from alignkit.judge.pairs import build_pairs
-    from alignkit.judge.sampling import sample_responses
 
     console = Console(stderr=True)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
-    stages = _Stages(out, console)
-    results: dict[str, Any] = {"config": cfg.model_dump(mode="json")}
+    run = _Run(cfg, out, _Stages(out, console), console, progress, {"config": cfg.model_dump(mode="json")})
     started_all = time.time()
+    try:
+        train_rows, eval_rows, fp = _stage_prompts(run)
+        fp, do_eval = _stage_sample(run, fp, train_rows, eval_rows)
+        fp, scored = _stage_score(run, fp)
+        fp, train_file, pairs = _stage_pairs(run, fp, scored)
+        fp_train = _stage_train(run, fp, train_file)
+        _stage_evaluate(run, fp_train, eval_rows, do_eval)
+    finally:
+        if run.judge is not None:
+            run.judge.close()
+    _stage_report(run, scored, pairs, started_all)
+    return run.results
 
-    # 1. prompts
+
+def _stage_prompts(run: _Run) -> tuple[list[dict], list[dict], str]:
+    """1. prompts: the training and held-out rows (always re-read; cheap)."""
     t = time.time()
-    train_rows, eval_rows = load_prompt_rows(cfg.prompts, out)
-    fp_prompts = _fingerprint(_file_hash(out / "prompts_train.jsonl"), _file_hash(out / "prompts_eval.jsonl"))
-    stages.finish("prompts", fp_prompts, t)
-    console.print(f"{len(train_rows)} training prompts, {len(eval_rows)} held-out prompts")
-    results["prompts"] = {"train": len(train_rows), "eval": len(eval_rows)}
+    train_rows, eval_rows = load_prompt_rows(run.cfg.prompts, run.out)
+    fp = _fingerprint(_file_hash(run.out / "prompts_train.jsonl"), _file_hash(run.out / "prompts_eval.jsonl"))
+    run.stages.finish("prompts", fp, t)
+    run.console.print(f"{len(train_rows)} training prompts, {len(eval_rows)} held-out prompts")
+    run.results["prompts"] = {"train": len(train_rows), "eval": len(eval_rows)}
+    return train_rows, eval_rows, fp
 
-    # 2. sample (+ the "before" greedy answers to the held-out prompts)
+
+def _stage_sample(run: _Run, fp_prompts: str, train_rows: list[dict], eval_rows: list[dict]) -> tuple[str, bool]:
+    """2. sample: K responses per training prompt, plus the "before" greedy answers to the held-out prompts."""
+    from alignkit.generate.engine import SamplingParams
+    from alignkit.generate.jsonl import write_jsonl_atomic
+    from alignkit.judge.sampling import sample_responses
+
+    cfg, out = run.cfg, run.out
     samples_path, before_path = out / "samples.jsonl", out / "eval_before_answers.jsonl"
     do_eval = cfg.evaluation.judge_eval and bool(eval_rows)
-    fp_sample = _fingerprint(
-        fp_prompts, cfg.policy, cfg.sampling.model_dump(), cfg.evaluation.max_new_tokens, do_eval
-    )
-    if stages.fresh("sample", fp_sample, [samples_path] + ([before_path] if do_eval else [])):
+    fp = _fingerprint(fp_prompts, cfg.policy, cfg.sampling.model_dump(), cfg.evaluation.max_new_tokens, do_eval)
+    if run.stages.fresh("sample", fp, [samples_path] + ([before_path] if do_eval else [])):
         t = time.time()
         engine = _engine(cfg.policy, cfg.sampling)
-        params = SamplingParams(
-            max_new_tokens=cfg.sampling.max_new_tokens,
-            temperature=cfg.sampling.temperature,
-            top_p=cfg.sampling.top_p,
-        )
-        write_jsonl_atomic(
-            samples_path,
-            sample_responses(
-                engine, train_rows, cfg.sampling.k, params, seed=cfg.sampling.seed, progress=progress
-            ),
-        )
+        s = cfg.sampling
+        params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p)
+        samples = sample_responses(engine, train_rows, s.k, params, seed=s.seed, progress=run.progress)
+        write_jsonl_atomic(samples_path, samples)
         if do_eval:
-            write_jsonl_atomic(
-                before_path, _greedy_answers(engine, eval_rows, cfg.evaluation.max_new_tokens, "before")
-            )
+            write_jsonl_atomic(before_path, _greedy_answers(engine, eval_rows, cfg.evaluation.max_new_tokens, "before"))
         del engine
         gc.collect()
-        stages.finish("sample", fp_sample, t)
+        run.stages.finish("sample", fp, t)
     samples = _read_jsonl(samples_path)
-    results["sampling"] = {
+    run.results["sampling"] = {
         "responses": len(samples),
         "finish_length": sum(r["finish_reason"] == "length" for r in samples),
     }
+    return _fingerprint(fp, _file_hash(samples_path)), do_eval
 
-    # 3. score
+
+def _stage_score(run: _Run, fp_sample: str) -> tuple[str, list[dict]]:
+    """3. score: the judge rates every response (SQLite call cache: a rerun repeats no judge call)."""
+    from alignkit.generate.jsonl import write_jsonl_atomic
+    from alignkit.judge.scoring import score_rows
+
+    cfg, out = run.cfg, run.out
     scored_path = out / "scored.jsonl"
-    fp_score = _fingerprint(
-        fp_sample, _file_hash(samples_path), cfg.judge.model_dump(), cfg.scorer.model_dump()
-    )
-    judge = None
-    if stages.fresh("score", fp_score, [scored_path]):
+    fp = _fingerprint(fp_sample, cfg.judge.model_dump(), cfg.scorer.model_dump())
+    if run.stages.fresh("score", fp, [scored_path]):
         t = time.time()
-        judge = _judge(cfg, out)
-        write_jsonl_atomic(scored_path, score_rows(samples, judge, cfg.scorer, progress=progress))
-        results["judge_usage_scoring"] = judge.usage.as_dict()
-        stages.finish("score", fp_score, t)
+        judge = run.get_judge()
+        samples = _read_jsonl(out / "samples.jsonl")
+        write_jsonl_atomic(scored_path, score_rows(samples, judge, cfg.scorer, progress=run.progress))
+        run.results["judge_usage_scoring"] = judge.usage.as_dict()
+        run.stages.finish("score", fp, t)
     scored = _read_jsonl(scored_path)
-    results["scores"] = _summarise_scores(scored)
-    console.print(
-        f"scored {results['scores']['scored']} of {len(scored)} responses "
-        f"({results['scores']['failed']} recorded as failed)"
-    )
+    summary = run.results["scores"] = _summarise_scores(scored)
+    run.console.print(f"scored {summary['scored']} of {len(scored)} responses ({summary['failed']} recorded as failed)")
+    return _fingerprint(fp, _file_hash(scored_path)), scored
 
-    # 4. pairs
+
+def _stage_pairs(run: _Run, fp_score: str, scored: list[dict]) -> tuple[str, Path, list[dict]]:
+    """4. pairs: best vs worst per prompt and K-way rows; refuses to go on with no training row."""
+    from alignkit.generate.jsonl import write_jsonl_atomic
+    from alignkit.judge.pairs import build_pairs
+
+    cfg, out = run.cfg, run.out
     pairs_path, kway_path = out / "pairs.jsonl", out / "kway.jsonl"
-    fp_pairs = _fingerprint(fp_score, _file_hash(scored_path), cfg.pairs.model_dump())
+    fp = _fingerprint(fp_score, cfg.pairs.model_dump())
     t = time.time()
-    pairs, kway, stats = build_pairs(
-        scored, min_scored=cfg.pairs.min_scored, prompt_format=cfg.pairs.prompt_format
-    )
+    pairs, kway, stats = build_pairs(scored, min_scored=cfg.pairs.min_scored, prompt_format=cfg.pairs.prompt_format)
     write_jsonl_atomic(pairs_path, pairs)
     write_jsonl_atomic(kway_path, kway)
-    stages.finish("pairs", fp_pairs, t)
-    results["pairs"] = stats.as_dict()
+    run.stages.finish("pairs", fp, t)
+    run.results["pairs"] = stats.as_dict()
     train_file, n_rows = (pairs_path, len(pairs)) if cfg.pairs.train_on == "pairs" else (kway_path, len(kway))
-    console.print(f"{len(pairs)} pairs, {len(kway)} K-way rows: {json.dumps(stats.as_dict())}")
+    run.console.print(f"{len(pairs)} pairs, {len(kway)} K-way rows: {json.dumps(stats.as_dict())}")
     if n_rows == 0:
         raise PipelineError(
             f"no training rows: {stats.skipped_too_few_scored} of {stats.prompts} prompts had fewer than "
             f"pairs.min_scored={cfg.pairs.min_scored} scored responses, {stats.all_tied} were all tied "
-            f"(see {scored_path} for the judge's failures; raise sampling.k or lower pairs.min_scored)"
+            f"(see {out / 'scored.jsonl'} for the judge's failures; raise sampling.k or lower pairs.min_scored)"
         )
+    return fp, train_file, pairs
 
-    # 5. train
-    model_dir = out / "model"
-    fp_train = _fingerprint(fp_pairs, _file_hash(train_file), cfg.policy, cfg.training.model_dump())
-    if stages.fresh("train", fp_train, [model_dir / "config.json"]):
+
+def _stage_train(run: _Run, fp_pairs: str, train_file: Path) -> str:
+    """5. train: the preference recipe on the pairs. An interrupted training with unchanged inputs
+    resumes from its last checkpoint (metrics.jsonl kept); changed inputs start over."""
+    cfg = run.cfg
+    model_dir = run.out / "model"
+    fp = _fingerprint(fp_pairs, _file_hash(train_file), cfg.policy, cfg.training.model_dump())
+    if run.stages.fresh("train", fp, [model_dir / "config.json"]):
+        from alignkit.train.checkpoint import CKPT_DIR, latest_checkpoint
+
         t = time.time()
-        results["training"] = _train(cfg, train_file, model_dir)
-        stages.finish("train", fp_train, t)
+        resume = run.stages.begin("train", fp) and latest_checkpoint(model_dir) is not None
+        if resume:
+            run.console.print(f"resuming the interrupted training from {latest_checkpoint(model_dir)}")
+        else:
+            shutil.rmtree(model_dir / CKPT_DIR, ignore_errors=True)  # another config's checkpoints
+        run.results["training"] = _train(cfg, train_file, model_dir, resume=resume)
+        run.stages.finish("train", fp, t)
     elif (model_dir / "summary.json").is_file():
-        results["training"] = json.loads((model_dir / "summary.json").read_text())
+        run.results["training"] = json.loads((model_dir / "summary.json").read_text())
+    return fp
 
-    # 6. evaluate
-    fp_eval = _fingerprint(
-        fp_train, fp_sample, cfg.evaluation.model_dump(), cfg.judge.model_dump(), cfg.scorer.model_dump()
-    )
+
+def _stage_evaluate(run: _Run, fp_train: str, eval_rows: list[dict], do_eval: bool) -> None:
+    """6. evaluate: the trained policy's greedy held-out answers scored next to the "before" ones;
+    optionally the offline mini suite before and after."""
+    cfg, out = run.cfg, run.out
+    model_dir = str(out / "model")
+    fp = _fingerprint(fp_train, cfg.evaluation.model_dump(), cfg.judge.model_dump(), cfg.scorer.model_dump())
     eval_path = out / "evaluation.json"
-    if stages.fresh("evaluate", fp_eval, [eval_path]):
+    if run.stages.fresh("evaluate", fp, [eval_path]):
         t = time.time()
         evaluation: dict[str, Any] = {}
         if do_eval:
-            engine = _engine(str(model_dir), cfg.sampling)
-            after = _greedy_answers(engine, eval_rows, cfg.evaluation.max_new_tokens, "after")
-            write_jsonl_atomic(out / "eval_after_answers.jsonl", after)
-            if cfg.evaluation.mini_suite:
-                evaluation["mini_after"] = _mini_suite(cfg, str(model_dir), engine, out / "mini_after")
-            del engine
-            gc.collect()
-            before = _read_jsonl(before_path)
-            judge = judge or _judge(cfg, out)
-            usage_before = judge.usage.as_dict()
-            rated = score_rows(before + after, judge, cfg.scorer, progress=progress)
-            write_jsonl_atomic(out / "eval_scored.jsonl", rated)
-            evaluation["judge_before"] = _summarise_scores(rated[: len(before)])
-            evaluation["judge_after"] = _summarise_scores(rated[len(before) :])
-            results["judge_usage_evaluation"] = _usage_delta(judge.usage.as_dict(), usage_before)
+            evaluation.update(_judge_before_after(run, eval_rows, model_dir))
         elif cfg.evaluation.mini_suite:
-            evaluation["mini_after"] = _mini_suite(cfg, str(model_dir), None, out / "mini_after")
+            evaluation["mini_after"] = _mini_suite(cfg, model_dir, None, out / "mini_after")
         if cfg.evaluation.mini_suite:
             evaluation["mini_before"] = _mini_suite(cfg, cfg.policy, None, out / "mini_before")
         eval_path.write_text(json.dumps(evaluation, indent=1))
-        stages.finish("evaluate", fp_eval, t)
-    results["evaluation"] = json.loads(eval_path.read_text())
-    if judge is not None:
-        judge.close()
+        run.stages.finish("evaluate", fp, t)
+    run.results["evaluation"] = json.loads(eval_path.read_text())
 
-    # 7. report
-    t = time.time()
-    results["stage_seconds"] = stages.timings
-    results["reused_stages"] = stages.reused
-    results["total_seconds"] = round(time.time() - started_all, 1)
+
+def _judge_before_after(run: _Run, eval_rows: list[dict], model_dir: str) -> dict[str, Any]:
+    from alignkit.generate.jsonl import write_jsonl_atomic
+    from alignkit.judge.scoring import score_rows
+
+    cfg, out = run.cfg, run.out
+    evaluation: dict[str, Any] = {}
+    engine = _engine(model_dir, cfg.sampling)
+    after = _greedy_answers(engine, eval_rows, cfg.evaluation.max_new_tokens, "after")
+    write_jsonl_atomic(out / "eval_after_answers.jsonl", after)
+    if cfg.evaluation.mini_suite:
+        evaluation["mini_after"] = _mini_suite(cfg, model_dir, engine, out / "mini_after")
+    del engine
+    gc.collect()
+    before = _read_jsonl(out / "eval_before_answers.jsonl")
+    judge = run.get_judge()
+    usage_before = judge.usage.as_dict()
+    rated = score_rows(before + after, judge, cfg.scorer, progress=run.progress)
+    write_jsonl_atomic(out / "eval_scored.jsonl", rated)
+    evaluation["judge_before"] = _summarise_scores(rated[: len(before)])
+    evaluation["judge_after"] = _summarise_scores(rated[len(before) :])
+    run.results["judge_usage_evaluation"] = _usage_delta(judge.usage.as_dict(), usage_before)
+    return evaluation
+
+
+def _stage_report(run: _Run, scored: list[dict], pairs: list[dict], started_all: float) -> None:
+    """7. report: report.md with plots, and results.json."""
     from alignkit.pipelines.longreward_report import write_report
 
-    write_report(out, results, scored, pairs)
-    stages.timings["report"] = round(time.time() - t, 1)
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    console.print(f"report: {out / 'report.md'}")
-    return results
+    t = time.time()
+    run.results["stage_seconds"] = run.stages.timings
+    run.results["reused_stages"] = run.stages.reused
+    run.results["total_seconds"] = round(time.time() - started_all, 1)
+    write_report(run.out, run.results, scored, pairs)
+    run.stages.timings["report"] = round(time.time() - t, 1)
+    (run.out / "results.json").write_text(json.dumps(run.results, indent=1, default=str))
+    run.console.print(f"report: {run.out / 'report.md'}")
 
 
-def _train(cfg: LongRewardPipelineConfig, train_file: Path, model_dir: Path) -> dict[str, Any]:
+def _train(cfg: LongRewardPipelineConfig, train_file: Path, model_dir: Path, resume: bool = False) -> dict[str, Any]:
     from alignkit.train.preference import PreferenceConfig, train_preference
     from alignkit.train.run import DataConfig, ModelConfig
 
@@ -440,7 +533,7 @@ def _train(cfg: LongRewardPipelineConfig, train_file: Path, model_dir: Path) -> 
         logit_temperature=tr.logit_temperature,
         train=tr.train.model_copy(update={"output_dir": str(model_dir)}),
     )
-    summary = train_preference(pcfg)
+    summary = train_preference(pcfg, resume=resume)
     if summary.get("interrupted"):
         raise PipelineError(
             f"training was interrupted ({summary.get('signal')}); rerun the pipeline to resume"

@@ -115,50 +115,54 @@ def plot_before_after(before: dict, after: dict, path: Path) -> bool:
 
 def write_report(out: Path, results: dict[str, Any], scored: list[dict], pairs: list[dict]) -> Path:
     """Write ``report.md`` (and its plots) from the pipeline's results; returns the report path."""
-    cfg = results["config"]
     lines = [
+        *_header_section(results),
+        *_scores_section(out, results, scored),
+        *_pairs_section(out, results, pairs),
+        *_training_section(results),
+        *_before_after_section(out, results),
+        *_files_section(),
+    ]
+    path = out / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def _header_section(results: dict[str, Any]) -> list[str]:
+    cfg = results["config"]
+    reused = results.get("reused_stages", [])
+    return [
         "# LongReward pipeline report",
         "",
         f"Policy `{cfg['policy']}`, judge `{cfg['judge']['spec']}`, {results['prompts']['train']} training "
         f"prompts x K={cfg['sampling']['k']} samples, {results['prompts']['eval']} held-out prompts. "
         f"Wall time of this run {results.get('total_seconds', 0):.0f} s"
-        + (
-            f" (stages reused from an earlier run: {', '.join(results['reused_stages'])})."
-            if results.get("reused_stages")
-            else "."
-        ),
+        + (f" (stages reused from an earlier run: {', '.join(reused)})." if reused else "."),
         "",
         "## Stages",
         "",
-        _md_table(
-            ["stage", "seconds", ""],
-            [
-                [k, v, "reused" if k in results.get("reused_stages", []) else ""]
-                for k, v in results.get("stage_seconds", {}).items()
-            ],
-        ),
-        "",
-        "## Judge scores of the sampled responses",
+        _md_table(["stage", "seconds", ""],
+                  [[k, v, "reused" if k in reused else ""] for k, v in results.get("stage_seconds", {}).items()]),
         "",
     ]
-    s = results["scores"]
-    lines.append(
+
+
+def _scores_section(out: Path, results: dict[str, Any], scored: list[dict]) -> list[str]:
+    s, mode = results["scores"], results["config"]["scorer"].get("force_format", "off")
+    lines = [
+        "## Judge scores of the sampled responses",
+        "",
         f"{s['scored']} of {s['n']} responses scored on all four dimensions; {s['failed']} recorded as "
-        "failed (unparseable after every attempt, or a call that failed) and left out of the pairs."
-    )
-    lines.append("")
-    lines.append(_md_table(["", *_KEYS], [["mean", *[s[k] for k in _KEYS]]]))
-    mode = cfg["scorer"].get("force_format", "off")
+        "failed (unparseable after every attempt, or a call that failed) and left out of the pairs.",
+        "",
+        _md_table(["", *_KEYS], [["mean", *[s[k] for k in _KEYS]]]),
+    ]
     if mode != "off":
         lines += [
             "",
             f"Weak-judge mode `force_format: {mode}` (not in the paper): the judge's answers were started "
             "with the format cue"
-            + (
-                " and ratings are expectations under its next-token distribution"
-                if mode == "expected"
-                else ""
-            )
+            + (" and ratings are expectations under its next-token distribution" if mode == "expected" else "")
             + "; see docs/longreward.md.",
         ]
     failures: dict[str, int] = {}
@@ -167,12 +171,8 @@ def write_report(out: Path, results: dict[str, Any], scored: list[dict], pairs: 
             key = f"{f['dimension']} / {f['stage']}"
             failures[key] = failures.get(key, 0) + 1
     if failures:
-        lines += [
-            "",
-            "Failures by dimension / stage:",
-            "",
-            _md_table(["dimension / stage", "responses"], [[k, v] for k, v in sorted(failures.items())]),
-        ]
+        lines += ["", "Failures by dimension / stage:", "",
+                  _md_table(["dimension / stage", "responses"], [[k, v] for k, v in sorted(failures.items())])]
     if plot_score_distributions(scored, out / "scores_distribution.png"):
         lines += ["", "![per-dimension score distributions](scores_distribution.png)"]
     for key in ("judge_usage_scoring", "judge_usage_evaluation"):
@@ -185,48 +185,48 @@ def write_report(out: Path, results: dict[str, Any], scored: list[dict], pairs: 
                 f"{u['transient_retries']} transport retries, {u['parse_retries']} parse retries, "
                 f"{u['parse_failures']} unparseable after all attempts.",
             ]
-    p = results["pairs"]
-    lines += [
+    return lines
+
+
+def _pairs_section(out: Path, results: dict[str, Any], pairs: list[dict]) -> list[str]:
+    p, min_scored = results["pairs"], results["config"]["pairs"]["min_scored"]
+    lines = [
         "",
         "## Preference pairs",
         "",
         f"{p['pairs']} pairs and {p['kway_rows']} K-way rows from {p['prompts']} prompts: "
-        f"{p['skipped_too_few_scored']} skipped (fewer than {cfg['pairs']['min_scored']} scored responses), "
+        f"{p['skipped_too_few_scored']} skipped (fewer than {min_scored} scored responses), "
         f"{p['all_tied']} with all rewards tied, {p['identical_texts']} with identical best and worst texts; "
         f"ties broken by sampling order: {p['best_tie_broken']} best, {p['worst_tie_broken']} worst.",
         "",
     ]
     if pairs:
-        lines.append(
-            _md_table(
-                ["prompt", "chosen", "rejected", "chosen reward", "rejected reward", "gap"],
-                [
-                    [
-                        q["prompt_id"],
-                        q["chosen_id"],
-                        q["rejected_id"],
-                        q["chosen_reward"],
-                        q["rejected_reward"],
-                        q["chosen_reward"] - q["rejected_reward"],
-                    ]
-                    for q in pairs
-                ],
-            )
-        )
+        rows = [[q["prompt_id"], q["chosen_id"], q["rejected_id"], q["chosen_reward"], q["rejected_reward"],
+                 q["chosen_reward"] - q["rejected_reward"]] for q in pairs]
+        lines.append(_md_table(["prompt", "chosen", "rejected", "chosen reward", "rejected reward", "gap"], rows))
     if plot_pair_gaps(pairs, out / "pair_gaps.png"):
         lines += ["", "![score gaps of the pairs](pair_gaps.png)"]
-    tr = results.get("training")
-    if tr:
-        lines += [
-            "",
-            "## Training",
-            "",
-            f"`{cfg['training']['loss']['type']}` with NLL weight {cfg['training']['nll_weight']} on "
-            f"{tr.get('data', {}).get('kept', '?')} rows: "
-            f"{tr.get('steps')} optimizer steps, final loss {_fmt(tr.get('final_loss'))}. "
-            f"Model: `{tr.get('output_dir')}`.",
-        ]
+    return lines
+
+
+def _training_section(results: dict[str, Any]) -> list[str]:
+    tr, cfg = results.get("training"), results["config"]
+    if not tr:
+        return []
+    return [
+        "",
+        "## Training",
+        "",
+        f"`{cfg['training']['loss']['type']}` with NLL weight {cfg['training']['nll_weight']} on "
+        f"{tr.get('data', {}).get('kept', '?')} rows: "
+        f"{tr.get('steps')} optimizer steps, final loss {_fmt(tr.get('final_loss'))}. "
+        f"Model: `{tr.get('output_dir')}`.",
+    ]
+
+
+def _before_after_section(out: Path, results: dict[str, Any]) -> list[str]:
     ev = results.get("evaluation", {})
+    lines: list[str] = []
     if ev.get("judge_before") or ev.get("mini_before"):
         lines += ["", "## Before / after", ""]
     if ev.get("judge_before"):
@@ -247,13 +247,12 @@ def write_report(out: Path, results: dict[str, Any], scored: list[dict], pairs: 
         mb, ma = ev["mini_before"], ev["mini_after"]
         rows = [[t, mb["tasks"].get(t), ma["tasks"].get(t)] for t in mb["tasks"]]
         rows.append(["task mean", mb.get("task_mean"), ma.get("task_mean")])
-        lines += [
-            "",
-            "Offline mini suite (alignkit eval --suite mini):",
-            "",
-            _md_table(["task", "before", "after"], rows),
-        ]
-    lines += [
+        lines += ["", "Offline mini suite (alignkit eval --suite mini):", "", _md_table(["task", "before", "after"], rows)]
+    return lines
+
+
+def _files_section() -> list[str]:
+    return [
         "",
         "## Files",
         "",
@@ -262,6 +261,3 @@ def write_report(out: Path, results: dict[str, Any], scored: list[dict], pairs: 
         "`judge_cache.sqlite`, `results.json`, `config.yaml`.",
         "",
     ]
-    path = out / "report.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path

@@ -6,7 +6,11 @@ fields (with defaults and descriptions) are listed by ``alignkit <stage> --help`
 
 from __future__ import annotations
 
-import argparse
+import functools
+from typing import Literal
+
+from alignkit.commands import Command, load
+from alignkit.config import StrictModel
 
 RECIPES = {
     # command: (module, config class, function, help)
@@ -16,42 +20,18 @@ RECIPES = {
             "preference optimisation: dpo | ipo | exo_pair | exo | dpo_rw"),
 }
 
-
-def _fields_epilog(module: str, cls_name: str) -> str:
-    import importlib
-
-    from alignkit.config import describe_fields
-
-    cls = getattr(importlib.import_module(module), cls_name)
-    lines = ["config keys (YAML or key.sub=value overrides):"]
-    for key, default, desc in describe_fields(cls):
-        first = desc.splitlines()[0] if desc else ""
-        lines.append(f"  {key:34s} {default:14s} {first}")
-    return "\n".join(lines)
+_RESUME = (("resume", "continue from the latest checkpoint in train.output_dir"),)
 
 
-def _run_recipe(args: argparse.Namespace) -> int:
-    import importlib
+def run_recipe(name: str, cfg, resume: bool = False) -> int:
+    """Run the training recipe ``name`` of :data:`RECIPES` on ``cfg`` and print its summary."""
     import json
 
     from rich.console import Console
 
-    from alignkit.cli import UserError
-    from alignkit.config import load_config
-    from alignkit.data.rows import DataError
-    from alignkit.models import ModelError
-    from alignkit.train.loop import NonFiniteError
-
-    module, cls_name, fn_name, _ = RECIPES[args.command]
-    mod = importlib.import_module(module)
-    cfg = load_config(getattr(mod, cls_name), args.config, args.overrides)
+    module, _cls, fn_name, _help = RECIPES[name]
+    summary = load(f"{module}:{fn_name}")(cfg, resume=resume)
     console = Console(stderr=True)
-    console.print(f"[bold]alignkit {args.command}[/] resolved config:")
-    console.print_json(json.dumps(cfg.model_dump(mode="json")))
-    try:
-        summary = getattr(mod, fn_name)(cfg, resume=args.resume)
-    except (DataError, ModelError, NonFiniteError, FileNotFoundError) as exc:
-        raise UserError(str(exc)) from None
     console.print_json(json.dumps(summary, default=str))
     if summary.get("interrupted"):
         console.print(f"stopped by {summary.get('signal')}: checkpoint saved; rerun with --resume to continue")
@@ -60,18 +40,31 @@ def _run_recipe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_template(args: argparse.Namespace) -> int:
-    from alignkit.cli import UserError
+class CheckTemplateConfig(StrictModel):
+    """``alignkit check-template``: the training render of prompts equals the inference render."""
+
+    model: str = "smollm2-135m-instruct"
+    """Model (tokenizer and chat template) to check: embedded name, HF dir or hub id."""
+    data: str | None = None
+    """Check the prompts of this data file instead of built-in examples."""
+    kind: Literal["sft", "preference", "kway"] = "preference"
+    """Row kind of ``data``."""
+    limit: int = 200
+    """Check at most this many prompts of ``data``."""
+
+
+def check_template(cfg: CheckTemplateConfig) -> int:
     from alignkit.data.rows import read_rows
     from alignkit.data.tokenize import template_parity_report
+    from alignkit.errors import UserError
     from alignkit.models import load_tokenizer
 
-    tok = load_tokenizer(args.model)
-    if args.data:
-        rows = read_rows(args.data, args.kind)
-        prompts = [r.prompt for r in rows if isinstance(r.prompt, list)][: args.limit]
+    tok = load_tokenizer(cfg.model)
+    if cfg.data:
+        rows = read_rows(cfg.data, cfg.kind)
+        prompts = [r.prompt for r in rows if isinstance(r.prompt, list)][: cfg.limit]
         if not prompts:
-            raise UserError(f"{args.data}: no conversational prompts to check (plain rows use no chat template)")
+            raise UserError(f"{cfg.data}: no conversational prompts to check (plain rows use no chat template)")
     else:
         prompts = [
             [{"role": "user", "content": "Hello!"}],
@@ -88,32 +81,14 @@ def _check_template(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def register(sub) -> None:
-    for name, (module, cls_name, _fn, help_text) in RECIPES.items():
-        p = sub.add_parser(name, help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter,
-                           description=f"alignkit {name}: {help_text}")
-        p.add_argument("--config", help="YAML recipe file")
-        p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.output_dir")
-        p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
-        p.set_defaults(func=_run_recipe, _epilog=(module, cls_name))
-        # Building the epilog imports the recipe (torch); do it only when help is asked for.
-        p.format_help = _lazy_help(p, module, cls_name)
-    p = sub.add_parser("check-template", help="prove the training render of prompts equals the inference render")
-    p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--data", help="check the prompts of this data file instead of built-in examples")
-    p.add_argument("--kind", default="preference", choices=["sft", "preference", "kway"])
-    p.add_argument("--limit", type=int, default=200)
-    p.set_defaults(func=_check_template)
-
-
-def _lazy_help(parser: argparse.ArgumentParser, module: str, cls_name: str):
-    original = parser.format_help
-
-    def format_help() -> str:
-        parser.epilog = _fields_epilog(module, cls_name)
-        return original()
-
-    return format_help
+# The recipes save their resolved config in train.output_dir themselves (it is part of a checkpoint).
+COMMANDS = [
+    *(Command(name, help_text, f"{module}:{cls_name}", functools.partial(run_recipe, name),
+              description=f"alignkit {name}: {help_text}", switches=_RESUME)
+      for name, (module, cls_name, _fn, help_text) in RECIPES.items()),
+    Command("check-template", "prove the training render of prompts equals the inference render",
+            "alignkit.train.cli:CheckTemplateConfig", "alignkit.train.cli:check_template", echo=False),
+]
 
 
 def config_reference_markdown() -> str:
