@@ -26,9 +26,11 @@ install: $(STAMP)
 
 # The main jobs on the embedded model: SFT -> verified on-policy pairs -> DPO (alignkit demo), then
 # LongReward AI feedback -> pairs -> DPO+NLL (alignkit pipeline longreward). Each prints its report path.
+# Precision is chosen by capability (fp32 on CPUs without native bf16); each stage prints its time.
 demo: install
-	$(PY) -m alignkit demo --config configs/demo.yaml
-	$(PY) -m alignkit pipeline longreward --config configs/longreward_smollm2.yaml
+	@t=$$(date +%s) && $(PY) -m alignkit demo --config configs/demo.yaml && echo "alignkit demo: $$(( $$(date +%s) - t )) s"
+	@t=$$(date +%s) && $(PY) -m alignkit pipeline longreward --config configs/longreward_smollm2.yaml \
+	  && echo "alignkit pipeline longreward: $$(( $$(date +%s) - t )) s"
 	@echo "reports: runs/demo/report.md and runs/longreward-smollm2/report.md"
 
 # Chromium for the annotation app's browser test (Debian package; skipped where apt is unavailable).

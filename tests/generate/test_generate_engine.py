@@ -270,3 +270,30 @@ def test_logprobs_are_the_models_top_tokens(engine):
     for step, tok in zip(res.logprobs, res.token_ids, strict=True):  # greedy picks the top entry
         assert max(step, key=step.get) == tok
     assert engine.generate(["Hi"], SamplingParams(max_new_tokens=2))[0].completions[0].logprobs is None
+
+
+SHARED = ("You are a careful grader. Read the question and the answer, then rate the answer from 1 to 10 "
+          "for helpfulness, logic and faithfulness; explain your reasoning step by step before the rating. ")
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_greedy_with_prefix_reuse_equals_without(tiny_lm, n):
+    """Prompts sharing a long prefix (judge prompts for one question): prefix prefilled once, same tokens."""
+    model, tok = tiny_lm
+    prompts = [SHARED + q for q in ("Answer: 4.", "Answer: five, I think, or maybe 4.", "Answer: no idea")]
+    prompts += ["Why?"]  # shares only the chat header: batched apart, no prefix reuse
+    params = SamplingParams(max_new_tokens=10, n=n, temperature=0.0)
+    plain = HFEngine(model, tok, batch_size=8, min_shared_prefix=0).generate(prompts, params)
+    reuse = HFEngine(model, tok, batch_size=8, min_shared_prefix=32)
+    shapes = []
+    hook = model.register_forward_pre_hook(lambda _m, _a, kw: shapes.append(tuple(kw["input_ids"].shape)),
+                                           with_kwargs=True)
+    try:
+        got = reuse.generate(prompts, params)
+    finally:
+        hook.remove()
+    for a, b in zip(plain, got, strict=True):
+        assert [c.token_ids for c in a.completions] == [c.token_ids for c in b.completions]
+    common = len(__import__("os").path.commonprefix([reuse.encode(p) for p in prompts[:3]]))
+    assert common >= 32 and (1, common) in shapes  # the shared prefix was run once, as one row
+    assert (1, len(reuse.encode("Why?"))) in shapes  # the unrelated prompt in a batch of its own

@@ -413,8 +413,8 @@ class JudgeConfig(StrictModel):
     """Environment variable holding the HTTP judge's API key."""
     send_seed: bool = True
     """Send a per-request seed (derived from the cache key) to HTTP judges."""
-    dtype: str = "float32"
-    """Local judge only: weights dtype."""
+    dtype: str = "auto"
+    """Local judge only: weights dtype (auto: bfloat16 where the hardware has native bf16, else float32)."""
     device: str | None = None
     """Local judge only: cpu | cuda (null: the backend's default)."""
     batch_size: int = Field(default=8, ge=1)

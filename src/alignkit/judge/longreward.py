@@ -480,10 +480,11 @@ class LongRewardScorer:
                     jobs.append(
                         ("chunk extraction", _setter(extractions, (key, j), self._extract, ch, query))
                     )
-            for w in works:
-                jobs.append(("helpfulness", _call(self._rate, w, "helpfulness")))
-                jobs.append(("logicality", _call(self._rate, w, "logicality")))
-                jobs.append(("statements", _call(self._statements, w)))
+            # Dimension by dimension: the calls in flight together then share the instructions and
+            # the question (responses to one prompt are adjacent), which a local judge prefills once.
+            for dimension in ("helpfulness", "logicality"):
+                jobs += [(dimension, _call(self._rate, w, dimension)) for w in works]
+            jobs += [("statements", _call(self._statements, w)) for w in works]
             stages.run(pool, jobs)
 
             # Retrieval: embed each context's chunks once and all statements together.

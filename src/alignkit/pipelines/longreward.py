@@ -74,8 +74,8 @@ class SamplingSection(StrictModel):
     """Prompt row i is sampled with seed SEED+i."""
     batch_size: int = Field(default=8, ge=1)
     """Sequences decoded together (sampling and evaluation)."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Policy dtype for generation."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Policy dtype for generation (auto: bfloat16 where the hardware has native bf16, else float32)."""
     device: str | None = None
     """cpu | cuda | cuda:N (null: the backend's default)."""
     backend: Literal["auto", "hf", "vllm"] = "auto"
@@ -165,7 +165,7 @@ class LongRewardPipelineConfig(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self):
-        kway_loss = getattr(self.training.loss, "kway", False)
+        kway_loss = "kway" in self.training.loss.rows
         if self.pairs.train_on == "kway" and not kway_loss:
             raise ValueError(
                 f"pairs.train_on=kway needs training.loss.type exo or dpo_rw (got {self.training.loss.type})"
@@ -227,6 +227,7 @@ class _Stages:
 
     def finish(self, name: str, fingerprint: str, started: float) -> None:
         self.timings[name] = round(time.time() - started, 1)
+        self.console.print(f"stage {name}: {self.timings[name]:.0f} s")
         self.done[name] = {"fingerprint": fingerprint, "started": fingerprint, "seconds": self.timings[name]}
         self.path.write_text(json.dumps(self.done, indent=1))
 
@@ -542,6 +543,7 @@ def _train(cfg: LongRewardPipelineConfig, train_file: Path, model_dir: Path, res
 
 def _mini_suite(cfg: LongRewardPipelineConfig, model: str, engine, out: Path) -> dict[str, Any]:
     from alignkit.evals.runner import EvalConfig, run_eval
+    from alignkit.precision import resolve_dtype
 
     ecfg = EvalConfig(
         model=model,
@@ -550,7 +552,7 @@ def _mini_suite(cfg: LongRewardPipelineConfig, model: str, engine, out: Path) ->
         lengths=list(cfg.evaluation.mini_lengths),
         samples_per_length=cfg.evaluation.mini_samples_per_length,
         batch_size=cfg.sampling.batch_size,
-        dtype=cfg.sampling.dtype,
+        dtype=resolve_dtype(cfg.sampling.dtype, cfg.sampling.device),
         output_dir=str(out),
     )
     res = run_eval(ecfg, engine=engine)

@@ -15,7 +15,7 @@ from typing import Any
 
 def grpo_stage_overrides(model: str, prompts: str, heldout: str | None, out_dir: str, *,
                          prompts_per_step: int = 16, n: int = 4, steps: int = 3, max_new_tokens: int = 48,
-                         lr: float = 2e-6, precision: str = "fp32", seed: int = 0) -> list[str]:
+                         lr: float = 2e-6, precision: str = "auto", seed: int = 0) -> list[str]:
     """The ``key=value`` settings of the stage (a GRPO run with the verifier reward)."""
     settings = {
         "model.name_or_path": model, "data.train": prompts, "data.eval": heldout if heldout else "null",

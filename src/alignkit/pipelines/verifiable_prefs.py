@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     _check_args(parser, args)
     import torch
 
-    from alignkit.generate.engine import HFEngine
+    from alignkit.generate.engine import make_engine
 
     if args.threads is not None:
         # Spinning OpenMP workers on cores other processes use cost more than they give: measured
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
 
     train, heldout = make_splits(args.n_prompts, args.n_heldout, seed=args.seed,
                                  heldout_fraction=args.heldout_fraction)
-    engine = HFEngine.from_pretrained(args.model, dtype=args.dtype, batch_size=args.batch_size)
+    engine = make_engine(args.model, "hf", dtype=args.dtype, batch_size=args.batch_size)
     # Unseeded requests draw their seeds from torch's global RNG: one manual_seed fixes the whole run
     # while every prompt still gets its own sample stream.
     torch.manual_seed(args.seed)

@@ -63,8 +63,10 @@ class TrainConfig(StrictModel):
     """Linear warmup steps."""
     max_grad_norm: float | None = 1.0
     """Clip the global gradient norm to this value (null: no clipping)."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """bf16: autocast matmuls to bfloat16 (AMX CPUs, GPUs); weights and optimizer stay fp32."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """auto: bf16 where the hardware multiplies bf16 natively (AMX/AVX512-BF16 CPUs, bf16 GPUs), else fp32 (the
+    choice and its reason are printed and saved in summary.json). bf16: autocast matmuls to bfloat16;
+    weights and optimizer stay fp32."""
     log_every: int = 1
     """Write metrics every N steps (metrics.jsonl, TensorBoard)."""
     save_every: int | None = None

@@ -24,6 +24,7 @@ from alignkit.train.run import (
     load_policy,
     make_accelerator,
     prepare_output,
+    resolve_run_precision,
     seed_everything,
     write_summary,
 )
@@ -86,7 +87,8 @@ def train_rm(cfg: RMConfig, resume: bool = False) -> dict[str, Any]:
     from alignkit.models import load_tokenizer
     from alignkit.train.checkpoint import export_model
 
-    acc = make_accelerator(cfg.train.precision)
+    prec = resolve_run_precision(cfg.train.precision)
+    acc = make_accelerator(prec.precision)
     seed_everything(cfg.train.seed)
     tok = load_tokenizer(cfg.model.name_or_path)
     distinct_pad(tok)
@@ -106,7 +108,7 @@ def train_rm(cfg: RMConfig, resume: bool = False) -> dict[str, Any]:
         export_model(acc, trainer.model, tok, out,
                      merge_lora=cfg.model.lora.merge_on_save if cfg.model.lora else True)
         after = evaluate(trainer.model) if evaluate else {}
-    payload = {"recipe": "rm", "steps": result.step, "interrupted": result.interrupted, "signal": result.signal,
+    payload = {"recipe": "rm", "precision": prec.as_dict(), "steps": result.step, "interrupted": result.interrupted, "signal": result.signal,
                "data": summary.as_dict(), "eval_before": before, "eval_after": after,
                "final_loss": result.history[-1]["loss"] if result.history else None, "output_dir": str(out)}
     write_summary(acc, out, payload)

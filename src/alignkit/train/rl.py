@@ -219,9 +219,16 @@ def train_rl(cfg: RLConfig, resume: bool = False) -> dict[str, Any]:
     """Run the recipe; returns the run summary (also written to ``output_dir/summary.json``)."""
     from alignkit.progress import ProgressBar
     from alignkit.train.checkpoint import export_model
-    from alignkit.train.run import make_accelerator, prepare_output, seed_everything, write_summary
+    from alignkit.train.run import (
+        make_accelerator,
+        prepare_output,
+        resolve_run_precision,
+        seed_everything,
+        write_summary,
+    )
 
-    acc = make_accelerator(cfg.train.precision)
+    prec = resolve_run_precision(cfg.train.precision)
+    acc = make_accelerator(prec.precision)
     check_runtime(cfg, acc)
     seed_everything(cfg.train.seed)
     ctx = build_run(cfg, acc)
@@ -264,7 +271,7 @@ def train_rl(cfg: RLConfig, resume: bool = False) -> dict[str, Any]:
     if not stop.signal:
         export_model(acc, ctx.policy, ctx.tok, out)
         after = heldout_reward(ctx, eval_rows)
-    payload = {"recipe": "rl", "advantage": cfg.advantage.type, "reward": cfg.reward.type, "steps": ctx.state.step,
+    payload = {"recipe": "rl", "precision": prec.as_dict(), "advantage": cfg.advantage.type, "reward": cfg.reward.type, "steps": ctx.state.step,
                "optimizer_steps": ctx.state.opt_steps, "interrupted": stop.signal is not None,
                "signal": stop.signal, "reward_failures": ctx.state.failures,
                "heldout_before": ctx.state.heldout_before, "heldout_after": after,

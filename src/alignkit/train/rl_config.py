@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from alignkit.config import StrictModel
 from alignkit.judge.client import JudgeConfig
+from alignkit.precision import Precision
 from alignkit.train.run import ModelConfig
 from alignkit.train.trackers import TrackerName, check_installed
 
@@ -163,8 +164,9 @@ class RLTrainConfig(StrictModel):
     """Linear warmup, in optimizer steps."""
     max_grad_norm: float | None = 1.0
     """Clip each model's gradient norm (null: no clipping)."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """bf16: autocast matmuls to bfloat16 in the log-prob / value passes; weights stay fp32."""
+    precision: Precision = "auto"
+    """auto: bf16 only where the hardware has native bf16 matmuls, else fp32 (alignkit.precision);
+    bf16 autocasts the log-prob / value passes to bfloat16, weights stay fp32."""
     log_every: int = 1
     """Write metrics every N RL steps (metrics.jsonl, TensorBoard)."""
     save_every: int | None = None

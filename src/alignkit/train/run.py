@@ -8,6 +8,7 @@ wrap the model in :class:`LogpsForward` / :class:`RewardForward` and let acceler
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -58,10 +59,23 @@ class DataConfig(StrictModel):
     policy: DataPolicy = Field(default_factory=DataPolicy)
 
 
+def resolve_run_precision(requested: str):
+    """The precision a run uses (``auto`` probed, see :mod:`alignkit.precision`), announced once."""
+    from alignkit.precision import announce, resolve_precision
+
+    choice = resolve_precision(requested, "cuda" if torch.cuda.is_available() else "cpu")
+    if int(os.environ.get("RANK", "0")) == 0:  # before the Accelerator exists; torchrun/accelerate set RANK
+        announce(choice)
+    return choice
+
+
 def make_accelerator(cfg_precision: str):
+    """An Accelerator for ``fp32`` or ``bf16`` (``auto`` is resolved by :func:`resolve_run_precision`)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    if cfg_precision == "auto":
+        cfg_precision = resolve_run_precision(cfg_precision).precision
     # accelerate keeps one process-wide state and refuses a second Accelerator with another
     # precision; recipes run one after another in a process (the demo, tests) may differ, so reset
     # the precision state. The process group (PartialState) is kept.
@@ -137,12 +151,27 @@ class LogpsForward(torch.nn.Module):
         self.temperature = temperature
         self.chunk_size = chunk_size
 
-    def forward(self, input_ids, attention_mask, loss_mask):
+    def forward(self, input_ids, attention_mask, loss_mask, **layout):
         from alignkit.ops.logprobs import response_logps
 
         out = response_logps(self.model, input_ids, attention_mask, loss_mask,
-                             temperature=self.temperature, chunk_size=self.chunk_size)
+                             temperature=self.temperature, chunk_size=self.chunk_size, **layout)
         return out.logps, out.counts
+
+
+def forward_logps(model: LogpsForward, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs and token counts, ``(B, C)`` float32 / long, for a batch from
+    :func:`~alignkit.data.batching.collate` or :func:`~alignkit.data.batching.collate_segments`.
+    Slots that are not ``valid`` (rows with fewer completions) are 0 in both."""
+    from alignkit.data.batching import by_completion
+
+    valid = batch["valid"]
+    layout = {k: batch[k] for k in ("position_ids", "predictor", "sequence") if k in batch}
+    if layout:
+        layout["n_sequences"] = valid.numel()
+    logps, counts = model(batch["input_ids"], batch["attention_mask"], batch["loss_mask"], **layout)
+    logps, counts = by_completion(logps.float(), valid.shape[1]), by_completion(counts, valid.shape[1])
+    return logps.where(valid, 0.0), counts.where(valid, 0)
 
 
 class RewardForward(torch.nn.Module):
