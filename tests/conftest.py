@@ -21,16 +21,24 @@ def embedded_path() -> str:
 
 
 @pytest.fixture(scope="session")
-def tokenizer(embedded_path):
-    """The embedded model's real tokenizer (ChatML chat template)."""
+def embedded_tokenizer(embedded_path):
+    """The embedded model's real tokenizer (ChatML chat template): for tests of that template only."""
     from alignkit.models import load_tokenizer
 
     return load_tokenizer(embedded_path)
 
 
+@pytest.fixture(scope="session")
+def tokenizer():
+    """A tiny byte-level BPE tokenizer built in code (ChatML template, eos/pad): no model files needed."""
+    from alignkit.models import tiny_tokenizer
+
+    return tiny_tokenizer()
+
+
 @pytest.fixture()
 def tiny_lm(tokenizer):
-    """A fresh tiny random Llama sharing the embedded tokenizer: (model, tokenizer)."""
+    """A fresh tiny random Llama over the tiny tokenizer: (model, tokenizer)."""
     from alignkit.models import tiny_random_causal_lm
 
     return tiny_random_causal_lm(tokenizer)

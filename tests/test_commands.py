@@ -134,7 +134,7 @@ def test_library_errors_are_one_line_and_exit_2(tmp_path, capsys):
 
 # Every shipped config is loaded through its command (the same path as `alignkit CMD --config FILE`).
 CONFIG_COMMANDS = [
-    ("dpo_", "dpo", []), ("exo_", "dpo", []), ("sft_", "sft", []), ("rm_", "rm", []),
+    ("dpo_", "dpo", []), ("exo_", "dpo", []), ("sft_", "sft", []), ("rm_", "rm", []), ("rl_", "rl", []),
     ("longreward_score", "longreward score", ["--in", "in.jsonl", "--out", "out.jsonl"]),
     ("longreward_", "pipeline longreward", []), ("demo", "demo", []),
     ("prm_label_", "prm label", []), ("prm_", "prm", []), ("bon_", "bon", []),

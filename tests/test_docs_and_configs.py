@@ -10,6 +10,7 @@ TRAIN_CONFIGS = {
     "exo_": "alignkit.train.preference:PreferenceConfig",
     "sft_": "alignkit.train.sft:SFTConfig",
     "rm_": "alignkit.train.reward:RMConfig",
+    "rl_": "alignkit.train.rl:RLConfig",
 }
 
 
@@ -40,4 +41,12 @@ def test_training_doc_reference_is_current():
 
     assert config_reference_markdown() in (ROOT / "docs" / "training.md").read_text(), (
         "docs/training.md is stale: regenerate its 'Config reference' from alignkit.train.cli.config_reference_markdown()"
+    )
+
+
+def test_rl_doc_reference_is_current():
+    from alignkit.train.cli import config_reference_markdown
+
+    assert config_reference_markdown(("rl",)) in (ROOT / "docs" / "rl.md").read_text(), (
+        "docs/rl.md is stale: regenerate its 'Config reference' from config_reference_markdown(('rl',))"
     )

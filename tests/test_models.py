@@ -29,3 +29,18 @@ def test_not_a_model_dir(tmp_path):
 
 def test_registry_names():
     assert set(EMBEDDED) == {"smollm2-135m-instruct", "all-minilm-l6-v2"}
+
+
+def test_tiny_tokenizer_is_deterministic_lossless_and_chatml(tokenizer):
+    from alignkit.data.tokenize import template_parity_report
+    from alignkit.models import tiny_tokenizer
+
+    again = tiny_tokenizer()
+    assert again.get_vocab() == tokenizer.get_vocab() and len(tokenizer) < 1000
+    text = "héllo 世界 <b>\n\tdone"
+    assert tokenizer.decode(tokenizer(text).input_ids) == text  # byte-level: any text round-trips
+    assert (tokenizer.eos_token, tokenizer.pad_token, tokenizer.bos_token) == ("<|im_end|>",) * 2 + ("<|im_start|>",)
+    user = [{"role": "user", "content": "hi"}]
+    rendered = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    assert rendered.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+    assert template_parity_report(tokenizer, [user]) == []  # training render == inference render

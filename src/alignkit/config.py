@@ -130,6 +130,8 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
             msg = "unknown key"
         given = err.get("input")
         shown = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {given!r})"
+        if err["type"] == "value_error":  # our own validators: their message is the whole story
+            msg, shown = msg.removeprefix("Value error, "), "" if isinstance(given, dict) else shown
         lines.append(f"  {loc}: {msg}{shown}")
     return "\n".join(lines)
 

@@ -99,6 +99,8 @@ def materialise_embedded(name: str = DEFAULT_MODEL) -> Path:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from alignkit.atomic import replace_dir
+
         src = _package_dir(spec.package)
         tok = AutoTokenizer.from_pretrained(src, gguf_file=spec.file)
         quant = AutoModelForCausalLM.from_pretrained(src, gguf_file=spec.file, dtype=torch.float32)
@@ -113,7 +115,7 @@ def materialise_embedded(name: str = DEFAULT_MODEL) -> Path:
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
             (tmp / "ALIGNKIT_SOURCE").write_text(f"{spec.package}/{spec.file}\n{spec.description}\n")
-            os.replace(tmp, target)
+            replace_dir(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
@@ -149,9 +151,20 @@ def load_tokenizer(name_or_path: str):
 
 
 def load_causal_lm(name_or_path: str, dtype: str = "float32", device: str = "cpu", trainable: bool = False):
-    """Load a causal LM in ``dtype`` on ``device``; eval mode and frozen unless ``trainable``."""
+    """Load a causal LM in ``dtype`` on ``device``; eval mode and frozen unless ``trainable``.
+
+    ``dtype="auto"``: bfloat16 where the device multiplies bf16 natively, else float32
+    (:mod:`alignkit.precision`; the choice is printed).
+    """
     import torch
     from transformers import AutoModelForCausalLM
+
+    if dtype == "auto":
+        from alignkit.precision import announce, resolve_precision
+
+        choice = resolve_precision("auto", device)
+        announce(choice, f"{name_or_path} weights")
+        dtype = choice.dtype
 
     try:
         model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path), dtype=getattr(torch, dtype))
@@ -184,6 +197,26 @@ def load_reward_model(name_or_path: str, dtype: str = "float32", device: str = "
     return model
 
 
+def load_trainable(name_or_path: str, head: str = "causal-lm", gradient_checkpointing: bool = False,
+                   lora: dict[str, Any] | None = None):
+    """The one way a recipe loads the model it trains: a causal LM or a scalar reward model (fresh head).
+
+    Gradient checkpointing turns the KV cache off (it is useless in training and conflicts with
+    recomputation); ``lora`` (keyword arguments of :func:`apply_lora`) wraps the model in an adapter.
+    Seed torch first when the head is new: its initialisation draws from the global RNG.
+    """
+    if head not in ("causal-lm", "reward"):
+        raise ValueError(f"head must be 'causal-lm' or 'reward', got {head!r}")
+    load = load_reward_model if head == "reward" else load_causal_lm
+    model = load(name_or_path, trainable=True)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    if lora is not None:
+        model = apply_lora(model, **lora)
+    return model
+
+
 def apply_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0, target_modules: list[str] | None = None):
     """Wrap ``model`` with a PEFT LoRA adapter; only the adapter is trainable."""
     from peft import LoraConfig, TaskType, get_peft_model
@@ -199,12 +232,51 @@ def apply_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0, target
     return get_peft_model(model, cfg)
 
 
+# A ChatML template shaped like the embedded model's (a default system turn when none is given).
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+_TINY_CORPUS = (
+    "the quick brown fox jumps over the lazy dog. The sky is blue, the grass is green, the river runs east. "
+    "Say repeat name a word answer question user assistant system you are a helpful assistant. "
+    "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau. "
+    "0 1 2 3 4 5 6 7 8 9 10 100 + - * / = ( ) [ ] { } : ; , ! ? ' \" def return print if else for in is "
+    "Write a short poem. What is the capital of France? Paris. Explain why. Because. yes no maybe"
+)
+
+
+def tiny_tokenizer(vocab_size: int = 512):
+    """A small byte-level BPE tokenizer built in code (milliseconds; no model files), for tests.
+
+    Any text encodes and decodes losslessly (byte fallback); the specials and chat template match
+    the embedded model's conventions: ``<|im_start|>`` is BOS, ``<|im_end|>`` is EOS and pad,
+    ``<|endoftext|>`` is UNK. Training is deterministic, so the vocabulary is the same every call.
+    """
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    core = Tokenizer(BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    core.train_from_iterator([_TINY_CORPUS] * 4, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|im_end|>", unk_token="<|endoftext|>",
+                                   chat_template=TINY_CHAT_TEMPLATE)
+
+
 def tiny_random_causal_lm(tokenizer: Any = None, hidden: int = 32, layers: int = 2, heads: int = 4, seed: int = 0):
-    """A tiny random Llama for tests, sharing the embedded tokenizer's vocabulary and chat template."""
+    """A tiny random Llama for tests with ``tokenizer``'s vocabulary (default: :func:`tiny_tokenizer`)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = tokenizer if tokenizer is not None else load_tokenizer(DEFAULT_MODEL)
+    tok = tokenizer if tokenizer is not None else tiny_tokenizer()
     cfg = LlamaConfig(
         vocab_size=len(tok),
         hidden_size=hidden,

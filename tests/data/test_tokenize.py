@@ -37,8 +37,8 @@ def test_plain_rows_get_eos(tokenizer):
     assert ids[-1] == tokenizer.eos_token_id
 
 
-def test_template_parity_passes_for_embedded(tokenizer):
-    assert template_parity_report(tokenizer, [USER, [{"role": "system", "content": "s"}] + USER]) == []
+def test_template_parity_passes_for_embedded(embedded_tokenizer):
+    assert template_parity_report(embedded_tokenizer, [USER, [{"role": "system", "content": "s"}] + USER]) == []
 
 
 def test_template_that_rewrites_history_fails(tokenizer):

@@ -233,5 +233,5 @@ def test_load_prompt_rows_reports_file_and_line(tmp_path):
     with pytest.raises(ValueError, match=r"p\.jsonl:1: invalid JSON"):
         load_prompt_rows(str(path))
     path.write_text(json.dumps({"id": "x", "constraint": {"type": "lowercase"}}) + "\n")
-    with pytest.raises(ValueError, match=r"p\.jsonl:1: missing field 'prompt'"):
+    with pytest.raises(ValueError, match=r"p\.jsonl:1: field 'prompt': missing"):
         load_prompt_rows(str(path))

@@ -103,13 +103,13 @@ def _row(**kw):
 def test_load_jsonl_names_file_line_and_field(tmp_path):
     p = tmp_path / "hotpotqa.jsonl"
     p.write_text(_row() + "\n" + _row(answers="a") + "\n")
-    with pytest.raises(DataError, match=r"hotpotqa\.jsonl:2: field 'answers' must be list"):
+    with pytest.raises(DataError, match=r"hotpotqa\.jsonl:2: field 'answers': expected list, got str"):
         load_jsonl(p)
     p.write_text(_row() + "\n{not json\n")
     with pytest.raises(DataError, match=r"hotpotqa\.jsonl:2: invalid JSON"):
         load_jsonl(p)
     p.write_text(json.dumps({"input": "q", "context": "c", "answers": ["a"]}) + "\n")
-    with pytest.raises(DataError, match=r":1: missing field 'length'"):
+    with pytest.raises(DataError, match=r":1: field 'length': missing"):
         load_jsonl(p)
     p.write_text(_row(all_classes=[1, 2]) + "\n")
     with pytest.raises(DataError, match="all_classes"):

@@ -7,7 +7,6 @@ import random
 
 import pytest
 
-from alignkit.evals.fingerprints import UnorderedSha256, canonical_dumps, dataset_hash
 from alignkit.evals.registry import get_task
 from alignkit.evals.runner import task_signature
 from alignkit.evals.signature import (
@@ -18,6 +17,7 @@ from alignkit.evals.signature import (
     describe_difference,
     differing_components,
 )
+from alignkit.fingerprints import UnorderedSha256, canonical_dumps, dataset_hash
 from alignkit.generate.engine import SamplingParams
 
 RECORDS = [

@@ -78,11 +78,12 @@ def test_prompt_forms_render_as_documented(engine):
 
 def test_seeded_samples_do_not_depend_on_the_batch(tiny_lm):
     model, tok = tiny_lm
-    # A random init gives a near-uniform next-token distribution over 49k tokens (p ~ 2e-5 each), where
-    # padding-dependent float rounding (~1e-7) moves inverse-CDF draws to a neighbouring token on some
-    # CPUs. Sharpen the logits (top p ~ 0.6) so the test checks seeding and batching, not rounding.
+    # A random init gives a near-uniform next-token distribution (tiny tokenizer: p ~ 2e-3 each), where
+    # padding-dependent float rounding (~1e-7) can move inverse-CDF draws to a neighbouring token on some
+    # CPUs. Sharpen the logits (top p ~ 0.09, samples still distinct) so the test checks seeding and
+    # batching, not rounding.
     with torch.no_grad():
-        model.lm_head.weight.mul_(20.0)
+        model.lm_head.weight.mul_(6.0)
     params = SamplingParams(max_new_tokens=8, temperature=1.0, n=3, seed=123)
     alone = HFEngine(model, tok, batch_size=3).generate([PROMPTS[1]], params)[0]
     crowd = HFEngine(model, tok, batch_size=8).generate(PROMPTS, params)[1]
@@ -230,8 +231,8 @@ def test_vllm_request_is_refused_without_vllm_or_gpu():
         make_engine("smollm2-135m-instruct", backend="tgi")
 
 
-def test_auto_backend_uses_hf_on_cpu(embedded_path):
-    eng = make_engine(embedded_path, backend="auto", batch_size=2)
+def test_auto_backend_uses_hf_on_cpu(tiny_model_dir):
+    eng = make_engine(tiny_model_dir, backend="auto", batch_size=2)
     assert isinstance(eng, HFEngine) and eng.batch_size == 2
 
 
@@ -269,3 +270,30 @@ def test_logprobs_are_the_models_top_tokens(engine):
     for step, tok in zip(res.logprobs, res.token_ids, strict=True):  # greedy picks the top entry
         assert max(step, key=step.get) == tok
     assert engine.generate(["Hi"], SamplingParams(max_new_tokens=2))[0].completions[0].logprobs is None
+
+
+SHARED = ("You are a careful grader. Read the question and the answer, then rate the answer from 1 to 10 "
+          "for helpfulness, logic and faithfulness; explain your reasoning step by step before the rating. ")
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_greedy_with_prefix_reuse_equals_without(tiny_lm, n):
+    """Prompts sharing a long prefix (judge prompts for one question): prefix prefilled once, same tokens."""
+    model, tok = tiny_lm
+    prompts = [SHARED + q for q in ("Answer: 4.", "Answer: five, I think, or maybe 4.", "Answer: no idea")]
+    prompts += ["Why?"]  # shares only the chat header: batched apart, no prefix reuse
+    params = SamplingParams(max_new_tokens=10, n=n, temperature=0.0)
+    plain = HFEngine(model, tok, batch_size=8, min_shared_prefix=0).generate(prompts, params)
+    reuse = HFEngine(model, tok, batch_size=8, min_shared_prefix=32)
+    shapes = []
+    hook = model.register_forward_pre_hook(lambda _m, _a, kw: shapes.append(tuple(kw["input_ids"].shape)),
+                                           with_kwargs=True)
+    try:
+        got = reuse.generate(prompts, params)
+    finally:
+        hook.remove()
+    for a, b in zip(plain, got, strict=True):
+        assert [c.token_ids for c in a.completions] == [c.token_ids for c in b.completions]
+    common = len(__import__("os").path.commonprefix([reuse.encode(p) for p in prompts[:3]]))
+    assert common >= 32 and (1, common) in shapes  # the shared prefix was run once, as one row
+    assert (1, len(reuse.encode("Why?"))) in shapes  # the unrelated prompt in a batch of its own

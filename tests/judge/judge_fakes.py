@@ -111,8 +111,9 @@ class FaultServer:
 
     FAULTS = ("500", "timeout", "malformed", "truncated", "no_choices", None, None, None)
 
-    def __init__(self, timeout_sleep: float = 1.5):
+    def __init__(self, timeout_sleep: float = 1.5, faults: bool = True, delay: float = 0.0):
         self.timeout_sleep = timeout_sleep
+        self.faults, self.delay = faults, delay  # faults=False: every request answered, after `delay` s
         self.lock = threading.Lock()
         self.seen: dict[str, int] = {}
         self.answered: dict[str, int] = {}
@@ -162,7 +163,8 @@ class FaultServer:
             self.seeds.append(seed)
             tries = self.seen.get(key, 0)
             self.seen[key] = tries + 1
-        fault = self.FAULTS[int(key[:8], 16) % len(self.FAULTS)] if tries == 0 else None
+        fault = self.FAULTS[int(key[:8], 16) % len(self.FAULTS)] if tries == 0 and self.faults else None
+        time.sleep(self.delay)
         if fault == "500":
             return self._send(handler, 500, b'{"error": "injected"}')
         if fault == "timeout":

@@ -221,3 +221,64 @@ def test_format_forcing_direct_skips_the_free_answer_and_off_is_official():
     assert not off.ok and off.attempts == 2 and not off.forced
     with pytest.raises(ValueError, match="needs a FormatForcing"):
         j.complete_parsed(MSG, _score, 64, force_mode="direct")
+
+
+def test_identical_requests_in_flight_make_one_paid_call():
+    """Single flight over real loopback HTTP: 8 threads ask the same thing at once, the server sees one call."""
+    from judge_fakes import FaultServer
+
+    from alignkit.judge.client import make_judge
+
+    msg = [{"role": "user", "content": "Rate how helpful\n[Answer]\nThe sky is blue.\n[Analysis]"}]
+    with FaultServer(faults=False, delay=0.3) as server:
+        judge = make_judge(f"openai:{server.url}#m", None, concurrency=8, max_retries=0)
+        start = threading.Barrier(8)
+
+        def ask(_):
+            start.wait()
+            return judge.complete(msg, 32, 0.01)
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(ask, range(8)))
+        judge.close()
+    assert server.requests == 1
+    assert len({a.text for a in answers}) == 1 and sum(not a.cached for a in answers) == 1
+    assert judge.usage.calls == 1 and judge.usage.cache_hits == 7
+
+
+def test_single_flight_follower_retries_after_the_leader_fails():
+    """A failed call is not cached: a request waiting on it then makes its own call."""
+    gate = threading.Event()
+
+    class Slow(Backend):
+        def call(self, *a, **kw):
+            with self.lock:
+                first = not self.calls
+            if first:
+                gate.wait(5)
+            return super().call(*a, **kw)
+
+    b = Slow([PermanentError("HTTP 400 refused")])
+    j = _judge(b, max_retries=0)
+    with ThreadPoolExecutor(2) as pool:
+        lead = pool.submit(j.complete, MSG, 8, 0.01)
+        time.sleep(0.1)
+        follow = pool.submit(j.complete, MSG, 8, 0.01)
+        time.sleep(0.1)
+        gate.set()
+        with pytest.raises(JudgeCallError):
+            lead.result()
+        assert follow.result().text == "ok [[5]]"
+    assert len(b.calls) == 2
+
+
+def test_judge_cache_setting_has_one_meaning(tmp_path):
+    from alignkit.config import load_config
+    from alignkit.judge.client import JudgeConfig, judge_cache_file
+
+    default = tmp_path / "out.judge_cache.sqlite"
+    assert judge_cache_file(load_config(JudgeConfig), default) == str(default)  # true: the default file
+    assert judge_cache_file(load_config(JudgeConfig, None, ["cache=false"]), default) is None
+    assert judge_cache_file(load_config(JudgeConfig, None, [f"cache={tmp_path}/c.db"]), default) == f"{tmp_path}/c.db"
+    with pytest.raises(ValueError, match="judge.cache: true needs a default file"):
+        judge_cache_file(load_config(JudgeConfig), None)

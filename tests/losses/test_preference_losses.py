@@ -291,3 +291,26 @@ def test_refusals():
         dpo_rw_loss(kw, kw, torch.tensor([[0.0, float("nan")], [0.0, 0.0]]))
     with pytest.raises(ValueError, match=">= 1"):
         chosen_nll_loss(two, torch.tensor([1, 0]))
+
+
+@pytest.mark.parametrize("loss_fn", [exo_loss, dpo_rw_loss])
+def test_masked_candidate_contributes_nothing(loss_fn):
+    """Rows with fewer than K candidates are padded; a padded one changes neither loss nor gradients."""
+    g = torch.Generator().manual_seed(3)
+    pol = torch.randn(2, 4, generator=g, dtype=torch.float64) * 5
+    ref, rewards = torch.randn(2, 4, generator=g, dtype=torch.float64), torch.rand(2, 4, generator=g) * 10
+    valid = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    pol[0, 3], ref[0, 3], rewards[0, 3] = 1e4, -1e4, 1e9  # garbage in the padded slot
+    pol.requires_grad_(True)
+    padded, m_pad = loss_fn(pol, ref, rewards.double(), beta_pi=0.7, beta_r=0.4, valid=valid)
+    padded.sum().backward()
+    assert pol.grad[0, 3].item() == 0.0 and torch.isfinite(pol.grad).all()
+    pol3 = pol.detach()[:1, :3].clone().requires_grad_(True)
+    alone, m_alone = loss_fn(pol3, ref[:1, :3], rewards[:1, :3].double(), beta_pi=0.7, beta_r=0.4)
+    alone.sum().backward()
+    torch.testing.assert_close(padded[0], alone[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(pol.grad[0, :3], pol3.grad[0], rtol=0, atol=1e-12)
+    for name in ("rewards/rejected", "logps/rejected", "rewards/accuracies"):
+        torch.testing.assert_close(m_pad[name][0], m_alone[name][0], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="at least 2 real candidates"):
+        loss_fn(pol, ref, rewards.double(), valid=torch.tensor([[True, False, False, False]] * 2))

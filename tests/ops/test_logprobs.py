@@ -244,6 +244,7 @@ def test_refuses_bad_masks_and_options(lm):
         response_logps(torch.nn.Linear(2, 2), ids, attn, mask)
 
 
+@pytest.mark.slow  # two processes (torchrun): an integration test for `make test`, not the fast tier
 def test_ddp_two_processes_sync_gradients(tmp_path):
     """Under DDP (gloo, 2 CPU processes, half the batch each) the gradients equal one process's.
 
@@ -286,7 +287,8 @@ def test_ddp_two_processes_sync_gradients(tmp_path):
 
 
 @pytest.mark.slow
-def test_embedded_model_matches_naive_reference(embedded_path, tokenizer):
+def test_embedded_model_matches_naive_reference(embedded_path, embedded_tokenizer):
+    tokenizer = embedded_tokenizer
     """The real 135M model (tied embeddings, real logit magnitudes): equal to the naive computation."""
     from alignkit.models import load_causal_lm
 
@@ -312,3 +314,24 @@ def test_embedded_model_matches_naive_reference(embedded_path, tokenizer):
         out = response_logps(model, ids, attn, mask, chunk_size=8)
         torch.testing.assert_close(out.logps, naive_logps(model, ids, attn, mask), rtol=0, atol=1e-4)
     assert (out.logps < 0).all()
+
+
+def test_per_token_logps_and_entropy_equal_naive_ones(lm):
+    """response_token_logps: per-token values at response positions, zeros elsewhere, sums == response_logps,
+    entropies == the full-softmax entropy, and gradients flow."""
+    from alignkit.ops import response_token_logps
+
+    model, tok = lm
+    ids, attn, mask = make_batch(len(tok), tok.pad_token_id)
+    out = response_token_logps(model, ids, attn, mask, chunk_size=5)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=attn).logits.float()
+        logp = logits[:, :-1].log_softmax(-1)
+        per_token = logp.gather(-1, ids[:, 1:, None]).squeeze(-1) * mask[:, 1:]
+        ent = -(logp.exp() * logp).sum(-1) * mask[:, 1:]
+    assert out.logps.shape == ids.shape and (out.logps[~mask] == 0).all() and (out.entropy[~mask] == 0).all()
+    torch.testing.assert_close(out.logps[:, 1:], per_token, rtol=0, atol=1e-5)
+    torch.testing.assert_close(out.entropy[:, 1:], ent, rtol=0, atol=1e-4)
+    torch.testing.assert_close(out.logps.sum(-1), response_logps(model, ids, attn, mask).logps, rtol=0, atol=1e-5)
+    out.logps.sum().backward()
+    assert model.lm_head.weight.grad is not None or model.model.embed_tokens.weight.grad is not None

@@ -58,7 +58,7 @@ def _config(tmp_path: Path, policy: str, judge_url: str) -> Path:
         "training": {
             "reference": {"cache": False},
             "data_policy": {"max_length": 512, "max_prompt_length": 480},
-            "train": {"max_steps": 2, "batch_size": 1, "lr": 1.0e-4, "tensorboard": False, "progress": False},
+            "train": {"max_steps": 2, "batch_size": 1, "lr": 1.0e-4, "report_to": [], "progress": False},
         },
         "evaluation": {
             "max_new_tokens": 8,
@@ -191,7 +191,7 @@ def test_pipeline_on_the_embedded_model_as_policy_and_judge(tmp_path):
             "max_tokens": {"statements": 48, "extract": 48},
         },
         "pairs": {"min_scored": 2},
-        "training": {"train": {"max_steps": 1, "batch_size": 2, "lr": 1.0e-5, "tensorboard": False}},
+        "training": {"train": {"max_steps": 1, "batch_size": 2, "lr": 1.0e-5, "report_to": []}},
         "evaluation": {"max_new_tokens": 32},
     }
     path = tmp_path / "pipeline.yaml"

@@ -12,7 +12,8 @@ from alignkit.pipelines.longreward_prompts import (
 )
 
 
-def test_bundled_rows_are_verbatim_documents_with_generated_questions(tokenizer):
+def test_bundled_rows_are_verbatim_documents_with_generated_questions(embedded_tokenizer):
+    tokenizer = embedded_tokenizer  # the length budget is in the embedded model's tokens
     rows = bundled_prompts()
     assert [r["id"] for r in rows] == [f"pydoc-{t}" for t in TOPICS]
     assert len({r["query"] for r in rows}) == len(rows)

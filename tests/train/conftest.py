@@ -17,14 +17,18 @@ def tiny_model_dir(tmp_path_factory, tokenizer):
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch, embedded_path):
-    """Each test gets its own reference-log-prob cache; the embedded model stays shared."""
+def _isolated_cache(tmp_path, monkeypatch):
+    """Each test gets its own reference-log-prob cache; the embedded model's cache dir stays shared
+    (linked, not materialised: only the few tests that use the embedded model pay for it, once)."""
     import os
 
+    from alignkit.models import alignkit_home
+
+    shared = alignkit_home() / "models"
+    shared.mkdir(parents=True, exist_ok=True)
     monkeypatch.setenv("ALIGNKIT_HOME", str(tmp_path / "home"))
-    models = tmp_path / "home" / "models"
-    models.mkdir(parents=True)
-    os.symlink(embedded_path, models / "smollm2-135m-instruct")
+    (tmp_path / "home").mkdir()
+    os.symlink(shared, tmp_path / "home" / "models")
 
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma".split()

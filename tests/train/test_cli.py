@@ -9,7 +9,7 @@ import pytest
 from tests.train.conftest import make_pairs, write_jsonl
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-QUIET = ["train.progress=false", "train.tensorboard=false"]
+QUIET = ["train.progress=false", "train.report_to=[]"]
 
 
 def alignkit(*args, env=None, timeout=600):
@@ -88,6 +88,7 @@ def test_check_template_cli(tmp_path, cli):
     assert r.returncode == 0 and "3/3 prompts" in r.stdout
 
 
+@pytest.mark.slow  # two processes (torchrun): an integration test for `make test`, not the fast tier
 def test_two_process_data_parallel_equals_one_process(tmp_path, tiny_model_dir):
     """torchrun, 2 CPU processes with gloo, batch 2 each == 1 process with batch 4."""
     from safetensors.torch import load_file

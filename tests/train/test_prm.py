@@ -44,7 +44,7 @@ def test_one_step_prm_and_scorer(tmp_path, tiny_model_dir):
     data = write_jsonl(tmp_path / "s.jsonl", rows)
     cfg = load_config(PRMConfig, None, [f"model.name_or_path={tiny_model_dir}", f"data.train={data}",
                                         f"data.eval={data}", f"train.output_dir={tmp_path / 'out'}",
-                                        "train.progress=false", "train.tensorboard=false", "train.max_steps=1",
+                                        "train.progress=false", "train.report_to=[]", "train.max_steps=1",
                                         "train.lr=1e-3", "aggregation=prod"])
     summary = train_prm(cfg)
     assert summary["steps"] == 1 and summary["data"]["kept"] == 8
@@ -62,13 +62,15 @@ def test_one_step_prm_and_scorer(tmp_path, tiny_model_dir):
 def test_long_rows_keep_whole_steps(tokenizer):
     from alignkit.config import load_config
     from alignkit.data.rows import Example
-    from alignkit.train.prm import PRMConfig, tokenize_stepwise
+    from alignkit.train.prm import PRMConfig, encode_steps, tokenize_stepwise
 
     ex = Example(0, "q", ["one two three", "four five six", "seven"], labels=[1.0, 0.0, 0.0])
-    cfg = load_config(PRMConfig, None, ["data.train=x", "chat_template=false", "data.policy.max_length=9"])
+    ids, pos = encode_steps(tokenizer, "q", ex.completions, "\n", chat_template=False)
+    limit = pos[1] + 1  # room for the first two steps only
+    cfg = load_config(PRMConfig, None, ["data.train=x", "chat_template=false", f"data.policy.max_length={limit}"])
     out, summary = tokenize_stepwise([ex], tokenizer, cfg)
-    assert summary["truncated_steps"] == 1 and 1 <= len(out[0].labels) < 3
-    assert out[0].step_positions[-1] == len(out[0].input_ids) - 1 < 9
-    cfg = load_config(PRMConfig, None, ["data.train=x", "chat_template=false", "data.policy.max_length=9",
+    assert summary["truncated_steps"] == 1 and out[0].labels == [1.0, 0.0]
+    assert out[0].step_positions == pos[:2] and out[0].input_ids == ids[:limit]
+    cfg = load_config(PRMConfig, None, ["data.train=x", "chat_template=false", f"data.policy.max_length={limit}",
                                         "data.policy.on_long_completion=drop"])
     assert tokenize_stepwise([ex], tokenizer, cfg)[1]["dropped_long_sequence"] == 1

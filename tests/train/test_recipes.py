@@ -1,6 +1,7 @@
 """One-step training on a tiny random model, invariants of the loop, resume, NaN guard, cache."""
 
 import json
+import math
 import os
 import signal
 
@@ -23,7 +24,7 @@ def _cfg(kind, tmp_path, model_dir, data, **train):
 
     cls = {"sft": SFTConfig, "rm": RMConfig, "dpo": PreferenceConfig}[kind]
     over = [f"model.name_or_path={model_dir}", f"data.train={data}", f"train.output_dir={tmp_path / 'out'}",
-            "train.progress=false", "train.tensorboard=false", "train.lr=1e-3", "train.max_grad_norm=null"]
+            "train.progress=false", "train.report_to=[]", "train.lr=1e-3", "train.max_grad_norm=null"]
     over += [f"{k}={v}" for k, v in train.items()]
     return load_config(cls, None, over)
 
@@ -177,7 +178,7 @@ def test_nan_guard_stops_with_diagnostic(tmp_path, tiny_model_dir, monkeypatch):
     from alignkit.train.loop import NonFiniteError
 
     def nan_call(self, model, batch):
-        logps, _ = model(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+        logps, _ = preference.forward_logps(model, batch)
         return logps.sum() * float("nan"), {}
 
     monkeypatch.setattr(preference.PreferenceObjective, "__call__", nan_call)
@@ -238,7 +239,8 @@ def test_gradient_checkpointing_same_update(tmp_path, tiny_model_dir):
     assert max((pa[k] - pb[k]).abs().max().item() for k in pa) < 1e-6
 
 
-def test_bf16_reference_matches_initial_policy_exactly(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("fast", [True, False], ids=["packed-shared", "separate"])
+def test_bf16_reference_matches_initial_policy_exactly(tmp_path, tiny_model_dir, fast):
     """Under bf16 the reference pass uses the training micro-batches, so step 0 is exactly ln 2.
 
     (Length-sorted reference batches pad sequences differently from training; bf16 rounding then
@@ -251,6 +253,22 @@ def test_bf16_reference_matches_initial_policy_exactly(tmp_path, tiny_model_dir)
         r["chosen"][0]["content"] = " ".join(["word"] * (1 + 9 * (i % 4)))
     data = write_jsonl(tmp_path / "p.jsonl", rows)
     out = _run_dpo(tmp_path, tiny_model_dir, data, "bf", **{"train.max_steps": 1, "train.batch_size": 3,
-                                                            "train.grad_accum": 2, "train.precision": "bf16"})
+                                                            "train.grad_accum": 2, "train.precision": "bf16",
+                                                            "batching.pack": fast, "batching.shared_prompt": fast})
     logged = json.loads(open(os.path.join(out["output_dir"], "metrics.jsonl")).readline())
     assert abs(logged["loss"] - math.log(2)) < 1e-6 and logged["rewards/margins"] == 0.0
+    assert out["batching"] == {"pack": fast, "shared_prompt": fast}
+
+
+def test_kway_rows_with_unequal_k_train_with_masked_candidates(tmp_path, tiny_model_dir):
+    """Some responses failed judging: K differs per prompt; missing candidates are masked and counted."""
+    from alignkit.train.preference import train_preference
+
+    rows = make_kway(4, k=4)
+    rows[1]["completions"], rows[1]["rewards"] = rows[1]["completions"][:2], rows[1]["rewards"][:2]
+    rows[3]["completions"], rows[3]["rewards"] = rows[3]["completions"][:3], rows[3]["rewards"][:3]
+    data = write_jsonl(tmp_path / "k.jsonl", rows)
+    summary = train_preference(_cfg("dpo", tmp_path, tiny_model_dir, data, **{
+        "train.max_steps": 1, "train.batch_size": 4, "loss.type": "exo", "nll_weight": 0.1}))
+    assert summary["steps"] == 1 and math.isfinite(summary["final_loss"])
+    assert summary["kway_padding"] == {"k_max": 4, "rows_padded": 2, "masked_candidates": 3}

@@ -37,7 +37,7 @@ def _rm_cfg(tmp_path, model_dir, data, *over):
     from alignkit.train.reward import RMConfig
 
     base = [f"model.name_or_path={model_dir}", f"data.train={data}", f"train.output_dir={tmp_path / 'out'}",
-            "train.progress=false", "train.tensorboard=false", "train.lr=1e-3", "train.max_steps=1"]
+            "train.progress=false", "train.report_to=[]", "train.lr=1e-3", "train.max_steps=1"]
     return load_config(RMConfig, None, base + list(over))
 
 

@@ -21,8 +21,6 @@ The output file is written to a temporary name and renamed, so it is either comp
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ from sqlalchemy import select
 
 from alignkit.annotate import db as schema
 from alignkit.annotate.db import Database
+from alignkit.atomic import write_jsonl_atomic
 
 VOTE_KEYS = ("response_1", "response_2", "tie", "both_bad")
 
@@ -124,27 +123,10 @@ def _mean_ratings(rs: list[dict], winner: str, loser: str) -> dict[str, dict[str
     return {c: {"chosen": round(s[0] / s[2], 4), "rejected": round(s[1] / s[2], 4)} for c, s in sums.items()}
 
 
-def write_jsonl(rows: list[dict[str, Any]], out: str | Path) -> None:
-    """Write rows atomically (temporary file in the same directory, fsync, rename)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def export(db: Database, out: str | Path, min_labels: int = 1, min_agreement: float = 0.0,
            meta: bool = True) -> ExportReport:
     """Aggregate and write ``out``; returns what was written and dropped."""
     rows, report = preference_rows(db, min_labels, min_agreement, meta)
-    write_jsonl(rows, out)
+    write_jsonl_atomic(out, rows)
     report.path = str(out)
     return report

@@ -23,7 +23,6 @@ re-running an import is harmless.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,15 +31,15 @@ from sqlalchemy import insert, select
 
 from alignkit.annotate import db as schema
 from alignkit.annotate.db import Database, json_dumps
+from alignkit.data.records import check_text, iter_records, require
+from alignkit.errors import DataError
 
 Pairing = Literal["all", "adjacent"]
 DegeneratePolicy = Literal["skip", "error"]
-_ROLES = {"system", "user", "assistant", "tool"}
 _TEXT_KEYS = {"prompt", "responses", "completions", "chosen", "rejected"}
 
 
-class ImportFileError(ValueError):
-    """A malformed import file; the message names file, line and field."""
+ImportFileError = DataError  # the one bad-input error (file, line, field); the old name stays importable
 
 
 @dataclass
@@ -64,34 +63,10 @@ class ImportReport:
     redundancy: int = 0
 
 
-def _check_messages(value: list, where: str, name: str) -> list[dict[str, str]]:
-    if not value:
-        raise ImportFileError(f"{where}: field '{name}': expected a string or a non-empty list of messages")
-    out = []
-    for j, msg in enumerate(value):
-        if not isinstance(msg, dict):
-            raise ImportFileError(f"{where}: field '{name}[{j}]': expected an object with 'role' and 'content'")
-        for key in ("role", "content"):
-            if not isinstance(msg.get(key), str):
-                got = "missing" if key not in msg else f"expected a string, got {type(msg[key]).__name__}"
-                raise ImportFileError(f"{where}: field '{name}[{j}].{key}': {got}")
-        if msg["role"] not in _ROLES:
-            raise ImportFileError(f"{where}: field '{name}[{j}].role': unknown role {msg['role']!r}")
-        out.append({"role": msg["role"], "content": msg["content"]})
-    return out
-
-
 def _check_text(row: dict, key: str, where: str, name: str | None = None, value: Any = None) -> Any:
-    name = name or key
     if value is None:
-        if key not in row:
-            raise ImportFileError(f"{where}: field '{name}': missing")
-        value = row[key]
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        return _check_messages(value, where, name)
-    raise ImportFileError(f"{where}: field '{name}': expected a string or a list of messages, got {type(value).__name__}")
+        value = require(row, key, where)
+    return check_text(value, where, name or key)
 
 
 def text_content(value: Any) -> str:
@@ -169,26 +144,11 @@ def read_pairs(path: str | Path, pairs: Pairing = "all", degenerate: DegenerateP
         raise ValueError(f"pairs={pairs!r}: expected 'all' or 'adjacent'")
     if degenerate not in ("skip", "error"):
         raise ValueError(f"degenerate={degenerate!r}: expected 'skip' or 'error'")
-    path = Path(path)
-    if not path.is_file():
-        raise ImportFileError(f"{path}: file not found")
     report = ImportReport()
     out: list[_Pair] = []
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            where = f"{path}:{lineno}"
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise ImportFileError(f"{where}: not valid UTF-8 (column {exc.start + 1})") from None
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ImportFileError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from None
-            report.rows += 1
-            out.extend(_pairs_from_row(row, where, pairs, degenerate, report))
+    for rec in iter_records(path):
+        report.rows += 1
+        out.extend(_pairs_from_row(rec.value, rec.where, pairs, degenerate, report))
     if report.rows == 0:
         raise ImportFileError(f"{path}: no rows")
     return out, report

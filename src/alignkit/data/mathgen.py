@@ -500,8 +500,8 @@ def stepwise_rows(problems: Sequence[dict[str, Any]], seed: int = 0, wrong_fract
 
 
 def write_jsonl(path: str | Path, rows: Sequence[dict[str, Any]]) -> int:
-    """Write rows atomically (the shared writer of :mod:`alignkit.generate.jsonl`)."""
-    from alignkit.generate.jsonl import write_jsonl_atomic
+    """Write rows atomically (the shared writer of :mod:`alignkit.atomic`)."""
+    from alignkit.atomic import write_jsonl_atomic
 
     return write_jsonl_atomic(path, rows)
 

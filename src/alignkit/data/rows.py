@@ -19,20 +19,16 @@ template). All rows of one file must share one style. Every problem is reported 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Messages = list[dict[str, str]]
+from alignkit.data.records import Messages, check_messages, check_text, iter_records, require
+from alignkit.errors import DataError  # noqa: F401  (re-exported)
+
 Text = str | Messages
 RowKind = Literal["sft", "preference", "kway", "unpaired", "stepwise"]
-
-_ROLES = {"system", "user", "assistant", "tool"}
-
-
-from alignkit.errors import DataError  # noqa: E402,F401  (re-exported)
 
 
 @dataclass
@@ -46,44 +42,6 @@ class Example:
     conversational: bool = False
     labels: list[float] | None = None  # unpaired: [1.0/0.0]; stepwise: one per step (soft labels in [0, 1])
     meta: dict[str, Any] = field(default_factory=dict)
-
-
-def _where(path: str, line: int | None) -> str:
-    return f"{path}:{line}" if line is not None else path
-
-
-def _check_messages(value: Any, where: str, name: str) -> Messages:
-    if not isinstance(value, list) or not value:
-        raise DataError(f"{where}: field '{name}': expected a non-empty list of messages")
-    for j, msg in enumerate(value):
-        if not isinstance(msg, dict):
-            raise DataError(f"{where}: field '{name}[{j}]': expected an object with 'role' and 'content'")
-        for key in ("role", "content"):
-            if key not in msg:
-                raise DataError(f"{where}: field '{name}[{j}].{key}': missing")
-            if not isinstance(msg[key], str):
-                raise DataError(
-                    f"{where}: field '{name}[{j}].{key}': expected a string, got {type(msg[key]).__name__}"
-                )
-        if msg["role"] not in _ROLES:
-            raise DataError(f"{where}: field '{name}[{j}].role': unknown role {msg['role']!r}")
-    return [{"role": m["role"], "content": m["content"]} for m in value]
-
-
-def _check_text(value: Any, where: str, name: str) -> Text:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        return _check_messages(value, where, name)
-    raise DataError(
-        f"{where}: field '{name}': expected a string or a list of messages, got {type(value).__name__}"
-    )
-
-
-def _require(row: dict, key: str, where: str) -> Any:
-    if key not in row:
-        raise DataError(f"{where}: field '{key}': missing")
-    return row[key]
 
 
 def _split_implicit_prompt(chosen: Messages, rejected: Messages, where: str) -> tuple[Messages, Messages, Messages]:
@@ -106,19 +64,19 @@ def parse_row(row: Any, kind: RowKind, where: str, index: int) -> Example:
                                                         "completions", "rewards", "messages", "label", "labels"}}
     if kind == "sft":
         if "messages" in row:
-            msgs = _check_messages(row["messages"], where, "messages")
+            msgs = check_messages(row["messages"], where, "messages")
             if msgs[-1]["role"] != "assistant":
                 raise DataError(f"{where}: field 'messages': the last message must be from the assistant")
             k = len(msgs) - 1
             return Example(index, msgs[:k], [msgs[k:]], conversational=True, meta=meta)
-        prompt = _check_text(_require(row, "prompt", where), where, "prompt")
-        completion = _check_text(_require(row, "completion", where), where, "completion")
+        prompt = check_text(require(row, "prompt", where), where, "prompt")
+        completion = check_text(require(row, "completion", where), where, "completion")
         return Example(index, prompt, [completion], conversational=_style(where, prompt, [completion]), meta=meta)
     if kind == "preference":
-        chosen = _check_text(_require(row, "chosen", where), where, "chosen")
-        rejected = _check_text(_require(row, "rejected", where), where, "rejected")
+        chosen = check_text(require(row, "chosen", where), where, "chosen")
+        rejected = check_text(require(row, "rejected", where), where, "rejected")
         if "prompt" in row:
-            prompt = _check_text(row["prompt"], where, "prompt")
+            prompt = check_text(row["prompt"], where, "prompt")
         elif isinstance(chosen, list) and isinstance(rejected, list):
             prompt, chosen, rejected = _split_implicit_prompt(chosen, rejected, where)
         else:
@@ -126,9 +84,9 @@ def parse_row(row: Any, kind: RowKind, where: str, index: int) -> Example:
         return Example(index, prompt, [chosen, rejected], conversational=_style(where, prompt, [chosen, rejected]),
                        meta=meta)
     if kind == "kway":
-        prompt = _check_text(_require(row, "prompt", where), where, "prompt")
-        comps = _require(row, "completions", where)
-        rewards = _require(row, "rewards", where)
+        prompt = check_text(require(row, "prompt", where), where, "prompt")
+        comps = require(row, "completions", where)
+        rewards = require(row, "rewards", where)
         if not isinstance(comps, list) or len(comps) < 2:
             raise DataError(f"{where}: field 'completions': expected a list of at least 2 completions")
         if not isinstance(rewards, list) or len(rewards) != len(comps):
@@ -138,12 +96,12 @@ def parse_row(row: Any, kind: RowKind, where: str, index: int) -> Example:
             if isinstance(r, bool) or not isinstance(r, int | float) or not math.isfinite(r):
                 raise DataError(f"{where}: field 'rewards[{j}]': expected a finite number, got {r!r}")
             clean.append(float(r))
-        texts = [_check_text(c, where, f"completions[{j}]") for j, c in enumerate(comps)]
+        texts = [check_text(c, where, f"completions[{j}]") for j, c in enumerate(comps)]
         return Example(index, prompt, texts, rewards=clean, conversational=_style(where, prompt, texts), meta=meta)
     if kind == "unpaired":
-        prompt = _check_text(_require(row, "prompt", where), where, "prompt")
-        completion = _check_text(_require(row, "completion", where), where, "completion")
-        label = _require(row, "label", where)
+        prompt = check_text(require(row, "prompt", where), where, "prompt")
+        completion = check_text(require(row, "completion", where), where, "completion")
+        label = require(row, "label", where)
         if not isinstance(label, bool):
             raise DataError(f"{where}: field 'label': expected true or false, got {label!r}")
         return Example(index, prompt, [completion], conversational=_style(where, prompt, [completion]),
@@ -154,11 +112,11 @@ def parse_row(row: Any, kind: RowKind, where: str, index: int) -> Example:
 
 
 def _parse_stepwise(row: dict, where: str, index: int, meta: dict) -> Example:
-    prompt = _require(row, "prompt", where)
+    prompt = require(row, "prompt", where)
     if not isinstance(prompt, str) or not prompt.strip():
         raise DataError(f"{where}: field 'prompt': expected a non-empty string")
-    steps = _require(row, "completions", where)
-    labels = _require(row, "labels", where)
+    steps = require(row, "completions", where)
+    labels = require(row, "labels", where)
     if not isinstance(steps, list) or not steps:
         raise DataError(f"{where}: field 'completions': expected a non-empty list of steps")
     for j, s in enumerate(steps):
@@ -183,69 +141,14 @@ def _style(where: str, prompt: Text, completions: list[Text]) -> bool:
     return kinds.pop()
 
 
-def _iter_jsonl(path: Path):
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(
-                    f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
-                ) from None
-            if not text.strip():
-                continue
-            try:
-                yield lineno, json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
-
-
-def _iter_records(path: Path):
-    """Yield ``(line_or_None, record)`` from JSONL, JSON (array), Parquet or a saved HF dataset dir."""
-    if path.is_dir():
-        from datasets import load_from_disk
-
-        ds = load_from_disk(str(path))
-        if hasattr(ds, "keys"):  # DatasetDict: take the train split
-            if "train" not in ds:
-                raise DataError(f"{path}: dataset dict has no 'train' split (splits: {list(ds.keys())})")
-            ds = ds["train"]
-        for i, rec in enumerate(ds):
-            yield i + 1, rec
-        return
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        yield from _iter_jsonl(path)
-    elif suffix == ".json":
-        try:
-            data = json.loads(path.read_bytes().decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not valid UTF-8 (byte offset {exc.start})") from None
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
-        if not isinstance(data, list):
-            raise DataError(f"{path}: a .json data file must hold an array of rows")
-        for i, rec in enumerate(data):
-            yield i + 1, rec  # "line" is the 1-based record number for JSON arrays
-    elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        for i, rec in enumerate(pq.read_table(path).to_pylist()):
-            yield i + 1, rec
-    else:
-        raise DataError(f"{path}: unsupported data format {suffix!r} (use .jsonl, .json, .parquet or a saved dataset dir)")
-
-
 def read_rows(path: str | Path, kind: RowKind) -> list[Example]:
     """Read and validate every row of ``path``; any bad row raises :class:`DataError`."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: data file not found")
     out: list[Example] = []
     styles: set[bool] = set()
-    for n, (line, rec) in enumerate(_iter_records(path)):
-        where = _where(str(path), line) if not path.is_dir() else f"{path}[row {line}]"
-        ex = parse_row(rec, kind, where, n)
+    for n, rec in enumerate(iter_records(path)):
+        where = rec.where
+        ex = parse_row(rec.value, kind, where, n)
         styles.add(ex.conversational)
         if len(styles) > 1:
             raise DataError(f"{where}: row style differs from earlier rows (plain strings vs message lists)")

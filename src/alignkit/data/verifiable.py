@@ -63,6 +63,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from alignkit.data.records import iter_records, require
+from alignkit.errors import DataError
+
 # Shipped files made by ``python -m alignkit.pipelines.verifiable_prefs`` (docs/demo_data.md).
 DEMO_DIR = Path(__file__).parent / "demo"
 DEMO_PREFS = DEMO_DIR / "verifiable_prefs.jsonl"
@@ -406,16 +409,15 @@ def make_splits(
 def validate_row(row: Any, where: str) -> None:
     """Check one prompt row (``id``, ``prompt``, ``constraint``); errors start with ``where``."""
     if not isinstance(row, Mapping):
-        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
     for key in ("id", "prompt", "constraint"):
-        if key not in row:
-            raise ValueError(f"{where}: missing field {key!r}")
+        require(row, key, where)
     if not isinstance(row["prompt"], str) or not row["prompt"].strip():
-        raise ValueError(f"{where}: field 'prompt' must be a non-empty string")
+        raise DataError(f"{where}: field 'prompt': expected a non-empty string")
     try:
         _check_params(row["constraint"])
     except ValueError as exc:
-        raise ValueError(f"{where}: field 'constraint': {exc}") from None
+        raise DataError(f"{where}: field 'constraint': {exc}") from None
 
 
 def load_prompt_rows(path: str) -> list[dict[str, Any]]:
@@ -424,14 +426,7 @@ def load_prompt_rows(path: str) -> list[dict[str, Any]]:
     Errors name the file and line, e.g. ``heldout.jsonl:7: missing field 'constraint'``.
     """
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for i, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{i}: invalid JSON: {exc.msg}") from None
-            validate_row(row, f"{path}:{i}")
-            rows.append(row)
+    for rec in iter_records(path):
+        validate_row(rec.value, rec.where)
+        rows.append(rec.value)
     return rows

@@ -30,7 +30,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from alignkit.evals.fingerprints import UnorderedSha256, canonical_dumps
+from alignkit.fingerprints import UnorderedSha256, canonical_dumps
 
 Tokenizer = Callable[[str], list[str]]
 
@@ -261,7 +261,7 @@ def perplexity(
         {"context": contexts[i] if contexts is not None else None, "reference": r}
         for i, r in enumerate(references)
     ]
-    from alignkit.evals.fingerprints import tokenizer_fingerprint
+    from alignkit.fingerprints import tokenizer_fingerprint
 
     h = metric_hash(
         "PerplexityMetric", 1, {"add_eos": add_eos, "tokenizer": tokenizer_fingerprint(tokenizer)}, items

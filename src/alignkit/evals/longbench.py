@@ -12,11 +12,12 @@ mean of its datasets, language average = mean of the six category scores (Code s
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from alignkit.data.records import iter_objects
+from alignkit.errors import DataError  # noqa: F401  (re-exported: bad benchmark input)
 from alignkit.evals.metrics import first_line, get_metric
 from alignkit.evals.registry import TaskSpec
 
@@ -32,8 +33,6 @@ CATEGORIES = (
 TRUNCATION_SIDE = "middle"
 
 
-class DataError(ValueError):
-    """Bad benchmark input (file, line and field named in the message)."""
 
 
 GENERATION_SEED = 42  # pred.py seed_everything(42); greedy decoding makes it irrelevant but it is recorded
@@ -135,39 +134,22 @@ def validate_record(rec: Any, where: str) -> dict:
         raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
     for field, typ in REQUIRED_FIELDS.items():
         if field not in rec:
-            raise DataError(f"{where}: missing field {field!r}")
+            raise DataError(f"{where}: field {field!r}: missing")
         if not isinstance(rec[field], typ) or (typ is int and isinstance(rec[field], bool)):
-            raise DataError(
-                f"{where}: field {field!r} must be {typ.__name__}, got {type(rec[field]).__name__}"
-            )
+            raise DataError(f"{where}: field {field!r}: expected {typ.__name__}, got {type(rec[field]).__name__}")
     if not rec["answers"] or not all(isinstance(a, str) for a in rec["answers"]):
-        raise DataError(f"{where}: field 'answers' must be a non-empty list of strings")
+        raise DataError(f"{where}: field 'answers': expected a non-empty list of strings")
     classes = rec.get("all_classes")
     if classes is not None and (
         not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)
     ):
-        raise DataError(f"{where}: field 'all_classes' must be null or a list of strings")
+        raise DataError(f"{where}: field 'all_classes': expected null or a list of strings")
     return rec
 
 
 def load_jsonl(path: str | Path) -> list[dict]:
     """Read LongBench-format JSONL, validating every line (no partial results on bad input)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
-    records = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from None
-            records.append(validate_record(rec, f"{path}:{lineno}"))
-    if not records:
-        raise DataError(f"{path}: no records")
-    return records
+    return [validate_record(rec.value, rec.where) for rec in iter_objects(path)]
 
 
 def find_task_file(root: str | Path, name: str, longbench_e: bool) -> Path:

@@ -12,30 +12,14 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from alignkit.atomic import atomic_path
+from alignkit.atomic import write_atomic as atomic_write  # the name evals.cli imports
 from alignkit.evals.signature import Signature, describe_difference, differing_components
 
 PLOT_FILE = "scores_by_length.png"
-
-
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write via a temp file + rename, so readers never see a half-written report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; reports are ordinary shareable files
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def reported_numbers(results: dict[str, Any]) -> dict[str, tuple[float | None, Signature]]:
@@ -199,11 +183,9 @@ def plot_scores(results: dict[str, Any], path: Path) -> bool:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)
     return True
 
 

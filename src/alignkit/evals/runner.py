@@ -17,14 +17,6 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from alignkit.config import ConfigError, StrictModel
-from alignkit.evals.fingerprints import (
-    chat_template_hash,
-    dataset_hash,
-    model_dir_fingerprint,
-    module_fingerprint,
-    sha256_hex,
-    tokenizer_fingerprint,
-)
 from alignkit.evals.longbench import (
     GENERATION_SEED,
     LONGBENCH_E_BUCKETS,
@@ -42,6 +34,14 @@ from alignkit.evals.longbench import (
 from alignkit.evals.metrics import get_metric
 from alignkit.evals.registry import TaskSpec, load_suite, select_tasks
 from alignkit.evals.signature import Signature, aggregate_signature
+from alignkit.fingerprints import (
+    chat_template_hash,
+    dataset_hash,
+    model_dir_fingerprint,
+    module_fingerprint,
+    sha256_hex,
+    tokenizer_fingerprint,
+)
 from alignkit.models import DEFAULT_MODEL
 
 PROTOCOL = {"name": "longbench-v1", "version": 1}
@@ -263,35 +263,6 @@ def generate_all(
     return [cache.entries[k] for k in keys]
 
 
-class _Bar:
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled, self._p = total, enabled, None
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._p = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
-            )
-            self._p.__enter__()
-            self._t = self._p.add_task("eval", total=self.total)
-        return self
-
-    def describe(self, text: str) -> None:
-        if self._p is not None:
-            self._p.update(self._t, description=text)
-
-    def advance(self, n: int) -> None:
-        if self._p is not None and n:
-            self._p.advance(self._t, n)
-
-    def __exit__(self, *exc):
-        if self._p is not None:
-            self._p.__exit__(*exc)
-        return False
-
-
 # ----------------------------------------------------------------------------------- run
 def run_eval(cfg: EvalConfig, engine: Any = None, progress: bool = True) -> dict[str, Any]:
     """Run the configured evaluation and return the results dict (see ``results.json``)."""
@@ -325,7 +296,9 @@ def run_eval(cfg: EvalConfig, engine: Any = None, progress: bool = True) -> dict
     task_results: dict[str, dict] = {}
     started = time.time()
     total = sum(len(v) for v in data.values())
-    with _Bar(total, progress) as bar:
+    from alignkit.progress import ProgressBar
+
+    with ProgressBar("eval", total, progress) as bar:
         for task in tasks:
             records = data[task.name]
             bar.describe(task.name)

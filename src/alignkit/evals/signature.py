@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from alignkit.evals.fingerprints import canonical_dumps, sha256_hex
+from alignkit.fingerprints import canonical_dumps, sha256_hex
 
 SETTING_COMPONENTS = (
     "metric",

@@ -7,6 +7,9 @@
   a batch and little compute is spent on padding; results come back in input order;
 * a prompt asked for ``n`` completions is prefilled **once** and its KV cache repeated ``n`` times
   (for K-way sampling of long prompts the prefill dominates, so this divides its cost by ``n``);
+* prompts that share a long prefix (at least ``min_shared_prefix`` tokens: LongReward's judge prompts
+  for one question share the instructions and the question) are batched together and the prefix is
+  prefilled once for the batch; only the suffixes are computed per row (greedy output unchanged, tested);
 * only the last position's logits are computed (``logits_to_keep=1``): a 3k-token prompt would
   otherwise materialise 3k x vocab floats per row;
 * finished rows are dropped from the batch and the cache at once, so a long straggler does not keep
@@ -26,11 +29,34 @@ both are present).
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 Prompt = str | list[dict]
+
+
+class Engine(Protocol):
+    """What every generation backend offers (:class:`HFEngine`, :class:`VLLMEngine`).
+
+    Build one with :func:`make_engine` (the one place engines are constructed); code that generates,
+    judges or evaluates takes an ``Engine`` and never asks which backend it is.
+    """
+
+    name: str
+
+    @property
+    def max_context(self) -> int: ...
+
+    def render(self, prompt: Prompt, apply_chat_template: bool = True) -> str: ...
+
+    def encode(self, prompt: Prompt, apply_chat_template: bool = True) -> list[int]: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams, *, apply_chat_template: bool = True,
+                 progress: bool = False, seeds: Sequence[int | None] | None = None) -> list[GenerationResult]: ...
 
 
 class GenerationError(ValueError):
@@ -175,12 +201,16 @@ class _Row:
 class HFEngine:
     """Batched generation with a Hugging Face causal LM (CPU or GPU)."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 8, max_batch_tokens: int = 16384):
+    def __init__(self, model, tokenizer, batch_size: int = 8, max_batch_tokens: int = 16384,
+                 min_shared_prefix: int = 64):
         if batch_size < 1:
             raise GenerationError(f"batch_size must be >= 1 (got {batch_size})")
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        # Prompts sharing at least this many leading tokens are batched together and their common
+        # prefix is prefilled once (0: off). LongReward's judge prompts for one question share ~80%.
+        self.min_shared_prefix = min_shared_prefix
         # Caps the prefill (rows x padded prompt length) so long prompts do not exhaust memory.
         self.max_batch_tokens = max_batch_tokens
         self.model.eval()
@@ -196,7 +226,7 @@ class HFEngine:
     def from_pretrained(
         cls,
         name_or_path: str,
-        dtype: str = "float32",
+        dtype: str = "auto",
         device: str = "cpu",
         batch_size: int = 8,
         max_batch_tokens: int = 16384,
@@ -259,7 +289,9 @@ class HFEngine:
         seeds = [s if s is not None else int(torch.randint(0, 2**62, (1,)).item()) for s in requested]
         outputs: list[list[_Row | None]] = [[None] * params.n for _ in prompts]
         total = len(prompts) * params.n
-        bar = _Progress(total, enabled=progress and total > 0)
+        from alignkit.progress import ProgressBar
+
+        bar = ProgressBar("generate", total, enabled=progress and total > 0)
         with bar, torch.inference_mode():
             for batch in self._plan(encoded, params.n):
                 rows = [
@@ -291,7 +323,19 @@ class HFEngine:
 
         Each entry is one prompt prefilled once; its completion indices share that prefill.
         """
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][1]))
+        groups = _prefix_groups([ids for _, ids in encoded], self.min_shared_prefix)
+        # Prompts with a shared prefix first, group by group (each group batched on its own so the
+        # prefix is prefilled once), then the others, longest first.
+        singles = sorted(sorted(g[0] for g in groups if len(g) == 1), key=lambda i: -len(encoded[i][1]))
+        shared = [sorted(g, key=lambda i: -len(encoded[i][1])) for g in groups if len(g) > 1]
+        boundaries = set()
+        order: list[int] = []
+        for g in shared:
+            order += g
+            boundaries.add(g[0])
+        order += singles
+        if singles:
+            boundaries.add(singles[0])
         units: list[tuple[int, list[int]]] = []
         for req in order:
             for start in range(0, n, self.batch_size):
@@ -305,6 +349,7 @@ class HFEngine:
             width = len(encoded[cur[0][0]][1]) if cur else length
             if cur and (
                 rows + len(unit[1]) > self.batch_size or width * (len(cur) + 1) > self.max_batch_tokens
+                or (unit[0] in boundaries and unit[0] != cur[-1][0])
             ):
                 batches.append(cur)
                 cur, rows = [], 0
@@ -320,17 +365,7 @@ class HFEngine:
         import torch
 
         device = self.model.device
-        width = max(len(ids) for ids in prompt_ids)
-        input_ids = torch.full((len(prompt_ids), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
-        for i, ids in enumerate(prompt_ids):  # left padding: the next token is always at column -1
-            input_ids[i, width - len(ids) :] = torch.tensor(ids)
-            mask[i, width - len(ids) :] = 1
-        input_ids, mask = input_ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(
-            input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
-        )
+        out, mask = self._prefill(prompt_ids)
         cache = out.past_key_values
         logits = out.logits[:, -1, :]
         # Expand each prompt to its completions: prefill once, repeat the cache.
@@ -397,6 +432,41 @@ class HFEngine:
             cache = out.past_key_values
             logits = out.logits[:, -1, :]
 
+    def _prefill(self, prompt_ids: list[list[int]]):
+        """Prompts -> (model output with KV cache and last logits, attention mask (B, T)).
+
+        Left padding puts every prompt's next token at column -1. When the prompts share a prefix of
+        at least ``min_shared_prefix`` tokens, the prefix is run once (batch 1), its cache repeated
+        for every row, and only the suffixes are prefilled on top: ``[prefix, padding, suffix]``,
+        positions continuing from the prefix (padding in the middle is masked out).
+        """
+        import torch
+
+        device = self.model.device
+        n = len(prompt_ids)
+        shared = len(os.path.commonprefix(prompt_ids)) if n > 1 and self.min_shared_prefix else 0
+        shared = min(shared, min(len(ids) for ids in prompt_ids) - 1)  # every row keeps >= 1 suffix token
+        past = None
+        if shared >= self.min_shared_prefix > 0:
+            prefix = torch.tensor([prompt_ids[0][:shared]], device=device)
+            past = self.model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
+            past.batch_select_indices(torch.zeros(n, dtype=torch.long, device=device))
+            prompt_ids = [ids[shared:] for ids in prompt_ids]
+        else:
+            shared = 0
+        width = max(len(ids) for ids in prompt_ids)
+        input_ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((n, shared + width), dtype=torch.long)
+        mask[:, :shared] = 1
+        for i, ids in enumerate(prompt_ids):
+            input_ids[i, width - len(ids) :] = torch.tensor(ids)
+            mask[i, shared + width - len(ids) :] = 1
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=past,
+                         use_cache=True, logits_to_keep=1)
+        return out, mask
+
     def _sample(self, logits, rows: list[_Row], params: SamplingParams):
         """Next token per row. Greedy is argmax; otherwise temperature -> top-k -> top-p, then one uniform
         per row from the row's own generator mapped through the CDF (so batch composition is irrelevant)."""
@@ -446,36 +516,18 @@ class HFEngine:
         row.text = text if cut is None else text[:cut]
 
 
-class _Progress:
-    """A rich progress bar over completions (no-op when disabled)."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled = total, enabled
-        self._progress = None
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._progress = Progress(
-                TextColumn("generate"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                transient=False,
-            )
-            self._progress.__enter__()
-            self._task = self._progress.add_task("generate", total=self.total)
-        return self
-
-    def advance(self) -> None:
-        if self._progress is not None:
-            self._progress.advance(self._task)
-
-    def __exit__(self, *exc):
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
-        return False
+def _prefix_groups(prompts: list[list[int]], min_shared: int) -> list[list[int]]:
+    """Indices of prompts grouped so that neighbours in a group share >= ``min_shared`` leading tokens."""
+    if not min_shared:
+        return [[i] for i in range(len(prompts))]
+    order = sorted(range(len(prompts)), key=lambda i: prompts[i])
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and len(os.path.commonprefix([prompts[groups[-1][-1]], prompts[i]])) >= min_shared:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
 
 
 class VLLMEngine:
@@ -568,7 +620,7 @@ def vllm_available() -> tuple[bool, str]:
     return True, "vllm and a CUDA GPU are present"
 
 
-def make_engine(name_or_path: str, backend: str = "auto", **kw):
+def make_engine(name_or_path: str, backend: str = "auto", **kw) -> Engine:
     """Build a generation engine: ``"hf"``, ``"vllm"`` or ``"auto"`` (vLLM only when usable).
 
     An explicit ``"vllm"`` request that cannot be honoured raises :class:`GenerationError`; it is never

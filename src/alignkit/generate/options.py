@@ -15,8 +15,8 @@ class EngineOptions(StrictModel):
     """Model name or HF directory."""
     backend: Literal["auto", "hf", "vllm"] = "auto"
     """auto: vLLM when installed and a GPU is present, else HF; vllm is refused without them."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Model dtype."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Model dtype; auto: bfloat16 where the hardware multiplies bf16 natively (AMX, AVX512-BF16, bf16 GPUs), else float32."""
     device: str | None = None
     """cpu | cuda | cuda:N (default: cpu for HF)."""
     batch_size: int = 8

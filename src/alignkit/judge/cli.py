@@ -81,15 +81,16 @@ def score(cfg) -> int:
     from alignkit.errors import UserError
     from alignkit.generate.engine import GenerationError
     from alignkit.generate.jsonl import write_jsonl_atomic
-    from alignkit.judge.client import judge_from_config
+    from alignkit.judge.client import judge_cache_file, judge_from_config
     from alignkit.judge.scoring import read_response_rows, score_rows
     from alignkit.models import ModelError
 
     rows = read_response_rows(cfg.input)
-    cache = cfg.judge.cache or f"{cfg.out}.judge_cache.sqlite"
+    default_cache = f"{cfg.out}.judge_cache.sqlite"  # what judge.cache: true means here
+    cache = judge_cache_file(cfg.judge, default_cache) or "none (judge.cache: false)"
     console = Console(stderr=True)
     try:
-        judge = judge_from_config(cfg.judge, cache_path=cache)
+        judge = judge_from_config(cfg.judge, cache_path=default_cache)
     except (ValueError, GenerationError, ModelError) as exc:
         raise UserError(f"judge: {exc}") from None
     console.print(f"scoring {len(rows)} responses with {judge.model_id} (cache: {cache})")

@@ -4,7 +4,8 @@
 
 1. the request (model id, messages, max_tokens, temperature, stop sequences, attempt index) is
    hashed (SHA-256) and looked up in the persistent :class:`CallCache`; a hit costs nothing and is
-   counted as such;
+   counted as such; identical requests in flight at the same time make one call (single flight:
+   the others wait for it and read its answer from the cache);
 2. otherwise the backend is called under a semaphore (at most ``concurrency`` calls in flight);
    transient failures (HTTP 5xx/429/408, timeouts, malformed or truncated JSON) are retried up to
    ``max_retries`` times with exponential backoff and jitter, delay
@@ -27,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field
@@ -142,6 +144,7 @@ class Judge:
         self._rng = random.Random(seed)
         self._slots = threading.BoundedSemaphore(concurrency)
         self._lock = threading.Lock()
+        self._in_flight: dict[str, threading.Event] = {}  # request key -> set when its call ends
         self.usage = Usage()
 
     @property
@@ -185,22 +188,39 @@ class Judge:
             "attempt": attempt,
         }
         key = request_key(request)
-        hit = self.cache.get(key)
-        if hit is not None:
-            self._count(
-                cache_hits=1,
-                cached_prompt_tokens=hit.prompt_tokens,
-                cached_completion_tokens=hit.completion_tokens,
-            )
-            return JudgeAnswer(
-                hit.text,
-                hit.prompt_tokens,
-                hit.completion_tokens,
-                hit.finish_reason,
-                True,
-                attempt,
-                hit.top_logprobs,
-            )
+        while True:
+            hit = self.cache.get(key)
+            if hit is not None:
+                return self._from_cache(hit, attempt)
+            # Single flight: identical requests in flight at once make one paid call; the others
+            # wait for it and read its answer from the cache (or try themselves if it failed).
+            with self._lock:
+                flight = self._in_flight.get(key)
+                leader = flight is None
+                if leader:
+                    flight = self._in_flight[key] = threading.Event()
+            if not leader:
+                flight.wait()
+                continue
+            try:
+                return self._call(key, request, messages, max_tokens, temperature, attempt, stop, top_logprobs)
+            finally:
+                with self._lock:
+                    del self._in_flight[key]
+                flight.set()
+
+    def _from_cache(self, hit: CachedAnswer, attempt: int) -> JudgeAnswer:
+        self._count(
+            cache_hits=1,
+            cached_prompt_tokens=hit.prompt_tokens,
+            cached_completion_tokens=hit.completion_tokens,
+        )
+        return JudgeAnswer(
+            hit.text, hit.prompt_tokens, hit.completion_tokens, hit.finish_reason, True, attempt, hit.top_logprobs
+        )
+
+    def _call(self, key, request, messages, max_tokens, temperature, attempt, stop, top_logprobs) -> JudgeAnswer:
+        """Call the backend with transport retries; a success is committed to the cache at once."""
         seed = int(key[:15], 16)  # reproducible sampling on backends that honour a seed
         last = ""
         for retry in range(self.max_retries + 1):
@@ -222,23 +242,12 @@ class Judge:
                     wait = delay / 2 + self._rng.uniform(0, delay / 2)
                 self._sleep(max(wait, min(exc.retry_after or 0.0, self.backoff_max)))
                 continue
-            self.cache.put(
-                key,
-                self.model_id,
-                request,
-                CachedAnswer(
-                    ans.text, ans.prompt_tokens, ans.completion_tokens, ans.finish_reason, ans.top_logprobs
-                ),
-            )
+            cached = CachedAnswer(ans.text, ans.prompt_tokens, ans.completion_tokens, ans.finish_reason,
+                                  ans.top_logprobs)
+            self.cache.put(key, self.model_id, request, cached)
             self._count(calls=1, prompt_tokens=ans.prompt_tokens, completion_tokens=ans.completion_tokens)
             return JudgeAnswer(
-                ans.text,
-                ans.prompt_tokens,
-                ans.completion_tokens,
-                ans.finish_reason,
-                False,
-                attempt,
-                ans.top_logprobs,
+                ans.text, ans.prompt_tokens, ans.completion_tokens, ans.finish_reason, False, attempt, ans.top_logprobs
             )
         self._count(call_errors=1)
         raise JudgeCallError(f"gave up after {self.max_retries + 1} tries: {last}")
@@ -389,8 +398,9 @@ class JudgeConfig(StrictModel):
 
     spec: str = f"local:{DEFAULT_MODEL}"
     """local:<model> (in-process) or openai:<base_url>#<model> (any OpenAI-compatible server)."""
-    cache: str | None = None
-    """SQLite call cache; null = <output dir>/judge_cache.sqlite in the pipeline, in-memory elsewhere."""
+    cache: str | bool = True
+    """Persistent SQLite call cache: true = the command's default file (pipeline: <output_dir>/judge_cache.sqlite;
+    judge score: OUT.judge_cache.sqlite), a path = that file, false = none (a rerun repeats every call)."""
     concurrency: int = Field(default=8, ge=1)
     """Judge calls in flight at once (threads); also how many a local judge can batch together."""
     max_retries: int = Field(default=5, ge=0)
@@ -403,22 +413,35 @@ class JudgeConfig(StrictModel):
     """Environment variable holding the HTTP judge's API key."""
     send_seed: bool = True
     """Send a per-request seed (derived from the cache key) to HTTP judges."""
-    dtype: str = "float32"
-    """Local judge only: weights dtype."""
+    dtype: str = "auto"
+    """Local judge only: weights dtype (auto: bfloat16 where the hardware has native bf16, else float32)."""
     device: str | None = None
     """Local judge only: cpu | cuda (null: the backend's default)."""
     batch_size: int = Field(default=8, ge=1)
     """Local judge only: sequences decoded together."""
 
 
-def judge_from_config(cfg: JudgeConfig, cache_path: str | None = None, engine=None) -> Judge:
-    """Build the judge a :class:`JudgeConfig` describes (``cache_path`` overrides ``cfg.cache``)."""
+def judge_cache_file(cfg: JudgeConfig, default: str | Path | None) -> str | None:
+    """The SQLite file ``cfg.cache`` names (``default`` when it is true); None when caching is off."""
+    if cfg.cache is False:
+        return None
+    if isinstance(default, bool):  # a caller passing `cfg.cache or ...` from before true/false existed
+        raise TypeError("judge_cache_file: default is the file `judge.cache: true` means, not a flag")
+    if cfg.cache is True:
+        if default is None:
+            raise ValueError("judge.cache: true needs a default file here; give a path or false")
+        return str(default)
+    return cfg.cache
+
+
+def judge_from_config(cfg: JudgeConfig, cache_path: str | Path | None = None, engine=None) -> Judge:
+    """Build the judge a :class:`JudgeConfig` describes; ``cache_path`` is the file ``judge.cache: true`` means."""
     engine_kwargs: dict[str, Any] = {"dtype": cfg.dtype, "batch_size": cfg.batch_size}
     if cfg.device is not None:
         engine_kwargs["device"] = cfg.device
     return make_judge(
         cfg.spec,
-        cache_path if cache_path is not None else cfg.cache,
+        judge_cache_file(cfg, cache_path),
         concurrency=cfg.concurrency,
         max_retries=cfg.max_retries,
         backoff_base=cfg.backoff_base,

@@ -480,10 +480,11 @@ class LongRewardScorer:
                     jobs.append(
                         ("chunk extraction", _setter(extractions, (key, j), self._extract, ch, query))
                     )
-            for w in works:
-                jobs.append(("helpfulness", _call(self._rate, w, "helpfulness")))
-                jobs.append(("logicality", _call(self._rate, w, "logicality")))
-                jobs.append(("statements", _call(self._statements, w)))
+            # Dimension by dimension: the calls in flight together then share the instructions and
+            # the question (responses to one prompt are adjacent), which a local judge prefills once.
+            for dimension in ("helpfulness", "logicality"):
+                jobs += [(dimension, _call(self._rate, w, dimension)) for w in works]
+            jobs += [("statements", _call(self._statements, w)) for w in works]
             stages.run(pool, jobs)
 
             # Retrieval: embed each context's chunks once and all statements together.
@@ -616,37 +617,27 @@ def _setter(store: dict, key, fn, *args) -> Callable[[], None]:
 
 
 class _Stages:
-    """Runs jobs on a pool with one rich progress bar per job kind."""
+    """Runs jobs on a pool with one progress task per job kind."""
 
     def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self._progress = None
+        from alignkit.progress import Progress
+
+        self._progress = Progress(enabled)
 
     def __enter__(self):
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._progress = Progress(
-                TextColumn("{task.description:>18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
-            )
-            self._progress.__enter__()
+        self._progress.__enter__()
         return self
 
     def run(self, pool: ThreadPoolExecutor, jobs: list[tuple[str, Callable[[], None]]]) -> None:
-        tasks = {}
-        if self._progress is not None:
-            for kind in dict.fromkeys(k for k, _ in jobs):
-                tasks[kind] = self._progress.add_task(kind, total=sum(1 for k, _ in jobs if k == kind))
+        tasks = {kind: self._progress.task(kind, total=sum(1 for k, _ in jobs if k == kind))
+                 for kind in dict.fromkeys(k for k, _ in jobs)}
         futures = []
         for kind, job in jobs:
             fut = pool.submit(job)
-            if self._progress is not None:
-                fut.add_done_callback(lambda _f, t=tasks[kind]: self._progress.advance(t))
+            fut.add_done_callback(lambda _f, t=tasks[kind]: self._progress.advance(t))
             futures.append(fut)
         for fut in futures:
             fut.result()  # re-raise programming errors; judge failures are already recorded
 
     def __exit__(self, *exc):
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
-        return False
+        return self._progress.__exit__(*exc)

@@ -157,8 +157,13 @@ def _kway_log_probs(
     log_targets: Tensor | None,
     beta_pi: float,
     beta_r: float,
+    valid: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Shared K-way set-up: returns ``(scores = beta_pi * f, log p_theta, log q)``, each ``(B, K)``."""
+    """Shared K-way set-up: returns ``(scores = beta_pi * f, log p_theta, log q)``, each ``(B, K)``.
+
+    ``valid`` ``(B, K)`` bool marks real candidates; the others (padding of rows with fewer than K) get
+    ``log p_theta = log q = -inf``, i.e. they are outside both distributions.
+    """
     if policy_logps.dim() != 2 or policy_logps.shape[1] < 2 or ref_logps.shape != policy_logps.shape:
         raise ValueError(
             f"K-way losses take (B, K>=2) policy/ref log-probs; got {tuple(policy_logps.shape)}, {tuple(ref_logps.shape)}"
@@ -173,12 +178,17 @@ def _kway_log_probs(
             f"targets must have the log-probs' shape {tuple(policy_logps.shape)}, got {tuple(target.shape)}"
         )
     _check_positive(beta_pi=beta_pi, beta_r=beta_r)
+    if valid is None:
+        valid = torch.ones_like(policy_logps, dtype=torch.bool)
+    if valid.shape != policy_logps.shape or (valid.sum(-1) < 2).any():
+        raise ValueError("`valid` must have the log-probs' shape and at least 2 real candidates per row")
+    target = target.masked_fill(~valid, 0.0)
     if torch.isnan(target).any() or torch.isposinf(target).any() or not torch.isfinite(target).any(-1).all():
         raise ValueError("targets contain NaN/+inf or a row with no finite entry")
     scores = beta_pi * (policy_logps - ref_logps)
     # log_softmax also normalises unnormalised log-targets such as the official [0, -10].
-    log_q = F.log_softmax(target / beta_r if rewards is not None else target, dim=-1)
-    return scores, F.log_softmax(scores, dim=-1), log_q
+    log_q = F.log_softmax((target / beta_r if rewards is not None else target).masked_fill(~valid, -math.inf), dim=-1)
+    return scores, F.log_softmax(scores.masked_fill(~valid, -math.inf), dim=-1), log_q
 
 
 def _kway_metrics(policy_logps: Tensor, scores: Tensor, log_p: Tensor, log_q: Tensor) -> Metrics:
@@ -189,8 +199,8 @@ def _kway_metrics(policy_logps: Tensor, scores: Tensor, log_p: Tensor, log_q: Te
     """
     scores, log_p, policy_logps = scores.detach(), log_p.detach(), policy_logps.detach()
     top = log_q.detach().argmax(dim=-1, keepdim=True)
-    others = 1.0 - F.one_hot(top.squeeze(-1), scores.shape[-1]).to(scores.dtype)
-    k_others = scores.shape[-1] - 1
+    others = (1.0 - F.one_hot(top.squeeze(-1), scores.shape[-1]).to(scores.dtype)) * (log_p > -math.inf)  # real ones
+    k_others = others.sum(-1)
     chosen, rejected = scores.gather(-1, top).squeeze(-1), (scores * others).sum(-1) / k_others
     best_other = scores.masked_fill(others == 0, float("-inf")).amax(-1)
     return {
@@ -212,24 +222,28 @@ def exo_loss(
     beta_r: float = 0.5,
     *,
     log_targets: Tensor | None = None,
+    valid: Tensor | None = None,
 ) -> tuple[Tensor, Metrics]:
     """EXO over K candidates (Ji et al. 2024, arXiv 2402.00856; METHODS.md section 2.3): reverse KL.
 
     ``p_theta = softmax_k(beta_pi * f_k)`` with ``f_k = log pi_theta(y_k|x) - log pi_ref(y_k|x)``;
     target ``log p_r = log_softmax_k(r_k / beta_r)`` from ``rewards`` (reward setting, ``exo-rw``), or
     ``log p_r = log_softmax(log_targets)`` (preference setting ``exo-pref``: ``pref_log_targets(B)``
-    with the pair stacked ``[chosen, rejected]``; ``beta_r`` is then unused).
+    with the pair stacked ``[chosen, rejected]``; ``beta_r`` is then unused). ``valid`` ``(B, K)`` bool
+    (optional) marks real candidates when rows have different K: padded ones are left out of both
+    distributions and contribute exactly nothing.
     ``L = sum_k p_theta(k) * (log p_theta(k) - log p_r(k)) = KL(p_theta || p_r) >= 0``.
     The official code leaves the ``[0, -10]`` target unnormalised, which shifts its loss by the constant
     ``-log(1 + e^-10)``; gradients are identical. Effective KL coefficient: ``beta_r * beta_pi``.
     Shapes: ``policy_logps, ref_logps, rewards / log_targets`` ``(B, K)``; returns ``(B,)`` losses.
     """
-    scores, log_p, log_q = _kway_log_probs(policy_logps, ref_logps, rewards, log_targets, beta_pi, beta_r)
-    if not torch.isfinite(log_q).all():
+    scores, log_p, log_q = _kway_log_probs(policy_logps, ref_logps, rewards, log_targets, beta_pi, beta_r, valid)
+    real = log_p > -math.inf  # padded candidates: p = 0, and they contribute exactly 0 (value and gradient)
+    if not torch.isfinite(log_q[real]).all():
         raise ValueError(
             "EXO needs targets with every candidate's probability > 0 (use a finite log_epsilon)"
         )
-    loss = (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+    loss = (log_p.exp() * (log_p.where(real, 0.0) - log_q.where(real, 0.0))).sum(dim=-1)
     return loss, _kway_metrics(policy_logps, scores, log_p, log_q)
 
 
@@ -241,6 +255,7 @@ def dpo_rw_loss(
     beta_r: float = 0.5,
     *,
     log_targets: Tensor | None = None,
+    valid: Tensor | None = None,
 ) -> tuple[Tensor, Metrics]:
     """DPO over K candidates in EXO's framework (arXiv 2402.00856; METHODS.md section 2.4): forward KL.
 
@@ -248,11 +263,11 @@ def dpo_rw_loss(
     ``p_theta = softmax_k(beta_pi * f_k)`` and ``q = softmax_k(r_k / beta_r)`` (``dpo-rw``), or
     ``q = softmax(log_targets)``; ``pref_log_targets(B, float("-inf"))`` gives the hard labels ``[1, 0]``
     of ``dpo-pref``, for which ``L = -log sigma(beta_pi * (f_w - f_l))``, i.e. standard DPO with
-    ``beta = beta_pi``. Shapes as for ``exo_loss``.
+    ``beta = beta_pi``. Shapes (and ``valid``) as for ``exo_loss``.
     """
-    scores, log_p, log_q = _kway_log_probs(policy_logps, ref_logps, rewards, log_targets, beta_pi, beta_r)
-    # q = 0 entries contribute exactly 0 (log_p is finite), so hard labels are safe here.
-    loss = -(log_q.exp() * log_p).sum(dim=-1)
+    scores, log_p, log_q = _kway_log_probs(policy_logps, ref_logps, rewards, log_targets, beta_pi, beta_r, valid)
+    # q = 0 entries (hard labels, padded candidates) contribute exactly 0.
+    loss = -(log_q.exp() * log_p.where(log_p > -math.inf, 0.0)).sum(dim=-1)
     return loss, _kway_metrics(policy_logps, scores, log_p, log_q)
 
 

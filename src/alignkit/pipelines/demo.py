@@ -54,8 +54,8 @@ class DemoConfig(StrictModel):
     """DPO beta."""
     nll_weight: float = 0.1
     """Weight of the NLL term on chosen responses during DPO."""
-    precision: Literal["fp32", "bf16"] = "bf16"
-    """Training precision of SFT and DPO."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Training precision of SFT and DPO (auto: bf16 only where the hardware multiplies bf16 natively, else fp32)."""
     gen_batch: int = 16
     """Sequences decoded together when sampling and evaluating."""
     seed: int = 0
@@ -72,10 +72,10 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def _pass_rate(model_path: str, rows: list[dict], batch_size: int, dtype: str) -> dict[str, Any]:
-    from alignkit.generate.engine import HFEngine
+    from alignkit.generate.engine import make_engine
     from alignkit.pipelines.verifiable_prefs import pass_rate
 
-    engine = HFEngine.from_pretrained(model_path, dtype=dtype, batch_size=batch_size)
+    engine = make_engine(model_path, "hf", dtype=dtype, batch_size=batch_size)
     return pass_rate(engine, rows, progress=True)
 
 
@@ -118,7 +118,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     from alignkit.config import dump_config, load_config
     from alignkit.data.verifiable import DEMO_SFT, make_splits
     from alignkit.errors import UserError
-    from alignkit.generate.engine import HFEngine, SamplingParams
+    from alignkit.generate.engine import SamplingParams, make_engine
     from alignkit.models import DEFAULT_MODEL, resolve_model_path
     from alignkit.pipelines.verifiable_prefs import build_pairs, score_samples
     from alignkit.train.preference import PreferenceConfig, train_preference
@@ -149,8 +149,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     sft_data = str(DEMO_SFT)
     sft_cfg = load_config(SFTConfig, None, [
         f"model.name_or_path={base}", f"data.train={sft_data}", "data.eval_fraction=0.1",
-        f"train.output_dir={out / 'sft'}", f"train.epochs={cfg.sft_epochs}", "train.batch_size=8",
-        f"train.max_steps={'null' if not cfg.sft_steps else cfg.sft_steps}",
+        f"train.output_dir={out / 'sft'}", "train.batch_size=8",
+        f"train.max_steps={cfg.sft_steps}" if cfg.sft_steps else f"train.epochs={cfg.sft_epochs}",
         f"train.lr={cfg.sft_lr}", "train.warmup_steps=2", f"train.precision={cfg.precision}",
         "data.policy.max_length=256", "data.policy.max_prompt_length=160",
     ])
@@ -160,7 +160,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     console.rule("[bold]3/5 preference data: K samples per prompt from the SFT model, verified")
     t = time.perf_counter()
-    engine = HFEngine.from_pretrained(sft_dir, batch_size=cfg.gen_batch)
+    engine = make_engine(sft_dir, "hf", batch_size=cfg.gen_batch)
     torch.manual_seed(cfg.seed)
     params = SamplingParams(max_new_tokens=64, temperature=cfg.temperature, top_p=0.95, n=cfg.k)
     scored = score_samples(engine, train_prompts, params, progress=True)
@@ -216,6 +216,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     table.add_row("after SFT", _pct(after_sft["pass_rate"]), _pct(pb.get("pref_acc_logp")), "(= reference)")
     table.add_row("after DPO", _pct(after_dpo["pass_rate"]), _pct(pa.get("pref_acc_logp")), _pct(pa.get("reward_acc")))
     console.print(table)
+    console.print("stage times (s): " + ", ".join(f"{k.removesuffix('_s')} {v:.0f}" for k, v in timings.items()))
     console.print(f"report: {out / 'report.md'}")
     return results
 

@@ -24,7 +24,6 @@ stopped.
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import shutil
 import time
@@ -36,6 +35,7 @@ from pydantic import Field, model_validator
 
 from alignkit.config import ConfigError, StrictModel, dump_config
 from alignkit.data.tokenize import DataPolicy
+from alignkit.fingerprints import file_sha256, sha256_hex
 from alignkit.judge.client import JudgeConfig
 from alignkit.judge.longreward import DIMENSIONS, LongRewardConfig
 from alignkit.models import DEFAULT_MODEL
@@ -74,8 +74,8 @@ class SamplingSection(StrictModel):
     """Prompt row i is sampled with seed SEED+i."""
     batch_size: int = Field(default=8, ge=1)
     """Sequences decoded together (sampling and evaluation)."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Policy dtype for generation."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Policy dtype for generation (auto: bfloat16 where the hardware has native bf16, else float32)."""
     device: str | None = None
     """cpu | cuda | cuda:N (null: the backend's default)."""
     backend: Literal["auto", "hf", "vllm"] = "auto"
@@ -165,7 +165,7 @@ class LongRewardPipelineConfig(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self):
-        kway_loss = getattr(self.training.loss, "kway", False)
+        kway_loss = "kway" in self.training.loss.rows
         if self.pairs.train_on == "kway" and not kway_loss:
             raise ValueError(
                 f"pairs.train_on=kway needs training.loss.type exo or dpo_rw (got {self.training.loss.type})"
@@ -183,11 +183,11 @@ class LongRewardPipelineConfig(StrictModel):
 
 # ----------------------------------------------------------------------------------------- helpers
 def _fingerprint(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return sha256_hex(list(parts))[:16]
 
 
 def _file_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "missing"
+    return file_sha256(path)[:16] if path.is_file() else "missing"
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -227,6 +227,7 @@ class _Stages:
 
     def finish(self, name: str, fingerprint: str, started: float) -> None:
         self.timings[name] = round(time.time() - started, 1)
+        self.console.print(f"stage {name}: {self.timings[name]:.0f} s")
         self.done[name] = {"fingerprint": fingerprint, "started": fingerprint, "seconds": self.timings[name]}
         self.path.write_text(json.dumps(self.done, indent=1))
 
@@ -288,7 +289,7 @@ def _greedy_answers(engine, rows: list[dict], max_new_tokens: int, tag: str) -> 
 def _judge(cfg: LongRewardPipelineConfig, out: Path):
     from alignkit.judge.client import judge_from_config
 
-    return judge_from_config(cfg.judge, cache_path=cfg.judge.cache or str(out / "judge_cache.sqlite"))
+    return judge_from_config(cfg.judge, cache_path=out / "judge_cache.sqlite")
 
 
 def _usage_delta(now: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
@@ -542,6 +543,7 @@ def _train(cfg: LongRewardPipelineConfig, train_file: Path, model_dir: Path, res
 
 def _mini_suite(cfg: LongRewardPipelineConfig, model: str, engine, out: Path) -> dict[str, Any]:
     from alignkit.evals.runner import EvalConfig, run_eval
+    from alignkit.precision import resolve_dtype
 
     ecfg = EvalConfig(
         model=model,
@@ -550,7 +552,7 @@ def _mini_suite(cfg: LongRewardPipelineConfig, model: str, engine, out: Path) ->
         lengths=list(cfg.evaluation.mini_lengths),
         samples_per_length=cfg.evaluation.mini_samples_per_length,
         batch_size=cfg.sampling.batch_size,
-        dtype=cfg.sampling.dtype,
+        dtype=resolve_dtype(cfg.sampling.dtype, cfg.sampling.device),
         output_dir=str(out),
     )
     res = run_eval(ecfg, engine=engine)

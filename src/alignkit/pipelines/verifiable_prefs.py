@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -40,6 +38,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from alignkit.atomic import write_atomic
 from alignkit.data.verifiable import CONSTRAINT_TYPES, make_splits, verify
 from alignkit.generate.engine import SamplingParams
 
@@ -232,23 +231,6 @@ def pass_rate(engine, rows: Sequence[Mapping[str, Any]], params: SamplingParams 
     }
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    # mkstemp creates 0600; a data file should get the usual permissions (0666 minus the umask).
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _jsonl(rows: Sequence[Mapping[str, Any]]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
@@ -300,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     _check_args(parser, args)
     import torch
 
-    from alignkit.generate.engine import HFEngine
+    from alignkit.generate.engine import make_engine
 
     if args.threads is not None:
         # Spinning OpenMP workers on cores other processes use cost more than they give: measured
@@ -309,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
 
     train, heldout = make_splits(args.n_prompts, args.n_heldout, seed=args.seed,
                                  heldout_fraction=args.heldout_fraction)
-    engine = HFEngine.from_pretrained(args.model, dtype=args.dtype, batch_size=args.batch_size)
+    engine = make_engine(args.model, "hf", dtype=args.dtype, batch_size=args.batch_size)
     # Unseeded requests draw their seeds from torch's global RNG: one manual_seed fixes the whole run
     # while every prompt still gets its own sample stream.
     torch.manual_seed(args.seed)
@@ -342,14 +324,14 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # Everything is computed before the first write, and each file is replaced atomically.
-    _write_atomic(out / "verifiable_prefs.jsonl", _jsonl(pairs))
-    _write_atomic(out / "verifiable_kway.jsonl", _jsonl(kway))
-    _write_atomic(out / "verifiable_sft.jsonl", _jsonl(sft))
-    _write_atomic(out / "verifiable_heldout.jsonl", _jsonl(heldout))
+    write_atomic(out / "verifiable_prefs.jsonl", _jsonl(pairs))
+    write_atomic(out / "verifiable_kway.jsonl", _jsonl(kway))
+    write_atomic(out / "verifiable_sft.jsonl", _jsonl(sft))
+    write_atomic(out / "verifiable_heldout.jsonl", _jsonl(heldout))
     if args.samples_out:
         Path(args.samples_out).parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(Path(args.samples_out), _jsonl(scored))
-    _write_atomic(out / "verifiable_summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+        write_atomic(Path(args.samples_out), _jsonl(scored))
+    write_atomic(out / "verifiable_summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     print(f"{len(pairs)} pairs, {len(kway)} K-way rows, {len(sft)} SFT rows from {len(train)} prompts x {args.k} samples "
           f"(all pass: {stats['dropped_all_pass']}, all fail: {stats['dropped_all_fail']}); "
           f"{new_tokens} tokens in {elapsed:.0f}s = {summary['tokens_per_second']} tok/s")

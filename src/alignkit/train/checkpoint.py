@@ -13,20 +13,10 @@ import os
 import shutil
 from pathlib import Path
 
+from alignkit.atomic import fsync_tree, replace_dir
+
 CKPT_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
-
-
-def _fsync_tree(path: Path) -> None:
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            with open(os.path.join(root, name), "rb") as fh:
-                os.fsync(fh.fileno())
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
@@ -56,11 +46,7 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict,
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True))
-        _fsync_tree(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_tree(root)
+        replace_dir(tmp, final)
         for old in checkpoint_dirs(output_dir)[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -98,7 +84,7 @@ def export_model(accelerator, prepared, tokenizer, output_dir: str | Path, merge
     else:
         hf_model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    _fsync_tree(tmp)
+    fsync_tree(tmp)
     for item in tmp.iterdir():
         dest = out / item.name
         if dest.is_dir():

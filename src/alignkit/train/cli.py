@@ -1,4 +1,4 @@
-"""``alignkit sft | rm | rm eval | dpo | prm | prm label | check-template``.
+"""``alignkit sft | rm | rm eval | dpo | prm | prm label | rl | check-template``.
 
 Each training command is ``alignkit <stage> --config FILE [key.sub=value ...]``; the config
 fields (with defaults and descriptions) are listed by ``alignkit <stage> --help``.
@@ -19,6 +19,8 @@ RECIPES = {
     "dpo": ("alignkit.train.preference", "PreferenceConfig", "train_preference",
             "preference optimisation: dpo | ipo | exo_pair | exo | dpo_rw"),
     "prm": ("alignkit.train.prm", "PRMConfig", "train_prm", "process reward model on stepwise rows"),
+    "rl": ("alignkit.train.rl", "RLConfig", "train_rl",
+           "online RL: PPO (critic + GAE), GRPO, RLOO with ChatGLM-RLHF's stabilisers"),
 }
 
 _RESUME = (("resume", "continue from the latest checkpoint in train.output_dir"),)
@@ -114,14 +116,15 @@ def prm_label(cfg) -> int:
     return print_summary(load("alignkit.pipelines.prm_label:label_steps")(cfg))
 
 
-def config_reference_markdown() -> str:
-    """The config-key tables of docs/training.md (a test keeps the doc equal to this)."""
+def config_reference_markdown(commands: tuple[str, ...] = ("sft", "rm", "dpo", "prm")) -> str:
+    """The config-key tables of docs/training.md (``rl``: docs/rl.md); a test keeps the docs equal to this."""
     import importlib
 
     from alignkit.config import describe_fields
 
     parts = []
-    for name, (module, cls_name, _fn, _help) in RECIPES.items():
+    for name in commands:
+        module, cls_name, _fn, _help = RECIPES[name]
         cls = getattr(importlib.import_module(module), cls_name)
         parts.append(f"### `alignkit {name}` keys\n\n| key | default | meaning |\n| --- | --- | --- |")
         for key, default, desc in describe_fields(cls):

@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from alignkit.config import StrictModel
 from alignkit.data.tokenize import TokenizedExample
+from alignkit.progress import ProgressBar
 from alignkit.train import checkpoint as ckpt
+from alignkit.train.trackers import TrackerName, Trackers, check_installed
 
 
 class TrainConfig(StrictModel):
@@ -39,10 +41,10 @@ class TrainConfig(StrictModel):
     """Where checkpoints, logs, the resolved config and the final model go."""
     seed: int = 42
     """Seeds data order, initialisation of new heads and dropout."""
-    epochs: int = 1
-    """Passes over the training data (ignored when ``max_steps`` is set)."""
-    max_steps: int | None = None
-    """Total optimizer steps; overrides ``epochs``."""
+    epochs: int | None = Field(default=None, ge=1)
+    """Passes over the training data (null: 1 unless ``max_steps`` is set; setting both is an error)."""
+    max_steps: int | None = Field(default=None, ge=1)
+    """Total optimizer steps (null: ``epochs`` passes); set this or ``epochs``, not both."""
     batch_size: int = 4
     """Examples per micro-batch per process."""
     grad_accum: int = 1
@@ -61,8 +63,10 @@ class TrainConfig(StrictModel):
     """Linear warmup steps."""
     max_grad_norm: float | None = 1.0
     """Clip the global gradient norm to this value (null: no clipping)."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """bf16: autocast matmuls to bfloat16 (AMX CPUs, GPUs); weights and optimizer stay fp32."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """auto: bf16 where the hardware multiplies bf16 natively (AMX/AVX512-BF16 CPUs, bf16 GPUs), else fp32 (the
+    choice and its reason are printed and saved in summary.json). bf16: autocast matmuls to bfloat16;
+    weights and optimizer stay fp32."""
     log_every: int = 1
     """Write metrics every N steps (metrics.jsonl, TensorBoard)."""
     save_every: int | None = None
@@ -71,10 +75,25 @@ class TrainConfig(StrictModel):
     """How many recent checkpoints to keep."""
     eval_every: int | None = None
     """Run the recipe's evaluation every N steps (null: before and after training only)."""
-    tensorboard: bool = True
-    """Write TensorBoard event files under output_dir/tensorboard."""
+    report_to: list[TrackerName] = Field(default_factory=lambda: ["tensorboard"])
+    """Experiment trackers for the logged metrics: tensorboard (output_dir/tensorboard), wandb, mlflow
+    (optional extras alignkit[wandb] / alignkit[mlflow]; see docs/training.md); [] for none."""
     progress: bool = True
     """Show a progress bar."""
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers_installed(cls, names: list[str]) -> list[str]:
+        return check_installed(names)
+
+    @model_validator(mode="after")
+    def _one_length(self) -> TrainConfig:
+        # Refuse, don't downgrade: one of the two would be silently ignored.
+        if self.epochs is not None and self.max_steps is not None:
+            raise ValueError(
+                f"set train.epochs ({self.epochs}) or train.max_steps ({self.max_steps}), not both"
+            )
+        return self
 
 
 class NonFiniteError(RuntimeError):
@@ -165,7 +184,7 @@ class Trainer:
         self.evaluate = evaluate
         self.run_state = run_state or {}
         self.global_batch = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
-        total = cfg.max_steps or cfg.epochs * steps_per_epoch(len(examples), self.global_batch)
+        total = cfg.max_steps or (cfg.epochs or 1) * steps_per_epoch(len(examples), self.global_batch)
         self.total_steps = total
         optimizer = build_optimizer(cfg, model)
         scheduler = get_scheduler(
@@ -182,7 +201,7 @@ class Trainer:
         self.step = 0
         self._stop_signal: str | None = None
         self.out = Path(cfg.output_dir)
-        self._writer = None
+        self._trackers: Trackers | None = None
 
     # -- data ---------------------------------------------------------------------------
     def micro_batches(self, step: int) -> list[dict[str, torch.Tensor]]:
@@ -269,10 +288,8 @@ class Trainer:
             return
         with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(logs) + "\n")
-        if self._writer is not None:
-            for k, v in logs.items():
-                if k != "step" and isinstance(v, int | float):
-                    self._writer.add_scalar(k, v, logs["step"])
+        if self._trackers is not None:
+            self._trackers.log(logs, logs["step"])
 
     def save(self) -> Path:
         state = {"step": self.step, "total_steps": self.total_steps, **self.run_state}
@@ -310,13 +327,12 @@ class Trainer:
             self.resume()
         elif self.acc.is_main_process and (self.out / "metrics.jsonl").exists():
             (self.out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
-        if self.cfg.tensorboard and self.acc.is_main_process:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(str(self.out / "tensorboard"))
+        if self.cfg.report_to and self.acc.is_main_process:
+            self._trackers = Trackers(self.cfg.report_to, self.out, self.cfg.model_dump(mode="json"))
         result = TrainResult(step=self.step)
         old_handlers = self._install_signals()
-        progress = _progress(self.cfg.progress and self.acc.is_main_process, self.total_steps, self.step)
+        progress = ProgressBar("train", self.total_steps, self.cfg.progress and self.acc.is_main_process,
+                               completed=self.step)
         t0 = time.perf_counter()
         try:
             with progress as bar:
@@ -328,7 +344,7 @@ class Trainer:
                     if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
                         self._log(logs)
                     result.history.append(logs)
-                    bar.advance(logs)
+                    bar.advance(info=f"loss {logs['loss']:.4f}")
                     if self.cfg.save_every and self.step % self.cfg.save_every == 0:
                         self.save()
                     if self._stop_signal:
@@ -338,8 +354,9 @@ class Trainer:
         finally:
             for sig, h in old_handlers.items():
                 signal.signal(sig, h)
-            if self._writer is not None:
-                self._writer.close()
+            if self._trackers is not None:
+                self._trackers.close()
+                self._trackers = None
         result.step = self.step
         result.interrupted = self._stop_signal is not None
         result.signal = self._stop_signal
@@ -351,31 +368,4 @@ class _nullcontext:
         return self
 
     def __exit__(self, *exc):
-        return False
-
-
-class _progress:
-    """A rich progress bar showing step and loss (a no-op when disabled)."""
-
-    def __init__(self, enabled: bool, total: int, done: int):
-        self.enabled, self.total, self.done = enabled, total, done
-        self._p = None
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._p = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
-                               TextColumn("{task.fields[info]}"), TimeRemainingColumn())
-            self._p.__enter__()
-            self._task = self._p.add_task("train", total=self.total, completed=self.done, info="")
-        return self
-
-    def advance(self, logs: dict[str, Any]) -> None:
-        if self._p is not None:
-            self._p.update(self._task, advance=1, info=f"loss {logs['loss']:.4f}")
-
-    def __exit__(self, *exc):
-        if self._p is not None:
-            self._p.__exit__(*exc)
         return False

@@ -12,41 +12,37 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
-from alignkit.data.batching import by_completion, collate
+from alignkit.atomic import atomic_path
+from alignkit.data.batching import collate
 from alignkit.data.tokenize import TokenizedExample
+from alignkit.fingerprints import chat_template_hash, module_fingerprint, sha256_hex, tokenizer_fingerprint
 from alignkit.models import alignkit_home
+from alignkit.progress import ProgressBar
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: weights and tokenizer identities from alignkit.fingerprints
 
 
 def weights_digest(model) -> str:
-    """BLAKE2b over every parameter and buffer (name, dtype, shape, bytes) in a fixed order."""
-    h = hashlib.blake2b(digest_size=20)
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+    """Identity of the reference weights (every parameter and buffer: name, dtype, shape, bytes)."""
+    return module_fingerprint(model)
 
 
 def tokenizer_digest(tokenizer) -> str:
-    h = hashlib.sha256()
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    h.update(backend.to_str().encode() if backend is not None else repr(sorted(tokenizer.get_vocab().items())).encode())
-    h.update((getattr(tokenizer, "chat_template", None) or "").encode())
-    return h.hexdigest()
+    """Identity of the tokenizer and its chat template (both change the token ids)."""
+    return sha256_hex([tokenizer_fingerprint(tokenizer), chat_template_hash(tokenizer)])
 
 
 def fingerprint(weights: str, tok: str, examples: list[TokenizedExample], temperature: float, precision: str,
-                batches: list[list[int]] | None = None) -> str:
+                batches: list[list[int]] | None = None, layout: dict | None = None) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"v": CACHE_VERSION, "w": weights, "t": tok, "temp": temperature, "p": precision}).encode())
+    head = {"v": CACHE_VERSION, "w": weights, "t": tok, "temp": temperature, "p": precision}
+    if layout is not None:
+        head["layout"] = layout
+    h.update(json.dumps(head, sort_keys=True).encode())
     if batches is not None:
         h.update(json.dumps(batches).encode())
     for ex in examples:
@@ -61,7 +57,7 @@ def cache_path(fp: str) -> Path:
 @torch.no_grad()
 def compute_ref_logps(
     model, examples: list[TokenizedExample], pad_id: int, batch_size: int, temperature: float,
-    precision: str, device, progress: bool = False, batches: list[list[int]] | None = None,
+    precision: str, device, progress: bool = False, batches: list[list[int]] | None = None, collate_fn=None,
 ) -> torch.Tensor:
     """``(N, C)`` summed response log-probs of ``model`` for every example, in input order.
 
@@ -69,12 +65,16 @@ def compute_ref_logps(
     depends on how far its batch is padded (kernel tiling changes the rounding, ~0.1 nat on a
     300-token response), so the recipes pass the training micro-batches of epoch 0: the reference
     then equals the initial policy bit for bit at every step of that epoch, as it should.
+    ``collate_fn`` (default :func:`collate`) builds the batches, so the reference is scored in the
+    policy's own layout (packed / shared-prompt); slots of missing completions are 0.
     """
-    from alignkit.ops.logprobs import response_logps
+    from alignkit.train.run import LogpsForward, forward_logps
 
     was_training = model.training
     model.eval()
-    n_comp = len(examples[0].completion_ids)
+    n_comp = max(len(ex.completion_ids) for ex in examples)
+    collate_fn = collate_fn or (lambda exs: collate(exs, pad_id, n_comp=n_comp))
+    fwd = LogpsForward(model, temperature=temperature)
     out = torch.empty(len(examples), n_comp, dtype=torch.float32)
     if batches is None:
         order = sorted(range(len(examples)), key=lambda i: -sum(len(c) for c in examples[i].completion_ids))
@@ -90,15 +90,13 @@ def compute_ref_logps(
         if len(seen) != len(examples):
             raise ValueError(f"reference batches cover {len(seen)} of {len(examples)} examples")
     autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    bar = _bar(progress, len(chunks))
-    for chunk in chunks:
-        batch = collate([examples[i] for i in chunk], pad_id)
-        with autocast:
-            res = response_logps(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                                 batch["loss_mask"].to(device), temperature=temperature)
-        out[chunk] = by_completion(res.logps.float().cpu(), n_comp)
-        bar.advance()
-    bar.close()
+    with ProgressBar("reference log-probs", len(chunks), progress) as bar:
+        for chunk in chunks:
+            batch = {k: v.to(device) for k, v in collate_fn([examples[i] for i in chunk]).items()}
+            with autocast:
+                logps, _ = forward_logps(fwd, batch)
+            out[chunk] = logps.cpu()
+            bar.advance()
     model.train(was_training)
     return out
 
@@ -106,14 +104,16 @@ def compute_ref_logps(
 def load_or_compute(
     model, tokenizer, examples: list[TokenizedExample], *, batch_size: int, temperature: float,
     precision: str, device, accelerator=None, use_cache: bool = True, progress: bool = False,
-    batches: list[list[int]] | None = None,
+    batches: list[list[int]] | None = None, collate_fn=None, layout: dict | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Reference log-probs for ``examples``; returns (tensor (N, C), info with fingerprint and hit).
 
-    The batch composition enters the fingerprint only under bf16, where it changes the numbers.
+    The batch composition and ``layout`` (how ``collate_fn`` lays sequences out) enter the
+    fingerprint only under bf16, where they change the numbers.
     """
+    bf16 = precision == "bf16"
     fp = fingerprint(weights_digest(model), tokenizer_digest(tokenizer), examples, temperature, precision,
-                     batches if precision == "bf16" else None)
+                     batches if bf16 else None, layout if bf16 else None)
     path = cache_path(fp)
     info = {"fingerprint": fp, "path": str(path), "hit": False}
     if use_cache and path.is_file():
@@ -123,13 +123,10 @@ def load_or_compute(
     main = accelerator is None or accelerator.is_main_process
     if main:
         data = compute_ref_logps(model, examples, tokenizer.pad_token_id, batch_size, temperature, precision,
-                                 device, progress=progress, batches=batches)
+                                 device, progress=progress, batches=batches, collate_fn=collate_fn)
         if use_cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            os.close(fd)
-            torch.save(data, tmp)
-            os.replace(tmp, path)
+            with atomic_path(path, suffix=".pt") as tmp:
+                torch.save(data, tmp)
     if accelerator is not None and accelerator.num_processes > 1:
         # Other processes wait for the main one, then read its result (from disk, or broadcast).
         accelerator.wait_for_everyone()
@@ -137,28 +134,9 @@ def load_or_compute(
             if use_cache:
                 data = torch.load(path, map_location="cpu", weights_only=True)
             else:
-                data = torch.empty(len(examples), len(examples[0].completion_ids))
+                data = torch.empty(len(examples), max(len(ex.completion_ids) for ex in examples))
         if not use_cache:
             from accelerate.utils import broadcast
 
             data = broadcast(data.to(accelerator.device)).cpu()
     return data, info
-
-
-class _bar:
-    def __init__(self, enabled: bool, total: int):
-        self._p = None
-        if enabled:
-            from rich.progress import Progress
-
-            self._p = Progress()
-            self._p.start()
-            self._t = self._p.add_task("reference log-probs", total=total)
-
-    def advance(self):
-        if self._p is not None:
-            self._p.advance(self._t)
-
-    def close(self):
-        if self._p is not None:
-            self._p.stop()

@@ -31,8 +31,10 @@ from alignkit.train.run import (
     ModelConfig,
     RewardForward,
     load_data,
+    load_policy,
     make_accelerator,
     prepare_output,
+    resolve_run_precision,
     seed_everything,
     write_summary,
 )
@@ -142,27 +144,22 @@ def balance_train_pairs(train: list, data: RMDataConfig, seed: int) -> tuple[lis
 
 
 def load_trainable_reward_model(model_cfg: ModelConfig, seed: int):
-    """``(model, tokenizer)``: a trainable scalar-head model (LoRA-wrapped when asked) whose
-    tokenizer pads with a token other than EOS (shared by ``alignkit rm`` and ``alignkit prm``)."""
-    from alignkit.models import apply_lora, load_reward_model, load_tokenizer
+    """``(model, tokenizer)``: the trainable scalar-head model (``load_policy(head="reward")``) with a
+    tokenizer that pads with a token other than EOS (shared by ``alignkit rm`` and ``alignkit prm``)."""
+    from alignkit.models import load_tokenizer
 
     tok = load_tokenizer(model_cfg.name_or_path)
     distinct_pad(tok)
-    torch.manual_seed(seed)  # the fresh score head's initialisation
-    model = load_reward_model(model_cfg.name_or_path, trainable=True)
+    model, tok = load_policy(model_cfg, seed, head="reward", tokenizer=tok)
     model.config.pad_token_id = tok.pad_token_id
-    if model_cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    if model_cfg.lora is not None:
-        lo = model_cfg.lora
-        model = apply_lora(model, r=lo.r, alpha=lo.alpha, dropout=lo.dropout, target_modules=lo.target_modules)
     return model, tok
 
 
 def train_rm(cfg: RMConfig, resume: bool = False) -> dict[str, Any]:
     from alignkit.train.checkpoint import export_model
 
-    acc = make_accelerator(cfg.train.precision)
+    prec = resolve_run_precision(cfg.train.precision)
+    acc = make_accelerator(prec.precision)
     seed_everything(cfg.train.seed)
     model, tok = load_trainable_reward_model(cfg.model, cfg.train.seed)
     train, evals, summary = load_data(cfg.data, "preference", tok, cfg.train.seed, pairwise=True)
@@ -184,8 +181,8 @@ def train_rm(cfg: RMConfig, resume: bool = False) -> dict[str, Any]:
         export_model(acc, trainer.model, tok, out,
                      merge_lora=cfg.model.lora.merge_on_save if cfg.model.lora else True)
         after = evaluate(trainer.model) if evaluate else {}
-    payload = {"recipe": "rm", "steps": result.step, "interrupted": result.interrupted, "signal": result.signal,
-               "data": summary.as_dict(), "balance": balance, "unpaired": unpaired_summary,
+    payload = {"recipe": "rm", "precision": prec.as_dict(), "steps": result.step, "interrupted": result.interrupted,
+               "signal": result.signal, "data": summary.as_dict(), "balance": balance, "unpaired": unpaired_summary,
                "train_pairs": len(train), "eval_before": before, "eval_after": after,
                "final_loss": result.history[-1]["loss"] if result.history else None, "output_dir": str(out)}
     write_summary(acc, out, payload)

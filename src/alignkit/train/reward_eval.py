@@ -158,7 +158,9 @@ def eval_rm(cfg: RMEvalConfig) -> dict[str, Any]:
     model = RewardForward(load_reward_model(cfg.model, device=device))
     report = evaluate_pairs(model, examples, tok.pad_token_id, cfg.batch_size, device, cfg.length_buckets)
     payload = {"command": "rm eval", "model": cfg.model, "data": cfg.data, "rows": summary.as_dict(), **report}
-    if cfg.output:  # written like every run's summary.json
+    if cfg.output:
+        from alignkit.atomic import write_atomic
+
         Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.output).write_text(json.dumps(payload, indent=1, sort_keys=True))
+        write_atomic(cfg.output, json.dumps(payload, indent=1, sort_keys=True))
     return payload

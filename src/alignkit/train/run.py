@@ -8,6 +8,7 @@ wrap the model in :class:`LogpsForward` / :class:`RewardForward` and let acceler
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -53,15 +54,28 @@ class DataConfig(StrictModel):
     """JSONL/JSON/Parquet file or saved HF dataset directory."""
     eval: str | None = None
     """Held-out file in the same format (optional)."""
-    eval_fraction: float = 0.0
-    """If no eval file: hold out this fraction of train rows (deterministic by seed)."""
+    eval_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """If no eval file: hold out this fraction of train rows, 0 <= f < 1 (deterministic by seed)."""
     policy: DataPolicy = Field(default_factory=DataPolicy)
 
 
+def resolve_run_precision(requested: str):
+    """The precision a run uses (``auto`` probed, see :mod:`alignkit.precision`), announced once."""
+    from alignkit.precision import announce, resolve_precision
+
+    choice = resolve_precision(requested, "cuda" if torch.cuda.is_available() else "cpu")
+    if int(os.environ.get("RANK", "0")) == 0:  # before the Accelerator exists; torchrun/accelerate set RANK
+        announce(choice)
+    return choice
+
+
 def make_accelerator(cfg_precision: str):
+    """An Accelerator for ``fp32`` or ``bf16`` (``auto`` is resolved by :func:`resolve_run_precision`)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    if cfg_precision == "auto":
+        cfg_precision = resolve_run_precision(cfg_precision).precision
     # accelerate keeps one process-wide state and refuses a second Accelerator with another
     # precision; recipes run one after another in a process (the demo, tests) may differ, so reset
     # the precision state. The process group (PartialState) is kept.
@@ -116,19 +130,15 @@ def split_rows(rows: list[Example], fraction: float, seed: int) -> tuple[list[Ex
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
 
-def load_policy(model_cfg: ModelConfig, seed: int):
-    """Load the trainable causal LM (optionally LoRA-wrapped) and its tokenizer."""
-    from alignkit.models import apply_lora, load_causal_lm, load_tokenizer
+def load_policy(model_cfg: ModelConfig, seed: int, head: str = "causal-lm", tokenizer=None):
+    """Load the trainable model (causal LM, or reward model with ``head="reward"``) and its tokenizer."""
+    from alignkit.models import load_tokenizer, load_trainable
 
-    tokenizer = load_tokenizer(model_cfg.name_or_path)
-    torch.manual_seed(seed)
-    model = load_causal_lm(model_cfg.name_or_path, trainable=True)
-    if model_cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = False
-    if model_cfg.lora is not None:
-        lo = model_cfg.lora
-        model = apply_lora(model, r=lo.r, alpha=lo.alpha, dropout=lo.dropout, target_modules=lo.target_modules)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(model_cfg.name_or_path)
+    torch.manual_seed(seed)  # a new head's initialisation
+    lora = model_cfg.lora.model_dump(exclude={"merge_on_save"}) if model_cfg.lora is not None else None
+    model = load_trainable(model_cfg.name_or_path, head, model_cfg.gradient_checkpointing, lora)
     return model, tokenizer
 
 
@@ -141,12 +151,27 @@ class LogpsForward(torch.nn.Module):
         self.temperature = temperature
         self.chunk_size = chunk_size
 
-    def forward(self, input_ids, attention_mask, loss_mask):
+    def forward(self, input_ids, attention_mask, loss_mask, **layout):
         from alignkit.ops.logprobs import response_logps
 
         out = response_logps(self.model, input_ids, attention_mask, loss_mask,
-                             temperature=self.temperature, chunk_size=self.chunk_size)
+                             temperature=self.temperature, chunk_size=self.chunk_size, **layout)
         return out.logps, out.counts
+
+
+def forward_logps(model: LogpsForward, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs and token counts, ``(B, C)`` float32 / long, for a batch from
+    :func:`~alignkit.data.batching.collate` or :func:`~alignkit.data.batching.collate_segments`.
+    Slots that are not ``valid`` (rows with fewer completions) are 0 in both."""
+    from alignkit.data.batching import by_completion
+
+    valid = batch["valid"]
+    layout = {k: batch[k] for k in ("position_ids", "predictor", "sequence") if k in batch}
+    if layout:
+        layout["n_sequences"] = valid.numel()
+    logps, counts = model(batch["input_ids"], batch["attention_mask"], batch["loss_mask"], **layout)
+    logps, counts = by_completion(logps.float(), valid.shape[1]), by_completion(counts, valid.shape[1])
+    return logps.where(valid, 0.0), counts.where(valid, 0)
 
 
 class RewardForward(torch.nn.Module):

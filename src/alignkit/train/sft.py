@@ -23,6 +23,7 @@ from alignkit.train.run import (
     load_policy,
     make_accelerator,
     prepare_output,
+    resolve_run_precision,
     seed_everything,
     write_summary,
 )
@@ -67,7 +68,8 @@ def evaluate_nll(model: LogpsForward, examples, pad_id: int, batch_size: int, de
 def train_sft(cfg: SFTConfig, resume: bool = False) -> dict[str, Any]:
     from alignkit.train.checkpoint import export_model
 
-    acc = make_accelerator(cfg.train.precision)
+    prec = resolve_run_precision(cfg.train.precision)
+    acc = make_accelerator(prec.precision)
     seed_everything(cfg.train.seed)
     model, tok = load_policy(cfg.model, cfg.train.seed)
     train, evals, summary = load_data(cfg.data, "sft", tok, cfg.train.seed)
@@ -84,7 +86,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False) -> dict[str, Any]:
         export_model(acc, trainer.model, tok, out,
                      merge_lora=cfg.model.lora.merge_on_save if cfg.model.lora else True)
         after = evaluate(trainer.model) if evaluate else {}
-    payload = {"recipe": "sft", "steps": result.step, "interrupted": result.interrupted, "signal": result.signal,
+    payload = {"recipe": "sft", "precision": prec.as_dict(), "steps": result.step, "interrupted": result.interrupted, "signal": result.signal,
                "data": summary.as_dict(), "eval_before": before, "eval_after": after,
                "final_loss": result.history[-1]["loss"] if result.history else None, "output_dir": str(out)}
     write_summary(acc, out, payload)

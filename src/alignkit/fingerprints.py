@@ -1,5 +1,7 @@
-"""Content fingerprints for comparability signatures: canonical hashing, order-independent dataset
-hashes (CoTK's ``UnorderedSha256`` idea), and model / tokenizer / chat-template identities.
+"""Content fingerprints — the one way alignkit decides "is this the same thing?": evaluation
+signatures, the reference log-prob cache, pipeline stages. Canonical hashing, order-independent
+dataset hashes (CoTK's ``UnorderedSha256`` idea), file hashes, and model / tokenizer /
+chat-template identities. (Evaluation signatures are published: these algorithms do not change.)
 
 - :func:`canonical_dumps` serialises plain data deterministically (dict keys sorted, sets sorted,
   tuples and lists alike), so two equal settings always hash equally.
@@ -12,10 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from alignkit.atomic import write_atomic
 
 
 def canonical_dumps(obj: Any) -> bytes:
@@ -99,7 +102,11 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 
 
-def _file_sha256(path: Path, cache: dict[str, Any]) -> str:
+def file_sha256(path: str | Path, cache: dict[str, Any] | None = None) -> str:
+    """SHA-256 of a file's bytes, read in blocks; ``cache`` (path -> size, mtime, hash) skips a re-read."""
+    path = Path(path)
+    if cache is None:
+        cache = {}
     st = path.stat()
     key = str(path.resolve())
     hit = cache.get(key)
@@ -138,12 +145,9 @@ def model_dir_fingerprint(model_dir: str | Path) -> str:
         cache = json.loads(cache_file.read_text())
     except (OSError, ValueError):
         cache = {}
-    entries = [(str(p.relative_to(model_dir)), _file_sha256(p, cache)) for p in files]
+    entries = [(str(p.relative_to(model_dir)), file_sha256(p, cache)) for p in files]
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache))
-        os.replace(tmp, cache_file)
+        write_atomic(cache_file, json.dumps(cache))
     except OSError:
         pass  # a read-only cache only costs a re-hash next time
     return sha256_hex(entries)

@@ -1,0 +1,164 @@
+"""The one reader of row files, and the one chat-message validator.
+
+Every command that reads rows (training data, prompts to generate from, responses to judge or
+annotate, evaluation data) reads them here, so every bad input is reported the same way: a
+:class:`~alignkit.errors.DataError` whose message starts with where the problem is —
+``file:line`` for JSONL (and record number for JSON arrays and Parquet), ``dir[row n]`` for a
+saved Hugging Face dataset — then ``field 'x': what is wrong``.
+
+Formats: JSONL (``.jsonl``/``.ndjson``, read line by line: a file of any size streams), JSON (an
+array of rows), Parquet and ``datasets.save_to_disk`` directories (the ``train`` split of a
+DatasetDict).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from alignkit.errors import DataError
+
+Messages = list[dict[str, str]]
+ROLES = {"system", "user", "assistant", "tool"}
+
+
+class Record(NamedTuple):
+    """One row: ``where`` (``file:line``, or ``dir[row n]``) prefixes any error about it."""
+
+    where: str
+    line: int  # 1-based line (JSONL) or record number (JSON array, Parquet, dataset)
+    value: Any
+
+
+def _iter_jsonl(path: Path) -> Iterator[Record]:
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{where}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})") from None
+            if not text.strip():
+                continue
+            try:
+                yield Record(where, lineno, json.loads(text))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+
+
+def _iter_dataset_dir(path: Path) -> Iterator[Record]:
+    from datasets import load_from_disk
+
+    ds = load_from_disk(str(path))
+    if hasattr(ds, "keys"):  # DatasetDict: take the train split
+        if "train" not in ds:
+            raise DataError(f"{path}: dataset dict has no 'train' split (splits: {list(ds.keys())})")
+        ds = ds["train"]
+    for i, rec in enumerate(ds):
+        yield Record(f"{path}[row {i + 1}]", i + 1, rec)
+
+
+def iter_records(path: str | Path) -> Iterator[Record]:
+    """Yield a :class:`Record` for every row of ``path``, streaming (JSONL is read line by line)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        yield from _iter_dataset_dir(path)
+        return
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        yield from _iter_jsonl(path)
+    elif suffix == ".json":
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not valid UTF-8 (byte offset {exc.start})") from None
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+        if not isinstance(data, list):
+            raise DataError(f"{path}: a .json data file must hold an array of rows")
+        for i, rec in enumerate(data):
+            yield Record(f"{path}:{i + 1}", i + 1, rec)  # the 1-based record number for JSON arrays
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for i, rec in enumerate(pq.read_table(path).to_pylist()):
+            yield Record(f"{path}:{i + 1}", i + 1, rec)
+    else:
+        raise DataError(
+            f"{path}: unsupported data format {suffix!r} (use .jsonl, .json, .parquet or a saved dataset dir)"
+        )
+
+
+def iter_objects(path: str | Path) -> Iterator[Record]:
+    """:func:`iter_records`, each record a JSON object; a file without rows is an error."""
+    n = 0
+    for rec in iter_records(path):
+        if not isinstance(rec.value, dict):
+            raise DataError(f"{rec.where}: expected a JSON object, got {type(rec.value).__name__}")
+        n += 1
+        yield rec
+    if n == 0:
+        raise DataError(f"{path}: no rows")
+
+
+def read_objects(path: str | Path) -> list[Record]:
+    """Every row of ``path`` (each an object); any bad row raises before anything is returned."""
+    return list(iter_objects(path))
+
+
+def require(row: dict[str, Any], key: str, where: str) -> Any:
+    """``row[key]``, or ``field 'key': missing``."""
+    if key not in row:
+        raise DataError(f"{where}: field '{key}': missing")
+    return row[key]
+
+
+def require_str(row: dict[str, Any], key: str, where: str, allow_empty: bool = False) -> str:
+    """A string field (non-blank unless ``allow_empty``)."""
+    value = require(row, key, where)
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field '{key}': expected a string, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise DataError(f"{where}: field '{key}': empty")
+    return value
+
+
+def check_messages(value: Any, where: str, name: str) -> Messages:
+    """A non-empty list of ``{role, content}`` chat messages with known roles, in canonical form."""
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{where}: field '{name}': expected a non-empty list of messages")
+    for j, msg in enumerate(value):
+        if not isinstance(msg, dict):
+            raise DataError(f"{where}: field '{name}[{j}]': expected an object with 'role' and 'content'")
+        for key in ("role", "content"):
+            if key not in msg:
+                raise DataError(f"{where}: field '{name}[{j}].{key}': missing")
+            if not isinstance(msg[key], str):
+                raise DataError(
+                    f"{where}: field '{name}[{j}].{key}': expected a string, got {type(msg[key]).__name__}"
+                )
+        if msg["role"] not in ROLES:
+            raise DataError(f"{where}: field '{name}[{j}].role': unknown role {msg['role']!r}")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def check_prompt(value: Any, where: str, name: str = "prompt") -> str | Messages:
+    """A prompt: a non-blank string or a non-empty list of chat messages."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise DataError(f"{where}: field '{name}': empty prompt")
+        return value
+    return check_text(value, where, name)
+
+
+def check_text(value: Any, where: str, name: str) -> str | Messages:
+    """A text field: a plain string or a list of chat messages."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return check_messages(value, where, name)
+    raise DataError(f"{where}: field '{name}': expected a string or a list of messages, got {type(value).__name__}")

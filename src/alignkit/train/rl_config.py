@@ -1,0 +1,236 @@
+"""The ``alignkit rl`` config: one strict section per concern, and the refused combinations.
+
+Defaults follow common practice (InstructGPT / ChatGLM-RLHF PPO: KL in the reward, k1; GRPO: set
+``kl.mode: loss`` and ``kl.estimator: k3``); each field's docstring becomes ``alignkit rl --help``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from alignkit.config import StrictModel
+from alignkit.judge.client import JudgeConfig
+from alignkit.precision import Precision
+from alignkit.train.run import ModelConfig
+from alignkit.train.trackers import TrackerName, check_installed
+
+
+class RLDataConfig(StrictModel):
+    """Prompt rows: ``{"prompt": str | [messages], ...}``; other keys go to the reward (e.g. ``constraint``)."""
+
+    train: str
+    """Training prompts (JSONL)."""
+    eval: str | None = None
+    """Held-out prompts, answered greedily before and after training and scored with the reward."""
+    eval_max_new_tokens: int = 64
+    """Token budget of the held-out greedy answers."""
+
+
+class RolloutConfig(StrictModel):
+    """Sampling from the current policy."""
+
+    backend: Literal["hf", "vllm"] = "hf"
+    """hf: the shared HF engine on the policy's own weights (exact, free weight sync). vllm is refused."""
+    prompts_per_step: int = Field(default=8, ge=1)
+    """Prompts per RL step over all processes (must divide by the process count)."""
+    n: int = Field(default=4, ge=1)
+    """Samples per prompt (grpo / rloo need >= 2)."""
+    max_new_tokens: int = Field(default=64, ge=1)
+    """Token budget of a sample; a sample cut by it is 'length'-finished (the verifier fails it)."""
+    temperature: float = 1.0
+    """Sampling temperature; the training log-probs use the same temperature (> 0)."""
+    top_p: float = 1.0
+    """Nucleus sampling (1.0: off). Below 1 the samples no longer follow the policy whose log-probs are trained."""
+    top_k: int = 0
+    """Top-k sampling (0: off); same caveat as top_p."""
+    batch_size: int = Field(default=16, ge=1)
+    """Sequences the engine decodes together."""
+
+
+class AdvantageConfig(StrictModel):
+    """How a sample's reward becomes per-token advantages."""
+
+    type: Literal["gae", "grpo", "rloo"] = "gae"
+    """gae: critic + GAE (PPO); grpo: (r - group mean) / group std; rloo: r - mean of the other samples."""
+    gamma: float = 1.0
+    """gae: discount."""
+    lam: float = 0.95
+    """gae: GAE lambda."""
+    whiten: bool = True
+    """gae: normalise advantages to mean 0, std 1 over the step (all processes)."""
+    scale_std: bool = True
+    """grpo: divide by the group std (false: Dr. GRPO, centring only)."""
+
+
+class KLConfig(StrictModel):
+    """KL regularisation towards the reference policy."""
+
+    coef: float = Field(default=0.05, ge=0.0)
+    """beta. 0 disables the penalty (KL is still measured)."""
+    mode: Literal["reward", "loss"] = "reward"
+    """reward: -beta * k1 per token in the reward (InstructGPT / ChatGLM-RLHF); loss: beta * estimator as a loss term (GRPO)."""
+    estimator: Literal["k1", "k2", "k3"] = "k1"
+    """Estimator of the loss term (mode=loss); the in-reward penalty is always k1."""
+
+
+class RewardConfig(StrictModel):
+    """Where rewards come from, and ChatGLM-RLHF's reward stabilisers."""
+
+    type: Literal["verifier", "model", "judge", "sum"] = "verifier"
+    """verifier | model (an `alignkit rm` dir) | judge | sum (weighted, see weights)."""
+    verifier: str = "verifiable"
+    """'verifiable' (built-in instruction checker; rows need 'constraint') or 'package.module:function(row, text, finish_reason)'."""
+    model: str | None = None
+    """Reward-model checkpoint directory (type model, or a 'model' weight)."""
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    """The judge (type judge): rating 0-10 from judge/prompts/rl_reward.en.txt, divided by 10."""
+    judge_max_tokens: int = 256
+    """Tokens the judge may write (analysis + rating)."""
+    weights: dict[str, float] = Field(default_factory=dict)
+    """type sum: weight per component, keys among verifier, model, judge."""
+    max_failure_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
+    """Stop with a diagnostic when more than this fraction of a step's samples have no reward."""
+    reference_baseline: bool = False
+    """Subtract r(x, y_ref), y_ref = the reference policy's greedy answer (once per prompt, cached)."""
+    normalize: bool = True
+    """Running reward normalisation (r - mean) / std over all rewards seen so far."""
+    clip: float | None = 5.0
+    """Clip normalised rewards to [-clip, clip] (null: no clipping)."""
+
+
+class CriticConfig(StrictModel):
+    """The value model (gae only)."""
+
+    init: Literal["policy", "reward_model"] = "policy"
+    """policy: the policy's backbone + a fresh value head; reward_model: an rm checkpoint's backbone and score head."""
+    name_or_path: str | None = None
+    """Weights to start from (null: the policy's path, or reward.model for init=reward_model)."""
+    lr: float = 1e-5
+    """Critic peak learning rate (same schedule and AdamW settings as the policy)."""
+    value_clip: float | None = 0.2
+    """Clip the value update to +-value_clip around the rollout values (null: plain squared error)."""
+
+
+class PPOConfig(StrictModel):
+    """The policy (and critic) update on one rollout batch."""
+
+    epochs: int = Field(default=1, ge=1)
+    """Passes over the rollout batch."""
+    num_minibatches: int = Field(default=1, ge=1)
+    """Optimizer steps per epoch (the local batch must divide by it)."""
+    micro_batch_size: int = Field(default=4, ge=1)
+    """Sequences per forward/backward (gradient accumulation inside a minibatch)."""
+    clip_eps: float = 0.2
+    """Surrogate clipping epsilon."""
+    entropy_coef: float = 0.0
+    """Entropy bonus weight (0: entropy is only logged)."""
+    loss_reduction: Literal["token", "sequence"] = "token"
+    """token: sum / tokens of the minibatch; sequence: per-sequence token mean, sum / sequences."""
+
+
+class PTXConfig(StrictModel):
+    """Next-token-prediction loss on SFT rows against forgetting (InstructGPT's PPO-ptx, ChatGLM-RLHF)."""
+
+    data: str | None = None
+    """SFT rows (`alignkit sft` format)."""
+    coef: float = Field(default=0.0, ge=0.0)
+    """gamma: weight of the token-mean NLL added at every optimizer step."""
+    batch_size: int = Field(default=4, ge=1)
+    """SFT rows per optimizer step per process."""
+
+
+class RLTrainConfig(StrictModel):
+    """Optimisation and bookkeeping of the RL run."""
+
+    output_dir: str = "runs/rl"
+    """Where checkpoints, logs, the report, the resolved config and the final model go."""
+    seed: int = 42
+    """Seeds prompt order, sampling, minibatch order and new heads."""
+    max_steps: int = Field(default=10, ge=1)
+    """RL steps (rollout + update)."""
+    lr: float = 1e-6
+    """Policy peak learning rate (AdamW)."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay on matrices."""
+    adam_betas: list[float] = Field(default_factory=lambda: [0.9, 0.999])
+    """AdamW (beta1, beta2)."""
+    adam_eps: float = 1e-8
+    """AdamW epsilon."""
+    schedule: Literal["cosine", "linear", "constant"] = "constant"
+    """Learning-rate decay over all optimizer steps (max_steps x ppo.epochs x ppo.num_minibatches)."""
+    warmup_steps: int = 0
+    """Linear warmup, in optimizer steps."""
+    max_grad_norm: float | None = 1.0
+    """Clip each model's gradient norm (null: no clipping)."""
+    precision: Precision = "auto"
+    """auto: bf16 only where the hardware has native bf16 matmuls, else fp32 (alignkit.precision);
+    bf16 autocasts the log-prob / value passes to bfloat16, weights stay fp32."""
+    log_every: int = 1
+    """Write metrics every N RL steps (metrics.jsonl, TensorBoard)."""
+    save_every: int | None = None
+    """Checkpoint every N RL steps (null: only at the end and on SIGINT/SIGTERM)."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
+    report_to: list[TrackerName] = Field(default_factory=lambda: ["tensorboard"])
+    """Experiment trackers for the logged metrics: tensorboard (output_dir/tensorboard), wandb, mlflow
+    (the same trackers and extras as the offline recipes' ``train.report_to``); [] logs to metrics.jsonl only."""
+    progress: bool = True
+    """Show a progress bar."""
+    report: bool = True
+    """Write report.md and PNG plots at the end."""
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers_installed(cls, names: list[str]) -> list[str]:
+        return check_installed(names)
+
+
+class ReferenceSettings(StrictModel):
+    """The frozen reference policy (KL and reference baseline)."""
+
+    name_or_path: str | None = None
+    """null: the policy's initial weights."""
+
+
+class RLConfig(StrictModel):
+    """``alignkit rl`` recipe."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    reference: ReferenceSettings = Field(default_factory=ReferenceSettings)
+    data: RLDataConfig
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    advantage: AdvantageConfig = Field(default_factory=AdvantageConfig)
+    kl: KLConfig = Field(default_factory=KLConfig)
+    critic: CriticConfig | None = Field(default_factory=CriticConfig)
+    """The value model; required by advantage.type=gae, refused (set null) for grpo / rloo."""
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    ptx: PTXConfig = Field(default_factory=PTXConfig)
+    train: RLTrainConfig = Field(default_factory=RLTrainConfig)
+
+    @model_validator(mode="after")
+    def _refuse_bad_combinations(self) -> RLConfig:
+        adv, r = self.advantage.type, self.reward
+        if adv in ("grpo", "rloo") and self.rollout.n < 2:
+            raise ValueError(f"advantage.type={adv} compares the samples of a prompt: it needs rollout.n >= 2 "
+                             f"(got {self.rollout.n})")
+        if adv == "gae" and self.critic is None:
+            raise ValueError("advantage.type=gae needs a critic (set critic.init), or use grpo / rloo")
+        if adv != "gae" and self.critic is not None:
+            raise ValueError(f"advantage.type={adv} uses no critic: set critic: null")
+        if not self.rollout.temperature > 0:
+            raise ValueError("rollout.temperature must be > 0: PPO needs samples from the policy")
+        needs_model = r.type == "model" or "model" in r.weights or (
+            self.critic is not None and self.critic.init == "reward_model" and self.critic.name_or_path is None)
+        if needs_model and r.model is None:
+            raise ValueError("reward.model (an `alignkit rm` checkpoint directory) is required here")
+        if r.type == "sum" and (not r.weights or set(r.weights) - {"verifier", "model", "judge"}):
+            raise ValueError(f"reward.type=sum needs reward.weights with keys among verifier, model, judge "
+                             f"(got {r.weights})")
+        if r.type != "sum" and r.weights:
+            raise ValueError("reward.weights is only used by reward.type=sum")
+        if self.ptx.coef > 0 and not self.ptx.data:
+            raise ValueError("ptx.coef > 0 needs ptx.data (SFT rows)")
+        return self

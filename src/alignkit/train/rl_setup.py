@@ -1,0 +1,195 @@
+"""Setting up and persisting an ``alignkit rl`` run: live objects, run state, reward, checkpoints, signals.
+
+:class:`RunState` is everything besides weights, optimizers, schedulers and RNG (which
+``accelerate.save_state`` stores) that a resumed run needs: step, optimizer-step count, the running
+reward statistics, the reference-baseline cache, the failure count and the held-out "before" score.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignkit.errors import ConfigError, UserError
+from alignkit.train.rl_config import RewardConfig, RLConfig
+from alignkit.train.rl_rollout import TokenLogpsForward, load_critic, read_prompt_rows
+
+
+class RewardFailureError(UserError):
+    """Too many samples of a step have no reward."""
+
+
+@dataclass
+class RunState:
+    """Everything besides weights/optimizers/RNG that a resumed run must restore."""
+
+    step: int = 0
+    opt_steps: int = 0
+    reward_moments: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # count, mean, M2
+    ref_rewards: dict[str, float] = field(default_factory=dict)  # prompt index -> r(x, y_ref)
+    failures: int = 0
+    heldout_before: dict[str, Any] = field(default_factory=dict)
+
+
+def build_reward(cfg: RewardConfig, device, judge_cache_path: Path | str):
+    from alignkit.train import rl_rewards as R
+
+    def part(kind: str):
+        if kind == "verifier":
+            return R.verifier_reward(cfg.verifier)
+        if kind == "model":
+            return R.model_reward(cfg.model, device)
+        from alignkit.judge.client import judge_from_config
+
+        return R.judge_reward(judge_from_config(cfg.judge, judge_cache_path), cfg.judge_max_tokens)
+
+    if cfg.type == "sum":
+        return R.weighted_sum({k: part(k) for k in cfg.weights}, cfg.weights)
+    return part(cfg.type)
+
+
+def check_runtime(cfg: RLConfig, acc) -> None:
+    if cfg.rollout.backend == "vllm":
+        from alignkit.generate.engine import vllm_available
+
+        ok, reason = vllm_available()
+        raise ConfigError("rollout.backend=vllm: " + (
+            f"cannot be used here ({reason}); use rollout.backend=hf" if not ok else
+            "weight sync from the trainer into a vLLM engine is not implemented yet; use rollout.backend=hf"))
+    if cfg.rollout.prompts_per_step % acc.num_processes:
+        raise ConfigError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must divide by the "
+                          f"{acc.num_processes} processes")
+    local = cfg.rollout.prompts_per_step // acc.num_processes * cfg.rollout.n
+    if local % cfg.ppo.num_minibatches:
+        raise ConfigError(f"{local} samples per process per step do not split into ppo.num_minibatches="
+                          f"{cfg.ppo.num_minibatches} equal minibatches")
+
+
+def gsum(acc, *values: float) -> list[float]:
+    """Sum each value over processes (float64)."""
+    t = torch.tensor(values, dtype=torch.float64, device=acc.device)
+    if acc.num_processes > 1:
+        t = acc.reduce(t, reduction="sum")
+    return t.tolist()
+
+
+def gather(acc, t: torch.Tensor) -> torch.Tensor:
+    return acc.gather(t.to(acc.device)).cpu() if acc.num_processes > 1 else t
+
+
+@dataclass
+class Ctx:
+    """The live objects of a run (built once by :func:`train_rl`)."""
+
+    cfg: RLConfig
+    acc: Any
+    tok: Any
+    policy: Any  # prepared TokenLogpsForward
+    reference: Any  # frozen TokenLogpsForward
+    critic: Any | None
+    opt: Any
+    sched: Any
+    critic_opt: Any | None
+    critic_sched: Any | None
+    rows: list[dict]
+    reward_fn: Any
+    ptx: list | None
+    state: RunState
+
+
+def policy_engine(ctx: Ctx, model):
+    from alignkit.generate.engine import HFEngine
+
+    return HFEngine(model, ctx.tok, batch_size=ctx.cfg.rollout.batch_size)
+
+
+def build_run(cfg: RLConfig, acc) -> Ctx:
+    """Prompts, policy, frozen reference, critic, reward, optimizers and schedulers, prepared."""
+    from transformers import get_scheduler
+
+    from alignkit.data.rows import read_rows
+    from alignkit.data.tokenize import DataPolicy, tokenize_examples
+    from alignkit.models import load_causal_lm
+    from alignkit.train.loop import build_optimizer
+    from alignkit.train.run import load_policy
+
+    seed = cfg.train.seed
+    builtin = cfg.reward.verifier == "verifiable" and (cfg.reward.type == "verifier" or "verifier" in cfg.reward.weights)
+    rows = read_prompt_rows(cfg.data.train, needs_constraint=builtin)
+    model, tok = load_policy(cfg.model, seed)
+    policy = TokenLogpsForward(model.to(acc.device), temperature=cfg.rollout.temperature)
+    reference = TokenLogpsForward(load_causal_lm(cfg.reference.name_or_path or cfg.model.name_or_path)
+                                  .to(acc.device), temperature=cfg.rollout.temperature)
+    ptx = None
+    if cfg.ptx.data:
+        ptx, _ = tokenize_examples(read_rows(cfg.ptx.data, "sft"), tok, DataPolicy())
+    total = cfg.train.max_steps * cfg.ppo.epochs * cfg.ppo.num_minibatches
+
+    def optimise(module, train_cfg):
+        opt = build_optimizer(train_cfg, module)
+        kind = "constant_with_warmup" if cfg.train.schedule == "constant" else cfg.train.schedule
+        return opt, get_scheduler(kind, opt, num_warmup_steps=cfg.train.warmup_steps, num_training_steps=total)
+
+    opt, sched = optimise(policy, cfg.train)
+    critic = critic_opt = critic_sched = None
+    if cfg.critic is not None:
+        init_from = cfg.critic.name_or_path or (cfg.reward.model if cfg.critic.init == "reward_model"
+                                                else cfg.model.name_or_path)
+        critic = load_critic(cfg.critic.init, init_from, seed).to(acc.device)
+        critic_opt, critic_sched = optimise(critic, cfg.train.model_copy(update={"lr": cfg.critic.lr}))
+        policy, opt, critic, critic_opt = acc.prepare(policy, opt, critic, critic_opt)
+        acc.register_for_checkpointing(sched, critic_sched)
+    else:
+        policy, opt = acc.prepare(policy, opt)
+        acc.register_for_checkpointing(sched)
+    reward_fn = build_reward(cfg.reward, acc.device, Path(cfg.train.output_dir) / "judge_cache.sqlite")
+    return Ctx(cfg, acc, tok, policy, reference, critic, opt, sched, critic_opt, critic_sched, rows, reward_fn,
+               ptx, RunState())
+
+
+def save(ctx: Ctx, out: Path) -> Path:
+    from alignkit.train import checkpoint as ckpt
+
+    state = {**ctx.state.__dict__, "max_steps": ctx.cfg.train.max_steps}
+    return ckpt.save_checkpoint(ctx.acc, out, ctx.state.step, state, ctx.cfg.train.keep_checkpoints)
+
+
+def resume_run(ctx: Ctx, out: Path) -> None:
+    from alignkit.train import checkpoint as ckpt
+
+    path = ckpt.latest_checkpoint(out)
+    if path is None:
+        raise FileNotFoundError(f"--resume: no checkpoint under {out / ckpt.CKPT_DIR}")
+    state = ckpt.load_checkpoint(ctx.acc, path)
+    if state.pop("max_steps") != ctx.cfg.train.max_steps:
+        raise ConfigError("--resume: train.max_steps differs from the checkpoint's (the LR schedule depends on it)")
+    ctx.state = RunState(**state)
+    metrics = out / "metrics.jsonl"
+    if ctx.acc.is_main_process and metrics.exists():  # drop lines logged after the checkpoint (a kill)
+        kept = [x for x in metrics.read_text().splitlines() if json.loads(x)["step"] <= ctx.state.step]
+        metrics.write_text("".join(x + "\n" for x in kept))
+
+
+class StopSignals:
+    """SIGINT/SIGTERM finish the current step, checkpoint and stop (SIGKILL: resume from the last one)."""
+
+    def __enter__(self):
+        self.signal, self._old = None, {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, _frame):
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, h in self._old.items():
+            signal.signal(sig, h)
+        return False
