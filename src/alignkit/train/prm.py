@@ -37,6 +37,7 @@ from alignkit.train.run import (
     ModelConfig,
     make_accelerator,
     prepare_output,
+    resolve_run_precision,
     seed_everything,
     split_rows,
     write_summary,
@@ -209,7 +210,8 @@ def train_prm(cfg: PRMConfig, resume: bool = False) -> dict[str, Any]:
     from alignkit.train.checkpoint import export_model
     from alignkit.train.reward import load_trainable_reward_model
 
-    acc = make_accelerator(cfg.train.precision)
+    prec = resolve_run_precision(cfg.train.precision)
+    acc = make_accelerator(prec.precision)
     seed_everything(cfg.train.seed)
     model, tok = load_trainable_reward_model(cfg.model, cfg.train.seed)
     train, evals, summary = _load_stepwise(cfg, tok)
@@ -228,7 +230,7 @@ def train_prm(cfg: PRMConfig, resume: bool = False) -> dict[str, Any]:
             (out / PRM_FILE).write_text(json.dumps({"step_separator": cfg.step_separator, "chat_template": cfg.chat_template,
                                                     "aggregation": cfg.aggregation}, indent=1))
         after = evaluate(trainer.model) if evaluate else {}
-    payload = {"recipe": "prm", "steps": result.step, "interrupted": result.interrupted, "signal": result.signal,
+    payload = {"recipe": "prm", "precision": prec.as_dict(), "steps": result.step, "interrupted": result.interrupted, "signal": result.signal,
                "data": summary, "eval_before": before, "eval_after": after,
                "final_loss": result.history[-1]["loss"] if result.history else None, "output_dir": str(out)}
     write_summary(acc, out, payload)
