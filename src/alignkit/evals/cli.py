@@ -154,6 +154,10 @@ def register(subparsers) -> None:
     s.add_argument("--output", help="write per-item scores and voters (JSON) here")
     s.set_defaults(func=_cmd_seqa)
 
+    from alignkit.evals.config_commands import register as register_config_commands
+
+    register_config_commands(sub)  # mathusereval, trajectory
+
 
 # ------------------------------------------------------------------------------------ run
 def _eval_config(args: argparse.Namespace):
