@@ -27,6 +27,8 @@ def test_rft_threshold_dedup_cap_and_counts():
     assert st.as_dict() == {"questions": 2, "samples": 9, "critic_failed": 1, "truncated_or_empty": 2,
                             "below_threshold": 2, "duplicates": 1, "over_cap": 1, "kept": 2,
                             "questions_with_kept": 1}
+    kept, st = select_rft(rows, threshold=7, max_per_question=2, drop_truncated=False)
+    assert st.truncated_or_empty == 1 and [r["k"] for r in kept] == [1, 5]  # ties: lower index first
 
 
 def test_rft_normalized_dedup_ignores_case_and_punctuation():

@@ -35,7 +35,7 @@ def _cmd_longreward(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("pipeline", help="multi-stage pipelines (longreward)")
+    p = sub.add_parser("pipeline", help="multi-stage pipelines (longreward, self-critique, self-reflect)")
     psub = p.add_subparsers(dest="pipeline_command", metavar="PIPELINE", required=True)
     lr = psub.add_parser(
         "longreward",
@@ -48,3 +48,7 @@ def register(sub) -> None:
         "overrides", nargs="*", help="dotted overrides, e.g. sampling.k=4 judge.spec=openai:URL#model"
     )
     lr.set_defaults(func=_cmd_longreward)
+
+    from alignkit.pipelines.critique_commands import register as register_critique
+
+    register_critique(sub, psub)  # pipeline self-critique | self-reflect, critic train

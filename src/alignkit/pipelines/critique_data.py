@@ -6,16 +6,16 @@ A failed critique is never treated as a score: such samples are counted and left
 
 **RFT** (:func:`select_rft`), per question:
 
-1. drop samples the critic could not score, samples cut by the token budget (``finish_reason ==
-   "length"``: a truncated answer is never taught) and empty ones;
+1. drop samples the critic could not score, empty ones and (``drop_truncated``, the default) samples
+   cut by the token budget (``finish_reason == "length"``: a truncated answer is not taught);
 2. keep samples with ``score >= threshold``;
 3. de-duplicate: two answers are duplicates when their normalised text is equal (``dedup: exact`` —
    whitespace collapsed; ``dedup: normalized`` — also lower-cased with punctuation and spaces
    removed); the higher-scored copy (then the lower sample index) stays;
 4. cap: at most ``max_per_question``, highest score first (ties: lower sample index).
 
-**DPO pairs** (:func:`build_critique_pairs`), per question, over its scored, untruncated, non-empty
-samples ordered by score (descending; ties by sample index): the question is kept only when it has
+**DPO pairs** (:func:`build_critique_pairs`), per question, over its scored, non-empty (and, with
+``drop_truncated``, untruncated) samples ordered by score (descending; ties by sample index): the question is kept only when it has
 both a high answer (``score >= chosen_min``) and a low one, with a gap of at least ``min_gap``.
 Pair i joins the i-th best with the i-th worst sample while the chosen one is ``>= chosen_min`` and
 the gap is ``>= min_gap`` (up to ``pairs_per_question``); a pair whose texts are equal after
@@ -45,8 +45,9 @@ def _by_question(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[st
     return out
 
 
-def _usable(r: Mapping[str, Any]) -> bool:
-    return r["status"] == "scored" and r.get("finish_reason") != "length" and bool(r["response"].strip())
+def _usable(r: Mapping[str, Any], drop_truncated: bool) -> bool:
+    cut = drop_truncated and r.get("finish_reason") == "length"
+    return r["status"] == "scored" and not cut and bool(r["response"].strip())
 
 
 @dataclass
@@ -66,7 +67,8 @@ class RFTStats:
 
 
 def select_rft(
-    rows: Iterable[Mapping[str, Any]], threshold: float, max_per_question: int, dedup: Dedup = "exact"
+    rows: Iterable[Mapping[str, Any]], threshold: float, max_per_question: int, dedup: Dedup = "exact",
+    drop_truncated: bool = True,
 ) -> tuple[list[dict[str, Any]], RFTStats]:
     """The samples RFT trains on (input order within each question by score, then index) and counts."""
     stats, kept = RFTStats(), []
@@ -77,7 +79,7 @@ def select_rft(
         for r in samples:
             if r["status"] != "scored":
                 stats.critic_failed += 1
-            elif not _usable(r):
+            elif not _usable(r, drop_truncated):
                 stats.truncated_or_empty += 1
             elif r["score"] < threshold:
                 stats.below_threshold += 1
@@ -115,13 +117,13 @@ class PairStats:
 
 def build_critique_pairs(
     rows: Iterable[Mapping[str, Any]], chosen_min: float, min_gap: float, pairs_per_question: int = 1,
-    dedup: Dedup = "exact",
+    dedup: Dedup = "exact", drop_truncated: bool = True,
 ) -> tuple[list[dict[str, Any]], PairStats]:
     """Preference rows ``{"prompt", "chosen", "rejected", "prompt_id", "chosen_score", "rejected_score"}``."""
     stats, pairs = PairStats(), []
     for pid, samples in _by_question(rows).items():
         stats.questions += 1
-        ranked = sorted((r for r in samples if _usable(r)), key=lambda r: (-r["score"], r["k"]))
+        ranked = sorted((r for r in samples if _usable(r, drop_truncated)), key=lambda r: (-r["score"], r["k"]))
         if not ranked or ranked[0]["score"] < chosen_min:
             stats.no_high += 1
             continue
