@@ -55,9 +55,9 @@ def test_eval_mathusereval_through_the_cli_with_judge_faults(tmp_path, capsys):
     data = tmp_path / "q.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in QUESTIONS))
     out = tmp_path / "run"
-    with FaultServer(timeout_sleep=1.2, answer=critique_answer) as server:
+    with FaultServer(timeout_sleep=0.5, answer=critique_answer) as server:
         argv = ["eval", "mathusereval", "--data", str(data), "--judge", f"openai:{server.url}#critic",
-                f"output_dir={out}", "judge.timeout=1.0", "judge.backoff_base=0.01", "judge.backoff_max=0.05",
+                f"output_dir={out}", "judge.timeout=0.3", "judge.backoff_base=0.01", "judge.backoff_max=0.05",
                 "judge.max_retries=6", "official_minus_one=true"]
         assert main(argv) == 0
         requests = server.requests

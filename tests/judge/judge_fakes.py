@@ -211,7 +211,8 @@ def critique_answer(prompt: str) -> str:
     Critique: overall 9 when the student's final answer equals the reference's, else 2; a student
     answer containing NOSCORE gets a critique without any score block (a parse failure).
     Reflect judge: '1' when the solution's final answer equals the standard answer, else '0'
-    (NOSCORE: an answer that is neither). Revise: a correct solution ending with the hinted answer.
+    (NOSCORE: an answer that is neither). CoT: always "The answer is 4.", with NOSCORE for a quarter
+    of the questions (by hash). Revise: a correct solution ending with the hinted answer.
     """
     from alignkit.data.mathgen import check_answer, extract_final_answer
 
@@ -229,6 +230,10 @@ def critique_answer(prompt: str) -> str:
         if "NOSCORE" in solution:
             return "Maybe."
         return "1" if check_answer(solution, answer) else "0"
+    if prompt.startswith("Given a science or math question"):
+        question = _between(prompt, "Q: ", "\nA:")
+        noise = "NOSCORE " if hashlib.sha256(question.encode()).digest()[0] % 4 == 0 else ""
+        return f"{noise}Let me think step by step.\nThe answer is 4."
     if "[Correct final answer]\n" in prompt:
         answer = _between(prompt, "[Correct final answer]\n", "")
         return f"Reflection: the arithmetic slipped.\nCorrect solution: Redo the steps carefully.\nThe answer is {answer}."

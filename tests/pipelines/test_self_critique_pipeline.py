@@ -36,7 +36,7 @@ def _config(tmp_path: Path, policy: str, url: str) -> Path:
         "policy": policy,
         "questions": {"train": 4, "heldout": 2, "level": 1},
         "sampling": {"k": 4, "max_new_tokens": 12, "temperature": 1.0, "batch_size": 8},
-        "critic": {"kind": "judge", "judge": {"spec": f"openai:{url}#critic", "timeout": 1.0, "backoff_base": 0.01,
+        "critic": {"kind": "judge", "judge": {"spec": f"openai:{url}#critic", "timeout": 0.3, "backoff_base": 0.01,
                                               "backoff_max": 0.05, "max_retries": 6, "concurrency": 4},
                    "critique": {"attempts": 2}},
         "rft": {"threshold": 5, "general_rows": 4, "drop_truncated": False,  # a random model never stops
@@ -51,7 +51,7 @@ def _config(tmp_path: Path, policy: str, url: str) -> Path:
 
 
 def test_self_critique_runs_every_stage_under_judge_faults_and_resumes(tmp_path, tiny_policy_dir):
-    with FaultServer(timeout_sleep=1.2, answer=length_critic) as server:
+    with FaultServer(timeout_sleep=0.5, answer=length_critic) as server:
         cfg = _config(tmp_path, tiny_policy_dir, server.url)
         assert main(["pipeline", "self-critique", "--config", str(cfg)]) == 0
         run = tmp_path / "run"

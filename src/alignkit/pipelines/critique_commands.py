@@ -14,6 +14,10 @@ COMMANDS = {
     "self-critique": ("alignkit.pipelines.self_critique", "SelfCritiqueConfig", "run_self_critique",
                       "Critique-RFT -> Critique-DPO on math questions, with a before/after report",
                       "configs/self_critique_smollm2.yaml"),
+    "self-reflect": ("alignkit.pipelines.self_reflect", "SelfReflectConfig", "run_self_reflect",
+                     "SciGLM self-reflective annotation: CoT -> check -> revise with the answer hint -> recheck "
+                     "-> optional classifier filter -> SFT rows with provenance",
+                     "configs/self_reflect_smollm2.yaml"),
 }
 
 
