@@ -18,6 +18,9 @@ COMMANDS = {
                      "SciGLM self-reflective annotation: CoT -> check -> revise with the answer hint -> recheck "
                      "-> optional classifier filter -> SFT rows with provenance",
                      "configs/self_reflect_smollm2.yaml"),
+    "critic-train": ("alignkit.pipelines.critic_train", "CriticTrainConfig", "run_critic_train",
+                     "SFT of the policy into a Math-Critique critic on rows labelled by the verifier or a stronger judge",
+                     "configs/critic_smollm2.yaml"),
 }
 
 
@@ -49,9 +52,9 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add(sub, name: str) -> None:
+def _add(sub, name: str, as_name: str) -> None:
     module, _cls, _fn, help_text, example = COMMANDS[name]
-    p = sub.add_parser(name, help=help_text, description=f"{help_text}. Example config: {example}; "
+    p = sub.add_parser(as_name, help=help_text, description=f"{help_text}. Example config: {example}; "
                        "see docs/self_critique.md. Unchanged stages are reused on a rerun of the same output_dir.")
     p.add_argument("--config", default=None, help="YAML config (defaults apply to missing keys)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sampling.k=4 critic.kind=judge")
@@ -62,4 +65,6 @@ def register(sub, pipeline_sub) -> None:
     """``sub``: the top-level subparsers (``critic``); ``pipeline_sub``: those of ``alignkit pipeline``."""
     for name in COMMANDS:
         if name != "critic-train":
-            _add(pipeline_sub, name)
+            _add(pipeline_sub, name, name)
+    critic = sub.add_parser("critic", help="Math-Critique critics: train one from the policy")
+    _add(critic.add_subparsers(dest="critic_command", metavar="COMMAND", required=True), "critic-train", "train")

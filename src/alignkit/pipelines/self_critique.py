@@ -148,7 +148,7 @@ def make_questions(cfg: QuestionsSection) -> tuple[list[dict], list[dict]]:
     def row(p: dict) -> dict:
         return {"prompt_id": p["id"], "prompt": prompt_of(p), "question": p["question"],
                 "category": p["category"], "reference": format_solution(p["steps"], p["answer"]),
-                "answer": p["answer"]}
+                "answer": p["answer"], "program": p["program"]}
 
     return [row(p) for p in train], [row(p) for p in held]
 
