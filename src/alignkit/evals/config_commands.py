@@ -77,9 +77,12 @@ def _cmd_trajectory(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    """Add the subcommands to ``alignkit eval``'s subparsers."""
+    """Add the subcommands to ``alignkit eval``'s subparsers (``--help`` lists every config key)."""
+    from alignkit.train.cli import _lazy_help
+
     m = sub.add_parser(
         "mathusereval",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="MathUserEval-style judge evaluation of your own question file (critique score 1-10, exact answers)",
         description="Judge answers against reference answers with the Math-Critique prompt (any judge spec); "
         "per-category dimensions, micro/macro means, share >= 7, parse failures separately. See docs/self_critique.md.",
@@ -90,9 +93,11 @@ def register(sub) -> None:
     m.add_argument("--model", default=None, help="answers rows without 'response' (overrides model)")
     m.add_argument("overrides", nargs="*", help="dotted overrides, e.g. critique.attempts=5 official_minus_one=true")
     m.set_defaults(func=_cmd_mathusereval)
+    m.format_help = _lazy_help(m, "alignkit.evals.mathusereval", "MathUserEvalConfig")
 
     t = sub.add_parser(
         "trajectory",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="held-out LM loss and mini-suite scores per checkpoint; score-vs-loss plot and emergence threshold",
         description="METHODS §10b: where a task leaves chance level as the LM loss falls. See docs/self_critique.md.",
     )
@@ -103,3 +108,4 @@ def register(sub) -> None:
     t.add_argument("--output-dir", dest="output_dir", default=None)
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. margin=2 samples_per_length=4")
     t.set_defaults(func=_cmd_trajectory)
+    t.format_help = _lazy_help(t, "alignkit.evals.trajectory", "TrajectoryConfig")

@@ -53,9 +53,13 @@ class MathUserEvalConfig(StrictModel):
     max_new_tokens: int = Field(default=512, ge=1)
     """Answer budget of the evaluated model."""
     batch_size: int = Field(default=8, ge=1)
+    """Prompts per generation batch of the evaluated model."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights dtype of the evaluated model."""
     device: str | None = None
+    """cpu | cuda (null: the engine's default)."""
     backend: Literal["auto", "hf", "vllm"] = "auto"
+    """Generation backend of the evaluated model."""
     limit: int | None = Field(default=None, ge=1)
     """Evaluate the first N questions only."""
     official_minus_one: bool = False

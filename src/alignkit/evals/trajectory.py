@@ -47,12 +47,15 @@ class TrajectoryConfig(StrictModel):
     lengths: list[str] = Field(default_factory=lambda: ["1k"])
     """Mini-suite nominal lengths."""
     samples_per_length: int = Field(default=2, ge=1)
+    """Mini-suite samples per task and length."""
     chance: dict[str, float] = Field(default_factory=dict)
     """Chance level per task (overrides the built-in ones, see the module docstring)."""
     margin: float = Field(default=5.0, ge=0.0)
     """A score counts as above chance when it exceeds chance + margin (score points, 0-100)."""
     batch_size: int = Field(default=4, ge=1)
+    """Sequences per batch (loss and generation)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights dtype for generation."""
     output_dir: str = "runs/eval/trajectory"
     """results.json, report.md, one PNG per task, and each checkpoint's eval run."""
 

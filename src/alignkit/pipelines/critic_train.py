@@ -32,31 +32,38 @@ from alignkit.judge.critique import PROMPT, CriticConfig, CritiqueConfig, Critiq
 from alignkit.judge.longreward import detect_language
 from alignkit.judge.prompts import fill, load_prompt
 from alignkit.models import DEFAULT_MODEL
-from alignkit.pipelines.longreward import SamplingSection, _file_hash, _fingerprint, _read_jsonl, _Stages
-from alignkit.pipelines.self_critique import QuestionsSection, critic_scores, make_questions
+from alignkit.pipelines.longreward import _file_hash, _fingerprint, _read_jsonl, _Stages
+from alignkit.pipelines.self_critique import AnswerSampling, QuestionsSection, critic_scores, make_questions
 from alignkit.train.loop import TrainConfig
 
 
 class AnswersSection(StrictModel):
+    """The answers the labeler criticises."""
+
     mode: Literal["synthetic", "sampled"] = "synthetic"
     """synthetic: the reference solution + one slipped wrong solution per question; sampled: policy samples."""
-    sampling: SamplingSection = Field(default_factory=lambda: SamplingSection(k=2, temperature=0.9, max_new_tokens=96))
+    sampling: AnswerSampling = Field(default_factory=AnswerSampling)
     """Policy sampling (mode=sampled)."""
 
 
 class CriticEvalSection(StrictModel):
+    """Before/after agreement of the policy and the trained critic with the labeler on held-out answers."""
+
     enabled: bool = True
+    """Run the evaluation stage."""
     agree_at: float = 7.0
     """A critic score >= agree_at counts as 'correct'; agreement is measured against the labeler."""
     critique: CritiqueConfig = Field(default_factory=lambda: CritiqueConfig(force_format="direct", attempts=1))
     """How the policy and the trained critic are asked (direct: they only write the score)."""
     batch_size: int = Field(default=8, ge=1)
+    """Sequences decoded together by the local critic."""
 
 
 class CriticTrainConfig(StrictModel):
     """``alignkit critic train --config FILE``."""
 
     output_dir: str = "runs/critic"
+    """Answers, labels, critic_sft.jsonl, critic_model/, results.json and report.md go here."""
     policy: str = DEFAULT_MODEL
     """The model the critic is trained from (ChatGLM-Math: the LLM itself)."""
     questions: QuestionsSection = Field(default_factory=QuestionsSection)

@@ -53,9 +53,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _add(sub, name: str, as_name: str) -> None:
-    module, _cls, _fn, help_text, example = COMMANDS[name]
-    p = sub.add_parser(as_name, help=help_text, description=f"{help_text}. Example config: {example}; "
-                       "see docs/self_critique.md. Unchanged stages are reused on a rerun of the same output_dir.")
+    from alignkit.train.cli import _lazy_help
+
+    module, cls_name, _fn, help_text, example = COMMANDS[name]
+    p = sub.add_parser(as_name, help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description=f"{help_text}. Example config: {example}; see docs/self_critique.md. "
+                       "Unchanged stages are reused on a rerun of the same output_dir.")
+    p.format_help = _lazy_help(p, module, cls_name)  # lists every config key (imports the module on --help)
     p.add_argument("--config", default=None, help="YAML config (defaults apply to missing keys)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sampling.k=4 critic.kind=judge")
     p.set_defaults(func=_run, critique_command=name)

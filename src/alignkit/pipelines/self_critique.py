@@ -47,6 +47,17 @@ from alignkit.train.loop import TrainConfig
 from alignkit.train.preference import DPOLoss, LossConfig, ReferenceConfig
 
 
+class AnswerSampling(SamplingSection):
+    """N answers per question from a policy (short math answers: fewer and shorter than LongReward's)."""
+
+    k: int = Field(default=4, ge=2)
+    """Answers per question."""
+    temperature: float = Field(default=0.9, gt=0.0)
+    """Sampling temperature (METHODS §4.3: about 0.8-1.0)."""
+    max_new_tokens: int = Field(default=160, ge=1)
+    """Answer budget (an answer cut by it is truncated; see rft.drop_truncated)."""
+
+
 class QuestionsSection(StrictModel):
     """Math questions from the offline generator (alignkit.data.mathgen)."""
 
@@ -55,9 +66,11 @@ class QuestionsSection(StrictModel):
     heldout: int = Field(default=20, ge=1)
     """Held-out questions for the evaluation."""
     seed: int = 0
+    """Generator seed (the split depends only on each problem's id)."""
     level: int = Field(default=1, ge=1, le=4)
     """Difficulty preset (mathgen.LEVELS: 1 = one operation, operands <= 10)."""
     categories: list[str] = Field(default_factory=lambda: ["arithmetic", "fractions", "word", "units"])
+    """Problem categories, used in turn."""
 
 
 class RFTSection(StrictModel):
@@ -66,6 +79,7 @@ class RFTSection(StrictModel):
     threshold: float = 7.0
     """Keep answers with critic score >= threshold (verifier critic: correct = 10, wrong = 1)."""
     max_per_question: int = Field(default=2, ge=1)
+    """Cap on the answers kept per question (highest score first)."""
     dedup: Literal["exact", "normalized"] = "exact"
     """Duplicate test: exact (whitespace collapsed) or normalized (also case and punctuation ignored)."""
     drop_truncated: bool = True
@@ -87,6 +101,7 @@ class DPOSection(StrictModel):
     min_gap: float = 3.0
     """Minimum critic-score gap between chosen and rejected."""
     pairs_per_question: int = Field(default=1, ge=1)
+    """Pairs per question: i-th best with i-th worst while the gap holds."""
     on_no_pairs: Literal["error", "skip"] = "error"
     """No pair at all: stop with an error, or skip DPO (recorded in the results and the report)."""
     loss: LossConfig = Field(default_factory=lambda: DPOLoss(beta=0.1))
@@ -99,6 +114,8 @@ class DPOSection(StrictModel):
 
 
 class EvaluationSection(StrictModel):
+    """Held-out evaluation of the base, RFT and DPO models."""
+
     max_new_tokens: int = Field(default=160, ge=1)
     """Greedy answer budget for the held-out questions."""
     critic_score: bool = True
@@ -111,12 +128,11 @@ class SelfCritiqueConfig(StrictModel):
     """``alignkit pipeline self-critique --config FILE``."""
 
     output_dir: str = "runs/self_critique"
+    """Every stage's files, stages.json (fingerprints), results.json and report.md go here."""
     policy: str = DEFAULT_MODEL
     """The starting model (embedded name, HF directory or hub id)."""
     questions: QuestionsSection = Field(default_factory=QuestionsSection)
-    sampling: SamplingSection = Field(
-        default_factory=lambda: SamplingSection(k=4, temperature=0.9, max_new_tokens=160)
-    )
+    sampling: AnswerSampling = Field(default_factory=AnswerSampling)
     """N answers per question (k) for both RFT and DPO sampling."""
     critic: CriticConfig = Field(default_factory=CriticConfig)
     rft: RFTSection = Field(default_factory=RFTSection)

@@ -52,7 +52,9 @@ class AnnotatorSection(StrictModel):
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     """Any judge spec: local:<model> or openai:<base_url>#<model> (cached, retried)."""
     cot_max_tokens: int = Field(default=256, ge=1)
+    """Budget of a step-by-step solution."""
     revise_max_tokens: int = Field(default=320, ge=1)
+    """Budget of a reflection + corrected solution."""
     temperature: float = Field(default=0.0, ge=0.0)
     """Temperature of the first try (retries of an unparseable revision run at 0.7)."""
 
@@ -70,6 +72,8 @@ class CheckerSection(StrictModel):
 
 
 class ReviseSection(StrictModel):
+    """Self-reflective revision of the solutions judged wrong."""
+
     attempts: int = Field(default=3, ge=1)
     """Tries until the revision has a 'Correct solution:' part (SciGLM: 3)."""
 
@@ -81,7 +85,9 @@ class ClassifierSection(StrictModel):
     """A causal LM fine-tuned to answer True/False (null: no filter). Train one with `alignkit sft` on rows
     {prompt: question【答案】solution, completion: "True" | "False"}."""
     true_token: str = "True"
+    """The label token of a good sample (must be one token)."""
     false_token: str = "False"
+    """The label token of a bad sample (must be one token)."""
     max_length: int = Field(default=1024, ge=16)
     """Tokens kept from the end of the classifier input (SciGLM: 1024)."""
 
@@ -90,6 +96,7 @@ class SelfReflectConfig(StrictModel):
     """``alignkit pipeline self-reflect --config FILE``."""
 
     output_dir: str = "runs/self_reflect"
+    """Every stage's JSONL, stages.json, sft_rows.jsonl, results.json and report.md go here."""
     questions: QuestionsSection = Field(default_factory=QuestionsSection)
     annotator: AnnotatorSection = Field(default_factory=AnnotatorSection)
     checker: CheckerSection = Field(default_factory=CheckerSection)
