@@ -51,12 +51,20 @@ QUESTIONS = [
 ]
 
 
-def test_eval_mathusereval_through_the_cli_with_judge_faults(tmp_path, capsys):
+def test_eval_mathusereval_through_the_cli_with_judge_faults(tmp_path, tokenizer):
+    from alignkit.models import tiny_random_causal_lm
+
+    model, tok = tiny_random_causal_lm(tokenizer)
+    model.save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    unanswered = {"question_id": "q5", "category": "Algebra", "question": "Solve x - 1 = 1.",
+                  "reference": "x = 2. The answer is 2.", "answer": "2"}  # answered by --model
     data = tmp_path / "q.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in QUESTIONS))
+    data.write_text("".join(json.dumps(r) + "\n" for r in [*QUESTIONS, unanswered]))
     out = tmp_path / "run"
     with FaultServer(timeout_sleep=0.5, answer=critique_answer) as server:
         argv = ["eval", "mathusereval", "--data", str(data), "--judge", f"openai:{server.url}#critic",
+                "--model", str(tmp_path / "tiny"), "max_new_tokens=6",
                 f"output_dir={out}", "judge.timeout=0.3", "judge.backoff_base=0.01", "judge.backoff_max=0.05",
                 "judge.max_retries=6", "official_minus_one=true"]
         assert main(argv) == 0
@@ -64,14 +72,16 @@ def test_eval_mathusereval_through_the_cli_with_judge_faults(tmp_path, capsys):
         assert main(argv) == 0  # a rerun is answered from the SQLite cache
         assert server.requests == requests
     res = json.loads((out / "results.json").read_text())
-    assert (res["n"], res["scored"], res["parse_failures"]) == (4, 3, 1)
+    # the random tiny model's answer to q5 is wrong: the scripted judge gives it 2
+    assert (res["n"], res["scored"], res["parse_failures"]) == (5, 4, 1)
     assert res["categories"]["Calculate"]["overall"] == pytest.approx(5.5)  # 9 and 2
-    assert res["categories"]["Algebra"]["overall"] == 9.0  # the unparseable answer is not a score
-    assert res["micro_mean"] == pytest.approx(20 / 3, abs=1e-3)
-    assert res["macro_mean"] == pytest.approx(7.25)
-    assert res["official_minus_one"]["micro_mean"] == pytest.approx((9 + 2 - 1 + 9) / 4)
-    assert res["exact_answer"] == {"n": 3, "correct": 2, "accuracy": pytest.approx(2 / 3, abs=1e-4)}
+    assert res["categories"]["Algebra"]["overall"] == 5.5  # 9 and 2; the unparseable answer is not a score
+    assert res["micro_mean"] == pytest.approx(22 / 4)
+    assert res["macro_mean"] == pytest.approx(5.5)
+    assert res["official_minus_one"]["micro_mean"] == pytest.approx((9 + 2 - 1 + 9 + 2) / 5)
+    assert res["exact_answer"] == {"n": 4, "correct": 2, "accuracy": 0.5}
     scored = [json.loads(line) for line in (out / "scored.jsonl").read_text().splitlines()]
+    assert scored[4]["answered_by"] == str(tmp_path / "tiny") and scored[4]["finish_reason"] == "length"
     failed = [r for r in scored if r["status"] == "failed"]
     assert [r["id"] for r in failed] == ["q3"] and failed[0]["score"] is None and failed[0]["failure"]
 
