@@ -138,7 +138,8 @@ def test_wrong_solutions_and_stepwise_rows():
     assert rows == stepwise_rows(problems, seed=0, wrong_fraction=0.5)
     n_wrong = 0
     for row, p in zip(rows, problems, strict=True):
-        assert len(row["completions"]) == len(row["labels"]) == len(p["steps"])
+        assert len(row["completions"]) == len(row["labels"]) == len(p["steps"]) + 1
+        assert row["completions"][-1].startswith("The answer is ")
         assert all(s.strip() for s in row["completions"]) and isinstance(row["prompt"], str)
         # labels are monotone: correct steps, then wrong from the slip on
         first_false = row["labels"].index(False) if False in row["labels"] else len(row["labels"])

@@ -480,8 +480,10 @@ def stepwise_rows(problems: Sequence[dict[str, Any]], seed: int = 0, wrong_fract
     """TRL stepwise-supervision rows ``{"prompt", "completions": [steps], "labels": [bool]}``.
 
     A ``wrong_fraction`` of problems (chosen by ``seed``) get a slipped solution
-    (:func:`wrong_solution`): labels are True before the slip and False from it on. The last step
-    carries ``The answer is X.``. Prompts are plain strings (TRL's stepwise convention).
+    (:func:`wrong_solution`): labels are True before the slip and False from it on. The final step
+    is ``The answer is X.`` (the line :func:`format_solution` ends with, so a generated solution split
+    at newlines has the same steps), labelled like the step before it. Prompts are plain strings
+    (TRL's stepwise convention).
     """
     rng = random.Random(f"stepwise:{seed}")
     rows = []
@@ -491,7 +493,7 @@ def stepwise_rows(problems: Sequence[dict[str, Any]], seed: int = 0, wrong_fract
             labels = [i < k for i in range(len(steps))]
         else:
             steps, answer, labels = list(p["steps"]), p["answer"], [True] * len(p["steps"])
-        steps = [*steps[:-1], f"{steps[-1]}\nThe answer is {answer}."]
+        steps, labels = [*steps, f"The answer is {answer}."], [*labels, labels[-1]]
         rows.append({"prompt": prompt_of(p, conversational=False), "completions": steps, "labels": labels,
                      "id": p["id"], "answer": p["answer"]})
     return rows
