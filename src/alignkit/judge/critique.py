@@ -161,7 +161,7 @@ class MathCritic:
             [{"role": "user", "content": prompt}], parse_critique, self.cfg.max_tokens,
             attempts=self.cfg.attempts, first_temperature=self.cfg.first_temperature,
             retry_temperature=self.cfg.retry_temperature, stop=self.cfg.stop,
-            force=FormatForcing(_CUE[lang], "}", max_tokens=4) if mode != "off" else None,
+            force=FormatForcing(_CUE[lang], "}", max_tokens=4, stop=(",", "\n")) if mode != "off" else None,
             force_mode=mode, expect=expected_critique if mode == "expected" else None,
         )
         return _row(item, out)
