@@ -48,16 +48,25 @@ def test_chance_levels_of_the_mini_tasks():
 
 
 def test_trajectory_cli_on_two_tiny_checkpoints(tmp_path, tokenizer):
+    from safetensors.torch import save_file
+
     from alignkit.cli import main
     from alignkit.models import tiny_random_causal_lm
 
-    dirs = []
-    for seed in (0, 1):
-        model, tok = tiny_random_causal_lm(tokenizer, seed=seed)
-        d = tmp_path / "ckpt" / f"step-{seed}"
-        model.save_pretrained(d)
-        tok.save_pretrained(d)
-        dirs.append(str(d))
+    model, tok = tiny_random_causal_lm(tokenizer, seed=0)
+    base = tmp_path / "base"
+    model.save_pretrained(base)
+    tok.save_pretrained(base)
+    # a training checkpoint as the loop writes it: wrapped weights ("model." prefix) + the run's config
+    run = tmp_path / "run"
+    step = run / "checkpoints" / "step-0000002"
+    step.mkdir(parents=True)
+    (run / "config.yaml").write_text(f"model:\n  name_or_path: {base}\n  lora: null\n")
+    (step / "trainer_state.json").write_text('{"step": 2}')
+    trained, _ = tiny_random_causal_lm(tokenizer, seed=1)
+    save_file({f"model.{k}": v.contiguous() for k, v in trained.state_dict().items() if k != "lm_head.weight"},
+              str(step / "model.safetensors"))
+    dirs = [str(base), str(step)]
     out = tmp_path / "traj"
     argv = ["eval", "trajectory", "--checkpoints", *dirs, "--tasks", "mini_kv_retrieval", "--corpus", "pydoc",
             "--output-dir", str(out), "lengths=[300]", "samples_per_length=1", "corpus_docs=2", "corpus_chars=300",
@@ -66,7 +75,26 @@ def test_trajectory_cli_on_two_tiny_checkpoints(tmp_path, tokenizer):
     res = json.loads((out / "results.json").read_text())
     assert [r["checkpoint"] for r in res["checkpoints"]] == dirs
     assert all(r["loss"] > 5 and r["tokens"] > 0 for r in res["checkpoints"])  # random weights: ~log(vocab)
+    losses = [r["loss"] for r in res["checkpoints"]]
+    assert losses[0] != losses[1]  # the checkpoint's own weights were loaded, not the base model's
+    assert (out / "exported" / "001-step-0000002" / "config.json").is_file()
     assert res["chance"]["mini_kv_retrieval"] == {"chance": 1.5, "how": "given in the config"}
     assert res["thresholds"]["mini_kv_retrieval"]["status"] == "never"
     assert (out / "trajectory_mini_kv_retrieval.png").is_file()
     assert "| mini_kv_retrieval | 1.50 |" in (out / "report.md").read_text()
+
+
+def test_a_directory_that_is_neither_model_nor_checkpoint_is_refused(tmp_path):
+    from alignkit.evals.trajectory import model_directory
+
+    (tmp_path / "run" / "checkpoints" / "step-1").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="not a training checkpoint"):
+        model_directory(str(tmp_path / "run" / "checkpoints" / "step-1"), tmp_path / "x")
+    lora = tmp_path / "lora"
+    step = lora / "checkpoints" / "step-1"
+    step.mkdir(parents=True)
+    (lora / "config.yaml").write_text("model:\n  name_or_path: x\n  lora: {r: 8}\n")
+    (step / "trainer_state.json").write_text("{}")
+    (step / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="LoRA"):
+        model_directory(str(step), tmp_path / "y")

@@ -35,7 +35,8 @@ class TrajectoryConfig(StrictModel):
     """``alignkit eval trajectory --checkpoints DIR ... [--tasks mini] [--corpus pydoc]``."""
 
     checkpoints: list[str] = Field(min_length=1)
-    """Checkpoint directories (HF format), in any order (they are sorted by loss)."""
+    """Model directories or training checkpoints (<run>/checkpoints/step-N, exported once under
+    output_dir/exported), in any order (they are sorted by loss)."""
     tasks: list[str] = Field(default_factory=lambda: ["mini"])
     """Mini-suite task names; 'mini' = every task of the suite."""
     corpus: str = "pydoc"
@@ -122,6 +123,18 @@ def corpus_texts(cfg: TrajectoryConfig) -> list[str]:
     return [d[: cfg.corpus_chars] for d in docs]
 
 
+def model_directory(ckpt: str, export_to: Path) -> str:
+    """A loadable model directory: ``ckpt`` itself (config.json inside), or a training checkpoint
+    (``checkpoints/step-N``) exported once to ``export_to``."""
+    if (Path(ckpt) / "config.json").is_file():
+        return ckpt
+    if not (export_to / "config.json").is_file():
+        from alignkit.train.checkpoint import checkpoint_to_hf
+
+        checkpoint_to_hf(ckpt, export_to)
+    return str(export_to)
+
+
 def lm_loss(model_dir: str, texts: list[str], batch_size: int) -> dict[str, Any]:
     """Mean token NLL (nats) of ``texts`` under the checkpoint (log of the CoTK perplexity)."""
     from alignkit.evals.cotk import perplexity
@@ -151,8 +164,9 @@ def run_trajectory(cfg: TrajectoryConfig, progress: bool = True) -> dict[str, An
         chance[task] = {"chance": value, "how": "given in the config"}
     rows = []
     for i, ckpt in enumerate(cfg.checkpoints):
-        loss = lm_loss(ckpt, texts, cfg.batch_size)
-        ecfg = EvalConfig(model=ckpt, suite="mini", tasks=tasks, lengths=list(cfg.lengths),
+        model_dir = model_directory(ckpt, out / "exported" / f"{i:03d}-{Path(ckpt).name}")
+        loss = lm_loss(model_dir, texts, cfg.batch_size)
+        ecfg = EvalConfig(model=model_dir, suite="mini", tasks=tasks, lengths=list(cfg.lengths),
                           samples_per_length=cfg.samples_per_length, batch_size=cfg.batch_size, dtype=cfg.dtype,
                           output_dir=str(out / "evals" / f"{i:03d}-{Path(ckpt).name}"), plot=False)
         res = run_eval(ecfg, progress=progress)
