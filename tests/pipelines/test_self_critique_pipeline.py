@@ -106,12 +106,13 @@ def test_shipped_config_loads_and_bad_combinations_are_refused():
 def test_self_critique_on_the_embedded_model(tmp_path):
     out = tmp_path / "run"
     argv = ["pipeline", "self-critique", "--config", str(REPO / "configs" / "self_critique_smollm2.yaml"),
-            f"output_dir={out}", "questions.train=4", "questions.heldout=4", "sampling.k=3",
-            "sampling.max_new_tokens=48", "rft.general_rows=4", "rft.train.max_steps=1", "dpo.train.max_steps=1",
-            "rft.train.progress=false", "dpo.train.progress=false", "evaluation.max_new_tokens=48",
-            "evaluation.verifiable_prompts=4"]
+            f"output_dir={out}", "questions.train=3", "questions.heldout=2", "sampling.k=2",
+            "sampling.max_new_tokens=32", "rft.general_rows=2", "rft.train.max_steps=1", "dpo.train.max_steps=1",
+            "rft.train.progress=false", "dpo.train.progress=false", "evaluation.max_new_tokens=32",
+            "evaluation.verifiable_prompts=2"]
     assert main(argv) == 0
     res = json.loads((out / "results.json").read_text())
-    assert res["rft"]["selection"]["samples"] == 12
-    assert {"base", "rft"} <= set(res["evaluation"])
+    assert res["rft"]["selection"]["samples"] == 6
+    assert {"base", "rft"} <= set(res["evaluation"])  # dpo too when a question had a right and a wrong answer
+    assert all(e["n"] == 2 and e["verifiable"]["n"] == 2 for e in res["evaluation"].values())
     assert (out / "report.md").is_file()
