@@ -138,6 +138,8 @@ CONFIG_COMMANDS = [
     ("longreward_score", "longreward score", ["--in", "in.jsonl", "--out", "out.jsonl"]),
     ("longreward_", "pipeline longreward", []), ("demo", "demo", []),
     ("prm_label_", "prm label", []), ("prm_", "prm", []), ("bon_", "bon", []),
+    ("self_critique_", "pipeline self-critique", []), ("self_reflect_", "pipeline self-reflect", []),
+    ("critic_", "critic train", []),
 ]
 
 

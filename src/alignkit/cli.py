@@ -25,7 +25,9 @@ COMMAND_MODULES = [
     "alignkit.generate.cli",
     "alignkit.evals.cli",
     "alignkit.judge.cli",
+    "alignkit.evals.config_commands",
     "alignkit.pipelines.cli",
+    "alignkit.pipelines.critique_commands",
     "alignkit.annotate.cli",
 ]
 

@@ -78,6 +78,8 @@ class Flag:
     split: bool = True
     choices: list[str] | None = None
     help: str = ""
+    variadic: bool = False
+    """A list flag that takes several values at once (``--checkpoints runs/a/step-*`` after shell expansion)."""
     extra: list[str] = field(default_factory=list)
 
 
@@ -113,6 +115,7 @@ def flags_of(cls: type[BaseModel], prefix: str = "") -> list[Flag]:
     out: list[Flag] = []
     positional = set(getattr(cls, "cli_positional", ()))
     whole = set(getattr(cls, "cli_whole", ()))
+    variadic = set(getattr(cls, "cli_variadic", ()))
     for name, f in cls.model_fields.items():
         key = prefix + name
         if not prefix and name in positional:
@@ -144,7 +147,7 @@ def flags_of(cls: type[BaseModel], prefix: str = "") -> list[Flag]:
         if kind == "value" and len(lits) == 1 and len(base) == 1:
             choices = [str(x) for x in typing.get_args(lits[0])]
         out.append(Flag(key, [option], kind, _accepts_text(item_ann), split=name not in whole,
-                        choices=choices, help=_help_text(f, default)))
+                        choices=choices, help=_help_text(f, default), variadic=kind == "list" and name in variadic))
     if not prefix:
         by_key = {fl.key: fl for fl in out}
         for alias, target in getattr(cls, "cli_aliases", {}).items():
@@ -198,6 +201,8 @@ def build_parser(cmd: Command, children: list[Command | Group] = ()) -> argparse
         kw: dict[str, Any] = {"dest": "cfg:" + fl.key, "default": argparse.SUPPRESS, "help": fl.help}
         if fl.kind == "bool":
             kw["action"] = argparse.BooleanOptionalAction
+        elif fl.variadic:
+            kw.update(action="extend", nargs="+", metavar="VALUE")
         elif fl.kind == "list":
             kw.update(action="append", metavar="A,B" if fl.split else "VALUE")
         else:
@@ -216,12 +221,17 @@ def resolve(cmd: Command, argv: list[str]) -> tuple[BaseModel, dict[str, bool]]:
     flags = {fl.key: fl for fl in flags_of(cls)}
     values: dict[str, Any] = {}
     switches: dict[str, bool] = {}
+    swept: list[str] = []  # overrides a variadic flag swallowed (`--checkpoints a b key=v`)
     for dest, raw in vars(ns).items():
         if dest.startswith("cfg:"):
-            values[dest[4:]] = _convert(flags[dest[4:]], raw)
+            flag = flags[dest[4:]]
+            if flag.variadic:
+                swept += [x for x in raw if _OVERRIDE_RE.match(x) and not Path(x).exists()]
+                raw = [x for x in raw if x not in swept]
+            values[dest[4:]] = _convert(flag, raw)
         elif dest.startswith("switch:"):
             switches[dest[7:]] = raw
-    overrides = [a for a in ns.args if _OVERRIDE_RE.match(a)]
+    overrides = swept + [a for a in ns.args if _OVERRIDE_RE.match(a)]
     rest = [a for a in ns.args if not _OVERRIDE_RE.match(a)]
     positional = list(getattr(cls, "cli_positional", ()))
     if len(rest) > len(positional):

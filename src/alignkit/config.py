@@ -31,6 +31,7 @@ class StrictModel(BaseModel):
     cli_aliases: ClassVar[dict[str, str]] = {}
     cli_positional: ClassVar[tuple[str, ...]] = ()
     cli_whole: ClassVar[tuple[str, ...]] = ()
+    cli_variadic: ClassVar[tuple[str, ...]] = ()  # list fields whose flag takes several values at once
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -111,9 +111,10 @@ class FaultServer:
 
     FAULTS = ("500", "timeout", "malformed", "truncated", "no_choices", None, None, None)
 
-    def __init__(self, timeout_sleep: float = 1.5, faults: bool = True, delay: float = 0.0):
+    def __init__(self, timeout_sleep: float = 1.5, faults: bool = True, delay: float = 0.0, answer=None):
         self.timeout_sleep = timeout_sleep
         self.faults, self.delay = faults, delay  # faults=False: every request answered, after `delay` s
+        self.answer = answer or scripted_answer  # prompt text -> answer text (other judges' prompts)
         self.lock = threading.Lock()
         self.seen: dict[str, int] = {}
         self.answered: dict[str, int] = {}
@@ -173,7 +174,7 @@ class FaultServer:
         if fault == "malformed":
             return self._send(handler, 200, b"<html>gateway hiccup</html>")
         req = json.loads(body)
-        text = scripted_answer(req["messages"][-1]["content"])
+        text = self.answer(req["messages"][-1]["content"])
         good = json.dumps(
             {
                 "id": "x",
@@ -204,3 +205,38 @@ def sentences_reward(answer: str) -> dict[str, float]:
     else:
         faith = 10.0
     return {"helpfulness": words, "logicality": words, "faithfulness": faith, "completeness": words}
+
+
+def critique_answer(prompt: str) -> str:
+    """Scripted Math-Critique / self-reflect judge (answers our math_critique and reflect_* prompts).
+
+    Critique: overall 9 when the student's final answer equals the reference's, else 2; a student
+    answer containing NOSCORE gets a critique without any score block (a parse failure).
+    Reflect judge: '1' when the solution's final answer equals the standard answer, else '0'
+    (NOSCORE: an answer that is neither). CoT: always "The answer is 4.", with NOSCORE for a quarter
+    of the questions (by hash). Revise: a correct solution ending with the hinted answer.
+    """
+    from alignkit.data.mathgen import check_answer, extract_final_answer
+
+    if "[Student answer]\n" in prompt:
+        student = _between(prompt, "[Student answer]\n", "\n[Critique]")
+        reference = _between(prompt, "[Reference answer]\n", "\n[Student answer]")
+        if "NOSCORE" in student:
+            return "The answer is unclear and I will not grade it."
+        ok = check_answer(student, extract_final_answer(reference) or "")
+        s = 9 if ok else 2
+        return f"Compared with the reference.\n{{'factual correctness': {s}, 'overall score': {s}}}"
+    if "[Standard answer]\n" in prompt:
+        solution = _between(prompt, "[Solution]\n", "\n[Standard answer]")
+        answer = _between(prompt, "[Standard answer]\n", "\n[Verdict]")
+        if "NOSCORE" in solution:
+            return "Maybe."
+        return "1" if check_answer(solution, answer) else "0"
+    if prompt.startswith("Given a science or math question"):
+        question = _between(prompt, "Q: ", "\nA:")
+        noise = "NOSCORE " if hashlib.sha256(question.encode()).digest()[0] % 4 == 0 else ""
+        return f"{noise}Let me think step by step.\nThe answer is 4."
+    if "[Correct final answer]\n" in prompt:
+        answer = _between(prompt, "[Correct final answer]\n", "")
+        return f"Reflection: the arithmetic slipped.\nCorrect solution: Redo the steps carefully.\nThe answer is {answer}."
+    raise ValueError(f"unrecognised prompt: {prompt[:80]!r}")

@@ -115,8 +115,9 @@ def parse_extraction(text: str) -> str:
     return text.strip()
 
 
-def expected_score(dist: dict[str, float]) -> float:
-    """E[k] over the rating tokens ``0``..``10`` among the judge's most likely next tokens (renormalised).
+def expected_score(dist: dict[str, float], lo: int = 0, hi: int = 10) -> float:
+    """E[k] over the rating tokens ``lo``..``hi`` (default 0..10) among the judge's most likely next
+    tokens (renormalised).
 
     ``dist`` maps token text to log-probability. A "10" counts only where the tokenizer has it as one
     token (digit-splitting tokenizers put its mass on "1"): a documented approximation.
@@ -124,7 +125,7 @@ def expected_score(dist: dict[str, float]) -> float:
     probs: dict[int, float] = {}
     for tok, lp in dist.items():
         t = tok.strip()
-        if t.isdigit() and int(t) <= 10:
+        if t.isdigit() and lo <= int(t) <= hi:
             probs[int(t)] = probs.get(int(t), 0.0) + math.exp(lp)
     if not probs:
         raise ParseError("no rating digit among the judge's most likely next tokens")

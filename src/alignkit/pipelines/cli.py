@@ -52,7 +52,7 @@ COMMANDS = [
             "alignkit.pipelines.best_of_n:BoNConfig", "alignkit.pipelines.cli:bon", save_to="output_dir",
             description="Sample n_max solutions per problem once, select by the scorer for every N, write the "
             "curve (curve.md, curve.png) and the selected samples as SFT rows (docs/reward_models.md)."),
-    Group("pipeline", "multi-stage pipelines (longreward)"),
+    Group("pipeline", "multi-stage pipelines (longreward, self-critique, self-reflect)"),
     Command("pipeline longreward", "sample K -> LongReward judge scores -> pairs -> DPO(+NLL) -> before/after report",
             "alignkit.pipelines.longreward:LongRewardPipelineConfig", "alignkit.pipelines.cli:longreward",
             description="Runs every LongReward stage with one config (see configs/longreward_smollm2.yaml and "

@@ -91,3 +91,41 @@ def export_model(accelerator, prepared, tokenizer, output_dir: str | Path, merge
             shutil.rmtree(dest)
         os.replace(item, dest)
     tmp.rmdir()
+
+
+def checkpoint_to_hf(step_dir: str | Path, out_dir: str | Path) -> Path:
+    """Export a training checkpoint (``<run>/checkpoints/step-N``) as a Hugging Face model directory.
+
+    The weights are the wrapped model's (``model.safetensors``, keys prefixed ``model.``); the model
+    class, tokenizer and chat template come from the base model named in the run's ``config.yaml``
+    (``model.name_or_path``). LoRA runs are refused: their checkpoints hold an adapter, not a model.
+    """
+    import yaml
+
+    from alignkit.models import load_causal_lm, load_tokenizer
+
+    step_dir, out = Path(step_dir), Path(out_dir)
+    run_config = step_dir.parent.parent / "config.yaml"
+    weights = step_dir / "model.safetensors"
+    if not (step_dir / STATE_FILE).is_file() or not weights.is_file() or not run_config.is_file():
+        raise FileNotFoundError(
+            f"{step_dir}: not a training checkpoint (needs {STATE_FILE}, model.safetensors and the run's "
+            f"{run_config}) nor a model directory with config.json"
+        )
+    model_cfg = (yaml.safe_load(run_config.read_text(encoding="utf-8")) or {}).get("model") or {}
+    if model_cfg.get("lora"):
+        raise ValueError(f"{step_dir}: a LoRA run's checkpoint holds an adapter; evaluate its exported model instead")
+    from safetensors.torch import load_file
+
+    state = {k.removeprefix("model."): v for k, v in load_file(str(weights)).items()}
+    name = model_cfg.get("name_or_path")
+    model = load_causal_lm(name)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+    if unexpected or set(missing) - tied:
+        raise ValueError(f"{step_dir}: weights do not fit {name} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.tie_weights()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    load_tokenizer(name).save_pretrained(out)
+    return out

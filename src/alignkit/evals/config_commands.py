@@ -1,0 +1,60 @@
+"""``alignkit eval mathusereval`` and ``alignkit eval trajectory``, registered through
+:mod:`alignkit.commands` like every command (flags and ``--help`` generated from the config models).
+Import-light: the work happens in :mod:`alignkit.evals.mathusereval` and :mod:`alignkit.evals.trajectory`.
+"""
+
+from __future__ import annotations
+
+import json
+
+from alignkit.commands import Command
+
+
+def mathusereval(cfg) -> int:
+    from rich.console import Console
+
+    from alignkit.errors import UserError
+    from alignkit.evals.mathusereval import run_mathusereval
+
+    try:
+        res = run_mathusereval(cfg)
+    except ValueError as exc:  # bad question rows or judge settings found while running
+        raise UserError(str(exc)) from None
+    ex = res["exact_answer"]
+    print(json.dumps({k: res[k] for k in ("n", "scored", "parse_failures", "micro_mean", "macro_mean",
+                                         "share_ge_7")} | {"exact_answer": ex}, indent=1))
+    Console(stderr=True).print(f"results: {cfg.output_dir}/results.json")
+    return 0
+
+
+def trajectory(cfg) -> int:
+    from rich.console import Console
+
+    from alignkit.errors import UserError
+    from alignkit.evals.trajectory import run_trajectory
+
+    try:
+        res = run_trajectory(cfg)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    for task, th in res["thresholds"].items():
+        print(f"{task}: chance {res['chance'][task]['chance']:.2f}, {th['status']}"
+              + (f" at loss ~{th['threshold']:.4f} (between {th['bracket'][0]:.4f} and {th['bracket'][1]:.4f})"
+                 if th["threshold"] is not None else ""))
+    Console(stderr=True).print(f"report: {cfg.output_dir}/report.md")
+    return 0
+
+
+COMMANDS = [
+    Command("eval mathusereval",
+            "MathUserEval-style judge evaluation of your own question file (critique score 1-10, exact answers)",
+            "alignkit.evals.mathusereval:MathUserEvalConfig", "alignkit.evals.config_commands:mathusereval",
+            description="Judge answers against reference answers with the Math-Critique prompt (any judge spec); "
+            "per-category dimensions, micro/macro means, share >= 7, parse failures separately. "
+            "See docs/self_critique.md."),
+    Command("eval trajectory",
+            "held-out LM loss and mini-suite scores per checkpoint; score-vs-loss plot and emergence threshold",
+            "alignkit.evals.trajectory:TrajectoryConfig", "alignkit.evals.config_commands:trajectory",
+            description="METHODS §10b: where a task leaves chance level as the LM loss falls. "
+            "See docs/self_critique.md."),
+]
