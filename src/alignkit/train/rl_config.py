@@ -78,8 +78,9 @@ class KLConfig(StrictModel):
 class RewardConfig(StrictModel):
     """Where rewards come from, and ChatGLM-RLHF's reward stabilisers."""
 
-    type: Literal["verifier", "model", "judge", "sum"] = "verifier"
-    """verifier | model (an `alignkit rm` dir) | judge | sum (weighted, see weights)."""
+    type: Literal["verifier", "model", "judge", "remote", "sum"] = "verifier"
+    """verifier | model (an `alignkit rm` dir) | judge | remote (an `alignkit serve --reward-model` server) |
+    sum (weighted, see weights)."""
     verifier: str = "verifiable"
     """'verifiable' (built-in instruction checker; rows need 'constraint') or 'package.module:function(row, text, finish_reason)'."""
     model: str | None = None
@@ -88,8 +89,12 @@ class RewardConfig(StrictModel):
     """The judge (type judge): rating 0-10 from judge/prompts/rl_reward.en.txt, divided by 10."""
     judge_max_tokens: int = 256
     """Tokens the judge may write (analysis + rating)."""
+    remote_url: str | None = None
+    """Base address of an `alignkit serve --reward-model DIR` server (type remote, or a 'remote' weight)."""
+    remote_api_key_env: str = "ALIGNKIT_REWARD_API_KEY"
+    """Environment variable holding the server's Bearer token (unset or empty: no token is sent)."""
     weights: dict[str, float] = Field(default_factory=dict)
-    """type sum: weight per component, keys among verifier, model, judge."""
+    """type sum: weight per component, keys among verifier, model, judge, remote."""
     max_failure_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
     """Stop with a diagnostic when more than this fraction of a step's samples have no reward."""
     reference_baseline: bool = False
@@ -226,8 +231,10 @@ class RLConfig(StrictModel):
             self.critic is not None and self.critic.init == "reward_model" and self.critic.name_or_path is None)
         if needs_model and r.model is None:
             raise ValueError("reward.model (an `alignkit rm` checkpoint directory) is required here")
-        if r.type == "sum" and (not r.weights or set(r.weights) - {"verifier", "model", "judge"}):
-            raise ValueError(f"reward.type=sum needs reward.weights with keys among verifier, model, judge "
+        if (r.type == "remote" or "remote" in r.weights) and not r.remote_url:
+            raise ValueError("reward.remote_url (the address of `alignkit serve --reward-model DIR`) is required here")
+        if r.type == "sum" and (not r.weights or set(r.weights) - {"verifier", "model", "judge", "remote"}):
+            raise ValueError(f"reward.type=sum needs reward.weights with keys among verifier, model, judge, remote "
                              f"(got {r.weights})")
         if r.type != "sum" and r.weights:
             raise ValueError("reward.weights is only used by reward.type=sum")

@@ -106,6 +106,22 @@ def judge_reward(judge, max_tokens: int = 256, scale: float = 10.0) -> RewardFn:
     return score
 
 
+def remote_reward(url: str, api_key: str | None = None) -> RewardFn:
+    """Scores from an ``alignkit serve --reward-model`` server (``generate.reward_server.score_remote``,
+    retried there). A row the server could not score, or a whole batch the server never answered, is NaN:
+    masked and counted like any failed reward, never 0."""
+    from alignkit.generate.reward_server import RemoteScoreError, score_remote
+
+    def score(rows: Sequence[dict], samples: Sequence[Sample]) -> list[float]:
+        payload = [{"prompt": r["prompt"], "completion": s.text} for r, s in zip(rows, samples, strict=True)]
+        try:
+            return [_clean(v) for v in score_remote(url, payload, api_key=api_key)]
+        except RemoteScoreError:
+            return [math.nan] * len(payload)
+
+    return score
+
+
 def weighted_sum(parts: dict[str, RewardFn], weights: dict[str, float]) -> RewardFn:
     """``sum_k w_k r_k``; NaN when any component is NaN (a partial reward is not a reward)."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,8 @@ def build_reward(cfg: RewardConfig, device, judge_cache_path: Path | str):
             return R.verifier_reward(cfg.verifier)
         if kind == "model":
             return R.model_reward(cfg.model, device)
+        if kind == "remote":
+            return R.remote_reward(cfg.remote_url, os.environ.get(cfg.remote_api_key_env) or None)
         from alignkit.judge.client import judge_from_config
 
         return R.judge_reward(judge_from_config(cfg.judge, judge_cache_path), cfg.judge_max_tokens)
