@@ -61,6 +61,34 @@ def test_bon_pipeline_with_the_verifier(tmp_path):
     assert len(rft) == 3 and all(r["completion"][0]["content"] == f"The answer is {int(r['id'][1:]) + 1}." for r in rft)
 
 
+def test_bon_with_the_math_critique_judge_over_http(tmp_path):
+    """The critic (a faulty HTTP judge) selects: 9 for a right final answer, 2 for a wrong one, and a
+    critique without a score (NOSCORE answers) is a failed score that is never picked, not a 0."""
+    from judge_fakes import FaultServer, critique_answer
+
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Compute {i} + 1.", "answer": str(i + 1)}) + "\n"
+                            for i in range(3)))
+
+    def rule(prompt, j):  # sample 3 is right; samples 0 and 2 are unscorable; sample 1 is wrong
+        i = int(prompt.split("Compute ")[1].split(" ")[0])
+        return {0: "NOSCORE", 1: f"The answer is {i}.", 2: "NOSCORE", 3: f"The answer is {i + 1}."}[j]
+
+    with FaultServer(timeout_sleep=0.5, answer=critique_answer) as server:
+        judge = [f"scorer.judge.spec=openai:{server.url}#fake", "scorer.judge.timeout=0.3",
+                 "scorer.judge.backoff_base=0.01", "scorer.judge.backoff_max=0.05", "scorer.judge.max_retries=6"]
+        cfg = load_config(BoNConfig, None, [f"data={data}", f"output_dir={tmp_path / 'out'}", "n_max=4",
+                                            "ns=[1,2,4]", "progress=false", "scorer.type=judge", *judge])
+        summary = run_best_of_n(cfg, engine=RuleEngine(rule))
+    curve = summary["curve"]
+    assert curve["4"]["accuracy"] == 1.0  # the critic prefers the right answer (9) over the wrong one (2)
+    # N=1: blocks [0] and [2] have no scorable sample -> failed selections; [1] wrong, [3] right
+    assert curve["1"]["selection_failures"] == 6 and curve["1"]["accuracy"] == pytest.approx(3 / 12)
+    # N=2: block [0,1] picks the wrong 1 (the NOSCORE one is never chosen), block [2,3] the right 3
+    assert curve["2"]["selection_failures"] == 0 and curve["2"]["accuracy"] == pytest.approx(0.5)
+    assert "judge (openai:" in summary["scorer"]
+
+
 def test_bon_config_refusals():
     from alignkit.config import ConfigError
     from alignkit.pipelines.best_of_n import _check

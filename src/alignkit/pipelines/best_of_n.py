@@ -30,20 +30,25 @@ from pydantic import Field
 from alignkit.config import StrictModel
 from alignkit.data.mathgen import check_answer
 from alignkit.generate.options import engine_from_options
+from alignkit.judge.client import JudgeConfig
 from alignkit.pipelines.prm_label import PolicySampler, read_problems
 
 
 class ScorerConfig(StrictModel):
     """What rates the samples."""
 
-    type: Literal["rm", "prm", "verifier"] = "verifier"
-    """rm: outcome reward model; prm: process reward model; verifier: the answer checker (oracle)."""
+    type: Literal["rm", "prm", "verifier", "judge"] = "verifier"
+    """rm: outcome reward model; prm: process reward model; verifier: the answer checker (oracle); judge:
+    the Math-Critique critic (score 1-10 against the problem's answer) with the judge below."""
     model: str | None = None
     """rm / prm: the trained model directory."""
     aggregation: Literal["min", "last", "prod"] | None = None
     """prm: override the aggregation saved with the model (null: use it)."""
     batch_size: int = 8
     """Sequences scored per forward pass."""
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    """type judge: local:<model> or openai:<base_url>#<model>; calls cached in output_dir/judge_cache.sqlite
+    (a critique that cannot be parsed is a failed score, never picked)."""
 
 
 class BoNConfig(PolicySampler):
@@ -92,10 +97,12 @@ def bon_curve(scores: Sequence[Sequence[float | None]], correct: Sequence[Sequen
 
 
 def score_samples(cfg: ScorerConfig, problems: list[dict[str, Any]], samples: list[list[str]],
-                  correct: list[list[bool]]) -> list[list[float | None]]:
+                  correct: list[list[bool]], cache_path: Path | None = None) -> list[list[float | None]]:
     """Scores per problem and sample (``None`` where the scorer cannot score a sample)."""
     if cfg.type == "verifier":
         return [[float(c) for c in cs] for cs in correct]
+    if cfg.type == "judge":
+        return _critic_scores(cfg, problems, samples, cache_path)
     if cfg.model is None:
         raise ValueError(f"scorer.type={cfg.type} needs scorer.model (a trained model directory)")
     flat_p = [p["prompt"] for p, ss in zip(problems, samples, strict=True) for _ in ss]
@@ -116,13 +123,29 @@ def score_samples(cfg: ScorerConfig, problems: list[dict[str, Any]], samples: li
     return out
 
 
+def _critic_scores(cfg: ScorerConfig, problems: list[dict[str, Any]], samples: list[list[str]],
+                   cache_path: Path | None) -> list[list[float | None]]:
+    """Math-Critique overall scores (ChatGLM-Math's critic as the selector); failed critiques are None."""
+    from alignkit.judge.critique import CriticConfig, CritiqueItem, make_critic
+
+    critic = make_critic(CriticConfig(kind="judge", judge=cfg.judge), cache_path=cache_path)
+    items = [CritiqueItem(id=f"{p['id']}#{j}", question=p["prompt"], reference=p["answer"], answer=s)
+             for p, ss in zip(problems, samples, strict=True) for j, s in enumerate(ss)]
+    try:
+        rows = iter(critic.critique(items))
+    finally:
+        critic.close()
+    return [[float(r["score"]) if r["status"] == "scored" else None for r in (next(rows) for _ in ss)]
+            for ss in samples]
+
+
 def _check(cfg: BoNConfig) -> None:
     from alignkit.errors import ConfigError
 
     bad = [n for n in cfg.ns if n < 1 or n > cfg.n_max or cfg.n_max % n]
     if bad:
         raise ConfigError(f"ns: {bad} must be between 1 and n_max={cfg.n_max} and divide it")
-    if cfg.scorer.type != "verifier" and not cfg.scorer.model:
+    if cfg.scorer.type in ("rm", "prm") and not cfg.scorer.model:
         raise ConfigError(f"scorer.model: required for scorer.type={cfg.scorer.type}")
     if cfg.scorer.type != "prm" and cfg.scorer.aggregation is not None:
         raise ConfigError("scorer.aggregation applies to scorer.type=prm only")
@@ -163,11 +186,10 @@ def run_best_of_n(cfg: BoNConfig, engine=None) -> dict[str, Any]:
     results = engine.generate([p["prompt"] for p in problems], params, progress=cfg.progress)
     samples = [[c.text for c in r.completions] for r in results]
     correct = [[check_answer(t, p["answer"]) for t in ss] for p, ss in zip(problems, samples, strict=True)]
-    scores = score_samples(cfg.scorer, problems, samples, correct)
-    curve = bon_curve(scores, correct, cfg.ns)
-
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    scores = score_samples(cfg.scorer, problems, samples, correct, cache_path=out / "judge_cache.sqlite")
+    curve = bon_curve(scores, correct, cfg.ns)
     write_jsonl_atomic(out / "samples.jsonl", [
         {"id": p["id"], "prompt": p["prompt"], "answer": p["answer"], "samples": ss, "correct": ok, "scores": sc}
         for p, ss, ok, sc in zip(problems, samples, correct, scores, strict=True)])
@@ -178,7 +200,8 @@ def run_best_of_n(cfg: BoNConfig, engine=None) -> dict[str, Any]:
             rft.append({"prompt": [{"role": "user", "content": p["prompt"]}],
                         "completion": [{"role": "assistant", "content": ss[j]}], "id": p["id"], "score": sc[j]})
     write_jsonl_atomic(out / "rft_sft.jsonl", rft)
-    label = cfg.scorer.type + (f" ({Path(cfg.scorer.model).name})" if cfg.scorer.model else "")
+    label = cfg.scorer.type + (f" ({Path(cfg.scorer.model).name})" if cfg.scorer.model else
+                               f" ({cfg.scorer.judge.spec})" if cfg.scorer.type == "judge" else "")
     table = ["| N | held-out accuracy | selections | failed selections |", "| --- | --- | --- | --- |"]
     table += [f"| {n} | {c['accuracy']:.3f} | {c['selections']} | {c['selection_failures']} |" for n, c in curve.items()]
     (out / "curve.md").write_text(f"Best-of-N with scorer {label}, {len(problems)} problems\n\n" + "\n".join(table) + "\n")
