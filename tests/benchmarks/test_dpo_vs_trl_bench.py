@@ -103,7 +103,7 @@ def test_dpo_loss_and_gradients_equal_trl_dpotrainer(tokenizer, tmp_path):
     with torch.no_grad():
         ref_lp, _ = LogpsForward(ref_model)(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
     batch["ref_logps"] = ref_lp.view(2, -1).transpose(0, 1)
-    total, _ = PreferenceObjective(cfg, 2, pairs=True)(LogpsForward(policy), batch)
+    total, _ = PreferenceObjective(cfg, pairs=True)(LogpsForward(policy), batch)
     ours = total / len(rows)
     ours.backward()
     our_grads = {n: p.grad.clone() for n, p in policy.named_parameters()}
