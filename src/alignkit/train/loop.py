@@ -14,7 +14,6 @@ token in a short micro-batch more than one in a long micro-batch.
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import time
@@ -31,7 +30,7 @@ from alignkit.config import StrictModel
 from alignkit.data.tokenize import TokenizedExample
 from alignkit.progress import ProgressBar
 from alignkit.train import checkpoint as ckpt
-from alignkit.train.trackers import TrackerName, Trackers, check_installed
+from alignkit.train.trackers import TrackerName, Trackers, check_installed, log_metrics
 
 
 class TrainConfig(StrictModel):
@@ -284,12 +283,8 @@ class Trainer:
 
     # -- bookkeeping ---------------------------------------------------------------------
     def _log(self, logs: dict[str, Any]) -> None:
-        if not self.acc.is_main_process:
-            return
-        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(logs) + "\n")
-        if self._trackers is not None:
-            self._trackers.log(logs, logs["step"])
+        if self.acc.is_main_process:
+            log_metrics(self.out, logs, self._trackers)
 
     def save(self) -> Path:
         state = {"step": self.step, "total_steps": self.total_steps, **self.run_state}

@@ -21,7 +21,6 @@ One RL step, top to bottom (:func:`rl_step`):
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from typing import Any
@@ -241,10 +240,10 @@ def train_rl(cfg: RLConfig, resume: bool = False) -> dict[str, Any]:
         if acc.is_main_process and (out / "metrics.jsonl").exists():
             (out / "metrics.jsonl").unlink()
         ctx.state.heldout_before = heldout_reward(ctx, eval_rows)
+    from alignkit.train.trackers import Trackers, log_metrics
+
     trackers = None
     if cfg.train.report_to and acc.is_main_process:
-        from alignkit.train.trackers import Trackers
-
         trackers = Trackers(cfg.train.report_to, out, cfg.model_dump(mode="json"))
     history = []
     bar_enabled = cfg.train.progress and acc.is_main_process
@@ -253,11 +252,7 @@ def train_rl(cfg: RLConfig, resume: bool = False) -> dict[str, Any]:
             logs = rl_step(ctx)
             history.append(logs)
             if acc.is_main_process and (logs["step"] % cfg.train.log_every == 0 or logs["step"] == cfg.train.max_steps):
-                with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(logs) + "\n")
-                if trackers is not None:
-                    trackers.log({k: v for k, v in logs.items() if isinstance(v, int | float) and math.isfinite(v)},
-                                 logs["step"])
+                log_metrics(out, logs, trackers)
             bar.advance(info=f"reward {logs.get('reward/mean', math.nan):.3f}")
             if cfg.train.save_every and ctx.state.step % cfg.train.save_every == 0:
                 save(ctx, out)

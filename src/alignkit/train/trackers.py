@@ -16,6 +16,8 @@ extra to install; nothing falls back silently.
 from __future__ import annotations
 
 import importlib.util
+import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -111,11 +113,20 @@ class Trackers:
         self._all = [_TRACKERS[n](Path(out), config or {}) for n in names]
 
     def log(self, logs: dict[str, Any], step: int) -> None:
+        # numbers only; a NaN (e.g. the mean reward of a step whose rewards all failed) stays in metrics.jsonl
         metrics = {k: float(v) for k, v in logs.items()
-                   if k != "step" and isinstance(v, int | float) and not isinstance(v, bool)}
+                   if k != "step" and isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
         for t in self._all:
             t.log(metrics, step)
 
     def close(self) -> None:
         for t in self._all:
             t.close()
+
+
+def log_metrics(out: Path, logs: dict[str, Any], trackers: Trackers | None) -> None:
+    """Append one row to ``out/metrics.jsonl`` and send it to the trackers (main process only)."""
+    with open(Path(out) / "metrics.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(logs) + "\n")
+    if trackers is not None:
+        trackers.log(logs, logs["step"])
