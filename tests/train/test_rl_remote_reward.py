@@ -55,21 +55,17 @@ def test_remote_scores_and_unscorable_rows_are_nan_not_zero(server):
     assert body["rows"][1] == {"prompt": [{"role": "user", "content": "b"}], "completion": "?"}
 
 
-def test_unreachable_server_masks_the_whole_batch():
+def test_unreachable_server_masks_the_whole_batch(monkeypatch):
     import socket
+
+    import alignkit.generate.reward_server as rs
 
     with socket.socket() as s:  # a free port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    fn = remote_reward(f"http://127.0.0.1:{port}")
-    import alignkit.generate.reward_server as rs
-
     orig = rs.score_remote
-    rs.score_remote = lambda *a, **k: orig(*a, **{**k, "retries": 0})
-    try:
-        scores = fn([{"prompt": "a"}], [SimpleNamespace(text="x")])
-    finally:
-        rs.score_remote = orig
+    monkeypatch.setattr(rs, "score_remote", lambda *a, **k: orig(*a, **{**k, "retries": 0}))
+    scores = remote_reward(f"http://127.0.0.1:{port}")([{"prompt": "a"}], [SimpleNamespace(text="x")])
     assert len(scores) == 1 and math.isnan(scores[0])
 
 
