@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from alignkit.cli import main, registry
+from alignkit.cli import main, registry, route
 from alignkit.commands import Command, flags_of, load, resolve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,6 +96,35 @@ def _get(cfg, dotted: str):
 def test_flag_spellings_map_to_config_keys(path, argv, expected):
     cfg, _ = resolve(COMMANDS[path], argv)
     assert {k: _get(cfg, k) for k in expected} == expected
+
+
+EVAL_SUBCOMMANDS = sorted(p.split()[1] for p in registry() if p.startswith("eval "))
+
+
+@pytest.mark.parametrize("name", EVAL_SUBCOMMANDS)
+def test_eval_task_option_names_every_eval_sub_command(name):
+    """`alignkit eval --task X ARGS` (or --task=X, anywhere among the arguments) routes like `alignkit eval X ARGS`."""
+    reg = registry()
+    assert route(reg, ["eval", "--task", name, "--data", "d.jsonl", "k=1"]) == (f"eval {name}", ["--data", "d.jsonl", "k=1"])
+    assert route(reg, ["eval", "--data", "d.jsonl", f"--task={name}"]) == (f"eval {name}", ["--data", "d.jsonl"])
+    assert route(reg, ["eval", name, "--data", "d.jsonl"]) == (f"eval {name}", ["--data", "d.jsonl"])
+
+
+def test_eval_task_option_refuses_unknown_missing_and_repeated_values(capsys):
+    assert {"mathusereval", "trajectory", "compare", "seqa"} <= set(EVAL_SUBCOMMANDS)
+    assert route(registry(), ["eval", "--tasks", "mini_kv_retrieval"]) == ("eval", ["--tasks", "mini_kv_retrieval"])
+    for argv in (["eval", "--task", "mini_kv_retrieval"], ["eval", "--task"], ["eval", "--task", "--data", "x"],
+                 ["eval", "--task", "wed", "--task=seqa"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: alignkit eval: ") and "valid: " + ", ".join(
+            p.split()[1] for p in registry() if p.startswith("eval ")) in err
+    main(["eval", "--task", "mini_kv_retrieval"])
+    assert "'mini_kv_retrieval'" in (err := capsys.readouterr().err) and "--tasks NAME" in err
+    assert main(["eval", "--task", "mathusereval", "--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: alignkit eval mathusereval")
+    assert main(["eval", "--help"]) == 0
+    assert "alignkit eval --task SUB-COMMAND" in capsys.readouterr().out
 
 
 def test_aliases_are_declared_on_the_models_and_name_real_keys():

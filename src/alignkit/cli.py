@@ -18,6 +18,7 @@ from alignkit import __version__
 from alignkit.commands import Command, Group, execute
 from alignkit.commands import build_parser as command_parser
 from alignkit.config import StrictModel
+from alignkit.errors import UserError
 
 # Feature modules that contribute commands, in help order.
 COMMAND_MODULES = [
@@ -125,6 +126,35 @@ def _split(reg: dict[str, Command | Group], argv: list[str]) -> tuple[str, list[
     return path, []
 
 
+def route(reg: dict[str, Command | Group], argv: list[str]) -> tuple[str, list[str]]:
+    """The command path ``argv`` names and the arguments it gets.
+
+    A command's ``dispatch`` option is another spelling of its sub-command word:
+    ``alignkit eval --task mathusereval ARGS`` (or ``--task=mathusereval``) routes like
+    ``alignkit eval mathusereval ARGS``. An unknown value is a :class:`UserError` listing the valid ones.
+    """
+    path, rest = _split(reg, argv)
+    option = getattr(reg.get(path), "dispatch", None)
+    hits = [i for i, a in enumerate(rest) if option and (a == option or a.startswith(option + "="))]
+    if not hits:
+        return path, rest
+    names = [c.path.split()[-1] for c in _children(reg, path)]
+    valid = f"valid: {', '.join(names)}"
+    if len(hits) > 1:
+        raise UserError(f"alignkit {path}: {option} given {len(hits)} times; name one sub-command ({valid})")
+    i = hits[0]
+    if rest[i] == option:
+        if i + 1 == len(rest) or rest[i + 1].startswith("-"):
+            raise UserError(f"alignkit {path}: {option} needs a value ({valid})")
+        name, used = rest[i + 1], 2
+    else:
+        name, used = rest[i].partition("=")[2], 1
+    if name not in names:
+        note = reg[path].dispatch_note
+        raise UserError(f"alignkit {path}: unknown {option} {name!r}; {valid}" + (f". {note}" if note else ""))
+    return route(reg, [*path.split(), name, *rest[:i], *rest[i + used:]])
+
+
 def _is_user_facing(exc: BaseException) -> bool:
     return any(f"{c.__module__}.{c.__qualname__}" in USER_FACING_ERRORS for c in type(exc).__mro__)
 
@@ -133,7 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     argv = list(sys.argv[1:] if argv is None else argv)
     reg = registry()
-    path, rest = _split(reg, argv)
+    try:
+        path, rest = route(reg, argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     entry = reg.get(path)
     if entry is None:
         parser = build_parser(reg)

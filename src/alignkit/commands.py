@@ -50,6 +50,11 @@ class Command:
     """Print the resolved config on stderr before running."""
     switches: tuple[tuple[str, str], ...] = ()
     """(name, help) of on/off run options that are not part of the config (e.g. ``resume``)."""
+    dispatch: str | None = None
+    """An option that names one of this command's sub-commands: with ``dispatch="--task"``,
+    ``alignkit eval --task X ARGS`` (or ``--task=X``) runs ``alignkit eval X ARGS``."""
+    dispatch_note: str = ""
+    """What the user may have meant instead, appended to the error for an unknown ``--task`` value."""
 
 
 @dataclass(frozen=True)
@@ -185,7 +190,9 @@ def build_parser(cmd: Command, children: list[Command | Group] = ()) -> argparse
     cls = load(cmd.config)
     epilog = keys_epilog(cls)
     if children:
-        epilog = "sub-commands:\n" + "\n".join(f"  {c.path.split()[-1]:14s} {c.help}" for c in children) + "\n\n" + epilog
+        also = (f"\n  (also spelled: alignkit {cmd.path} {cmd.dispatch} SUB-COMMAND ...)" if cmd.dispatch else "")
+        epilog = ("sub-commands:\n" + "\n".join(f"  {c.path.split()[-1]:14s} {c.help}" for c in children)
+                  + also + "\n\n" + epilog)
     positional = list(getattr(cls, "cli_positional", ()))
     usage = f"alignkit {cmd.path} [--config FILE.yaml] [--flags] {' '.join(p.upper() for p in positional)} [key.sub=value ...]"
     p = argparse.ArgumentParser(prog=f"alignkit {cmd.path}", usage=" ".join(usage.split()),

@@ -95,3 +95,23 @@ def test_bad_row_names_file_line_field_and_writes_nothing(tmp_path, capsys):
                  f"output_dir={out}"]) == 2
     assert f"{data}:2: field 'reference': missing" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_issue_spelling_eval_task_mathusereval_runs_like_the_sub_command(tmp_path, capsys):
+    """`alignkit eval --task mathusereval --data F --judge openai:...` (the issue's spelling) is `eval mathusereval`."""
+    data = tmp_path / "my_questions.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in QUESTIONS))  # every row has a response: no model
+    results = {}
+    with FaultServer(faults=False, answer=critique_answer) as server:
+        for name, spelling in (("task", ["eval", "--task", "mathusereval"]), ("task=", ["eval", "--task=mathusereval"]),
+                               ("sub", ["eval", "mathusereval"])):
+            out = tmp_path / name
+            assert main([*spelling, "--data", str(data), "--judge", f"openai:{server.url}#critic",
+                         f"output_dir={out}"]) == 0
+            results[name] = json.loads((out / "results.json").read_text())
+    capsys.readouterr()
+    assert results["task"] == results["task="] == results["sub"]
+    res = results["task"]
+    assert (res["n"], res["scored"], res["parse_failures"]) == (4, 3, 1)  # q3 (NOSCORE) is a failure, not a score
+    assert res["micro_mean"] == pytest.approx((9 + 2 + 9) / 3, abs=1e-3)
+    assert res["exact_answer"] == {"n": 3, "correct": 2, "accuracy": 0.6667}

@@ -394,7 +394,10 @@ COMMANDS = [
     Command("eval", "evaluate a model (LongBench protocol, offline mini suite) and compare runs",
             "alignkit.evals.runner:EvalConfig", "alignkit.evals.cli:run", save_to="resolved_output_dir",
             description="Run the offline mini suite or LongBench on a model; every score carries a comparability "
-            "signature. Sub-commands: compare, build-mini, textgen, wed, seqa."),
+            "signature. The sub-commands below are also spelled 'alignkit eval --task NAME ...'.",
+            dispatch="--task",
+            dispatch_note="The LongBench / mini-suite tasks of a plain 'alignkit eval' run are chosen with "
+            "--tasks NAME,... (plural)."),
     Command("eval compare", "show two results.json side by side; mark numbers that are not comparable",
             "alignkit.evals.cli:CompareConfig", "alignkit.evals.cli:compare", echo=False),
     Command("eval build-mini", "write the offline mini suite as LongBench-format JSONL files",
