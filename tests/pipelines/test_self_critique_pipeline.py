@@ -77,7 +77,13 @@ def test_self_critique_runs_every_stage_under_judge_faults_and_resumes(tmp_path,
         again = json.loads((run / "results.json").read_text())
         assert server.requests == requests  # nothing re-judged
         assert set(again["reused_stages"]) >= {"rft_sample", "rft_score", "rft_train", "dpo_sample", "dpo_score",
-                                               "dpo_train", "evaluate"}
+                                               "dpo_train", "evaluate_base", "evaluate_rft", "evaluate_dpo"}
+
+        (run / "eval_dpo.json").unlink()  # as if the run was stopped while evaluating the DPO model
+        assert main(["pipeline", "self-critique", "--config", str(cfg)]) == 0
+        again = json.loads((run / "results.json").read_text())
+        assert {"evaluate_base", "evaluate_rft"} <= set(again["reused_stages"])
+        assert "evaluate_dpo" not in again["reused_stages"] and again["evaluation"] == res["evaluation"]
 
 
 def test_no_pairs_is_an_error_unless_skipping_is_configured(tmp_path, tiny_policy_dir):

@@ -359,16 +359,20 @@ def run_self_critique(cfg: SelfCritiqueConfig, progress: bool = True) -> dict[st
         else:
             results["dpo"]["skipped"] = "no pair (dpo.on_no_pairs=skip)"
 
-        # 5. evaluate
-        models = {"base": cfg.policy, "rft": str(rft_dir)} | ({"dpo": str(dpo_dir)} if pairs else {})
-        fp_eval = _fingerprint(fp_q, fp_rft, fp, models, cfg.evaluation.model_dump(), cfg.critic.model_dump())
-        eval_path = run.out / "evaluation.json"
-        if run.stages.fresh("evaluate", fp_eval, [eval_path]):
-            t = time.time()
-            evaluation = {tag: evaluate_model(run, m, held, tag) for tag, m in models.items()}
-            eval_path.write_text(json.dumps(evaluation, indent=1))
-            run.stages.finish("evaluate", fp_eval, t)
-        results["evaluation"] = json.loads(eval_path.read_text())
+        # 5. evaluate: one stage per model, so an interrupted evaluation keeps the models already done
+        models = {"base": (cfg.policy, cfg.policy), "rft": (str(rft_dir), fp_rft)}
+        models |= {"dpo": (str(dpo_dir), fp)} if pairs else {}
+        evaluation = {}
+        for tag, (model, fp_model) in models.items():
+            path = run.out / f"eval_{tag}.json"
+            fp_eval = _fingerprint(fp_q, fp_model, cfg.evaluation.model_dump(), cfg.critic.model_dump())
+            if run.stages.fresh(f"evaluate_{tag}", fp_eval, [path, run.out / f"eval_{tag}.jsonl"]):
+                t = time.time()
+                path.write_text(json.dumps(evaluate_model(run, model, held, tag), indent=1))
+                run.stages.finish(f"evaluate_{tag}", fp_eval, t)
+            evaluation[tag] = json.loads(path.read_text())
+        (run.out / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
+        results["evaluation"] = evaluation
     finally:
         run.close()
 
