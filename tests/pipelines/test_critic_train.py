@@ -21,8 +21,10 @@ def test_agreement_counts_failures_apart():
     judged = [{"status": "scored", "score": 8}, {"status": "scored", "score": 7}, {"status": "failed", "score": None},
               {"status": "scored", "score": 1}]
     a = agreement(labels, judged, 7)
-    assert a == {"n": 4, "compared": 2, "critic_failures": 1, "agreement": 0.5, "mean_score": pytest.approx(16 / 3,
-                                                                                                             abs=1e-3)}
+    assert a == {"n": 4, "compared": 2, "critic_failures": 1, "agreement": 0.5,
+                 "mean_score": pytest.approx(16 / 3, abs=1e-3),
+                 "by_label": {"correct": {"compared": 1, "agreement": 1.0, "mean_score": 8.0},
+                              "wrong": {"compared": 1, "agreement": 0.0, "mean_score": 7.0}}}
 
 
 def test_critic_train_through_the_cli(tmp_path, tiny_policy_dir):
@@ -39,6 +41,10 @@ def test_critic_train_through_the_cli(tmp_path, tiny_policy_dir):
     res = json.loads((out / "results.json").read_text())
     assert set(res["evaluation"]) == {"policy", "critic"}
     assert all(e["n"] == 4 for e in res["evaluation"].values())
+    assert all(e["by_label"]["correct"]["compared"] + e["by_label"]["wrong"]["compared"] == e["compared"]
+               for e in res["evaluation"].values())
+    judged = [json.loads(x) for x in (out / "eval_critic.jsonl").read_text().splitlines()]
+    assert sorted(r["label"] for r in judged) == [2, 2, 9, 9]
     assert (out / "critic_model" / "config.json").is_file() and "agreement" in (out / "report.md").read_text()
 
 

@@ -116,13 +116,26 @@ def critique_rows(labelled: list[dict]) -> list[dict]:
 
 
 def agreement(labels: list[dict], judged: list[dict], agree_at: float) -> dict[str, Any]:
-    """How often the critic's verdict (score >= agree_at) matches the labeler's; failures counted apart."""
-    pairs = [(lab["score"] >= agree_at, j["score"] >= agree_at)
-             for lab, j in zip(labels, judged, strict=True) if lab["status"] == "scored" and j["status"] == "scored"]
-    return {"n": len(labels), "compared": len(pairs), "critic_failures": sum(j["status"] != "scored" for j in judged),
-            "agreement": round(sum(a == b for a, b in pairs) / len(pairs), 4) if pairs else None,
-            "mean_score": round(sum(j["score"] for j in judged if j["status"] == "scored") / max(1, sum(
-                j["status"] == "scored" for j in judged)), 3)}
+    """How often the critic's verdict (score >= agree_at) matches the labeler's; failures counted apart.
+
+    ``by_label`` splits it by the labeler's verdict (``correct`` / ``wrong`` answers), so a critic that
+    gives every answer the same score shows up as 1.0 on one side and 0.0 on the other.
+    """
+    both = [(lab["score"], j["score"]) for lab, j in zip(labels, judged, strict=True)
+            if lab["status"] == "scored" and j["status"] == "scored"]
+
+    def summary(pairs: list[tuple[float, float]]) -> dict[str, Any]:
+        return {"compared": len(pairs),
+                "agreement": round(sum((a >= agree_at) == (b >= agree_at) for a, b in pairs) / len(pairs), 4)
+                if pairs else None,
+                "mean_score": round(sum(b for _, b in pairs) / len(pairs), 3) if pairs else None}
+
+    scored = [j["score"] for j in judged if j["status"] == "scored"]
+    return {"n": len(labels), "compared": len(both), "critic_failures": len(judged) - len(scored),
+            "agreement": summary(both)["agreement"],
+            "mean_score": round(sum(scored) / max(1, len(scored)), 3),
+            "by_label": {"correct": summary([p for p in both if p[0] >= agree_at]),
+                         "wrong": summary([p for p in both if p[0] < agree_at])}}
 
 
 def _local_critic(model: str, ev: CriticEvalSection, cache: Path) -> MathCritic:
@@ -217,6 +230,9 @@ def run_critic_train(cfg: CriticTrainConfig, progress: bool = True) -> dict[str,
                 finally:
                     critic.close()
                 ev[tag] = agreement(held_labels, judged, cfg.evaluation.agree_at)
+                write_jsonl_atomic(out / f"eval_{tag}.jsonl", [
+                    {"id": r["id"], "label": r["score"], **{k: v for k, v in j.items() if k != "id"}}
+                    for r, j in zip(held_labels, judged, strict=True)])
             (out / "evaluation.json").write_text(json.dumps(ev, indent=1))
             stages.finish("evaluate", fp_eval, t)
         results["evaluation"] = json.loads((out / "evaluation.json").read_text())
@@ -243,7 +259,12 @@ def _report(cfg: CriticTrainConfig, results: dict[str, Any]) -> str:
              f"- training: {results['training'].get('steps')} steps, final loss {results['training'].get('final_loss')}"]
     if "evaluation" in results:
         lines += ["", f"Held-out agreement with the labeler (score >= {cfg.evaluation.agree_at} = correct):", "",
-                  "| model | compared | agreement | critic failures | mean score |", "|---|---|---|---|---|"]
+                  "| model | compared | agreement | on correct answers | on wrong answers | critic failures "
+                  "| mean score |", "|---|---|---|---|---|---|---|"]
         for tag, e in results["evaluation"].items():
-            lines.append(f"| {tag} | {e['compared']} | {e['agreement']} | {e['critic_failures']} | {e['mean_score']} |")
+            by = e.get("by_label", {})
+            side = [f"{by[k]['agreement']} (n={by[k]['compared']}, mean {by[k]['mean_score']})" if k in by else "-"
+                    for k in ("correct", "wrong")]
+            lines.append(f"| {tag} | {e['compared']} | {e['agreement']} | {side[0]} | {side[1]} | "
+                         f"{e['critic_failures']} | {e['mean_score']} |")
     return "\n".join(lines) + "\n"
