@@ -45,6 +45,16 @@ def test_critic_train_through_the_cli(tmp_path, tiny_policy_dir):
                for e in res["evaluation"].values())
     judged = [json.loads(x) for x in (out / "eval_critic.jsonl").read_text().splitlines()]
     assert sorted(r["label"] for r in judged) == [2, 2, 9, 9]
+
+    # an interrupted training (stage started, not finished) resumes from its checkpoint on a rerun
+    stages = json.loads((out / "stages.json").read_text())
+    del stages["train"]["fingerprint"]
+    (out / "stages.json").write_text(json.dumps(stages))
+    (out / "critic_model" / "config.json").unlink()
+    metrics = (out / "critic_model" / "metrics.jsonl").read_text()
+    assert main(argv) == 0
+    assert (out / "critic_model" / "metrics.jsonl").read_text() == metrics  # resumed at step 1 of 1: kept
+    assert (out / "critic_model" / "config.json").is_file()
     assert (out / "critic_model" / "config.json").is_file() and "agreement" in (out / "report.md").read_text()
 
 

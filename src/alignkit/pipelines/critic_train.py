@@ -208,11 +208,14 @@ def run_critic_train(cfg: CriticTrainConfig, progress: bool = True) -> dict[str,
         from alignkit.train.run import DataConfig, ModelConfig
         from alignkit.train.sft import SFTConfig, train_sft
 
+        resume = stages.begin_training("train", fp_train, model_dir)
         summary = train_sft(SFTConfig(model=ModelConfig(name_or_path=cfg.policy),
                                       data=DataConfig(train=str(out / "critic_sft.jsonl"), policy=cfg.data_policy),
-                                      train=cfg.train.model_copy(update={"output_dir": str(model_dir)})))
+                                      train=cfg.train.model_copy(update={"output_dir": str(model_dir)})),
+                            resume=resume)
         if summary.get("interrupted"):
-            raise PipelineError(f"critic training was interrupted ({summary.get('signal')}); rerun to continue")
+            raise PipelineError(f"critic training was interrupted ({summary.get('signal')}); rerun to continue "
+                                "from its last checkpoint")
         stages.finish("train", fp_train, t)
     results["training"] = json.loads((model_dir / "summary.json").read_text())
 

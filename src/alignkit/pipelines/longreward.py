@@ -225,6 +225,19 @@ class _Stages:
         self.path.write_text(json.dumps(self.done, indent=1))
         return interrupted
 
+    def begin_training(self, name: str, fingerprint: str, model_dir: Path) -> bool:
+        """Start the training stage ``name`` writing to ``model_dir``: True when an interrupted attempt with
+        the same fingerprint left a checkpoint to resume from; otherwise older checkpoints are removed
+        (another config's) and the training starts over."""
+        from alignkit.train.checkpoint import CKPT_DIR, latest_checkpoint
+
+        resume = self.begin(name, fingerprint) and latest_checkpoint(model_dir) is not None
+        if resume:
+            self.console.print(f"resuming the interrupted {name} from {latest_checkpoint(model_dir)}")
+        else:
+            shutil.rmtree(model_dir / CKPT_DIR, ignore_errors=True)
+        return resume
+
     def finish(self, name: str, fingerprint: str, started: float) -> None:
         self.timings[name] = round(time.time() - started, 1)
         self.console.print(f"stage {name}: {self.timings[name]:.0f} s")
@@ -443,14 +456,8 @@ def _stage_train(run: _Run, fp_pairs: str, train_file: Path) -> str:
     model_dir = run.out / "model"
     fp = _fingerprint(fp_pairs, _file_hash(train_file), cfg.policy, cfg.training.model_dump())
     if run.stages.fresh("train", fp, [model_dir / "config.json"]):
-        from alignkit.train.checkpoint import CKPT_DIR, latest_checkpoint
-
         t = time.time()
-        resume = run.stages.begin("train", fp) and latest_checkpoint(model_dir) is not None
-        if resume:
-            run.console.print(f"resuming the interrupted training from {latest_checkpoint(model_dir)}")
-        else:
-            shutil.rmtree(model_dir / CKPT_DIR, ignore_errors=True)  # another config's checkpoints
+        resume = run.stages.begin_training("train", fp, model_dir)
         run.results["training"] = _train(cfg, train_file, model_dir, resume=resume)
         run.stages.finish("train", fp, t)
     elif (model_dir / "summary.json").is_file():

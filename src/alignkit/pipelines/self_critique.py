@@ -243,27 +243,30 @@ class _Run:
         return _read_jsonl(path), _fingerprint(fp, _file_hash(path))
 
     def train(self, name: str, fp_in: str, model_dir: Path, fn) -> tuple[dict, str]:
+        """``fn(resume)`` trains into ``model_dir``; an interrupted training resumes from its checkpoint."""
         fp = _fingerprint(fp_in)
         if self.stages.fresh(name, fp, [model_dir / "config.json"]):
             t = time.time()
-            summary = fn()
+            summary = fn(self.stages.begin_training(name, fp, model_dir))
             if summary.get("interrupted"):
-                raise PipelineError(f"{name} was interrupted ({summary.get('signal')}); rerun the pipeline")
+                raise PipelineError(f"{name} was interrupted ({summary.get('signal')}); rerun the pipeline to "
+                                    "continue from its last checkpoint")
             self.stages.finish(name, fp, t)
         summary = json.loads((model_dir / "summary.json").read_text()) if (model_dir / "summary.json").is_file() else {}
         return summary, fp
 
 
-def _train_sft(cfg: SelfCritiqueConfig, data: Path, model_dir: Path) -> dict:
+def _train_sft(cfg: SelfCritiqueConfig, data: Path, model_dir: Path, resume: bool) -> dict:
     from alignkit.train.run import DataConfig, ModelConfig
     from alignkit.train.sft import SFTConfig, train_sft
 
     return train_sft(SFTConfig(model=ModelConfig(name_or_path=cfg.policy),
                                data=DataConfig(train=str(data), policy=cfg.rft.data_policy),
-                               train=cfg.rft.train.model_copy(update={"output_dir": str(model_dir)})))
+                               train=cfg.rft.train.model_copy(update={"output_dir": str(model_dir)})),
+                     resume=resume)
 
 
-def _train_dpo(cfg: SelfCritiqueConfig, data: Path, start: Path, model_dir: Path) -> dict:
+def _train_dpo(cfg: SelfCritiqueConfig, data: Path, start: Path, model_dir: Path, resume: bool) -> dict:
     from alignkit.train.preference import PreferenceConfig, train_preference
     from alignkit.train.run import DataConfig, ModelConfig
 
@@ -271,7 +274,7 @@ def _train_dpo(cfg: SelfCritiqueConfig, data: Path, start: Path, model_dir: Path
     return train_preference(PreferenceConfig(
         model=ModelConfig(name_or_path=str(start)), reference=d.reference,
         data=DataConfig(train=str(data), policy=d.data_policy), loss=d.loss, nll_weight=d.nll_weight,
-        train=d.train.model_copy(update={"output_dir": str(model_dir)})))
+        train=d.train.model_copy(update={"output_dir": str(model_dir)})), resume=resume)
 
 
 def evaluate_model(run: _Run, model: str, held: list[dict], tag: str) -> dict[str, Any]:
@@ -338,7 +341,7 @@ def run_self_critique(cfg: SelfCritiqueConfig, progress: bool = True) -> dict[st
         rft_dir = run.out / "rft_model"
         fp_rft_data = _fingerprint(fp, _file_hash(run.out / "rft_sft.jsonl"), cfg.policy, cfg.rft.model_dump())
         results["rft"]["training"], fp_rft = run.train(
-            "rft_train", fp_rft_data, rft_dir, lambda: _train_sft(cfg, run.out / "rft_sft.jsonl", rft_dir))
+            "rft_train", fp_rft_data, rft_dir, lambda resume: _train_sft(cfg, run.out / "rft_sft.jsonl", rft_dir, resume))
 
         # 4. Critique-DPO
         samples, fp = run.sample("dpo_sample", str(rft_dir), train, fp_rft)
@@ -355,7 +358,7 @@ def run_self_critique(cfg: SelfCritiqueConfig, progress: bool = True) -> dict[st
         if pairs:
             fp_pairs = _fingerprint(fp, _file_hash(run.out / "dpo_pairs.jsonl"), d.model_dump())
             results["dpo"]["training"], fp = run.train(
-                "dpo_train", fp_pairs, dpo_dir, lambda: _train_dpo(cfg, run.out / "dpo_pairs.jsonl", rft_dir, dpo_dir))
+                "dpo_train", fp_pairs, dpo_dir, lambda resume: _train_dpo(cfg, run.out / "dpo_pairs.jsonl", rft_dir, dpo_dir, resume))
         else:
             results["dpo"]["skipped"] = "no pair (dpo.on_no_pairs=skip)"
 
