@@ -117,11 +117,17 @@ def require(row: dict[str, Any], key: str, where: str) -> Any:
     return row[key]
 
 
+def require_type(row: dict[str, Any], key: str, where: str, typ: type | tuple[type, ...], what: str) -> Any:
+    """``row[key]`` of type ``typ``, or ``field 'key': expected <what>, got <type>`` (``what``: "a list")."""
+    value = require(row, key, where)
+    if not isinstance(value, typ):
+        raise DataError(f"{where}: field '{key}': expected {what}, got {type(value).__name__}")
+    return value
+
+
 def require_str(row: dict[str, Any], key: str, where: str, allow_empty: bool = False) -> str:
     """A string field (non-blank unless ``allow_empty``)."""
-    value = require(row, key, where)
-    if not isinstance(value, str):
-        raise DataError(f"{where}: field '{key}': expected a string, got {type(value).__name__}")
+    value = require_type(row, key, where, str, "a string")
     if not allow_empty and not value.strip():
         raise DataError(f"{where}: field '{key}': empty")
     return value

@@ -34,6 +34,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from alignkit.config import ConfigError, StrictModel, dump_config
+from alignkit.data.records import read_objects
 from alignkit.data.tokenize import DataPolicy
 from alignkit.fingerprints import file_sha256, sha256_hex
 from alignkit.judge.client import JudgeConfig
@@ -190,8 +191,9 @@ def _file_hash(path: Path) -> str:
     return file_sha256(path)[:16] if path.is_file() else "missing"
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+def _read_rows(path: Path) -> list[dict]:
+    """The rows of a JSONL file this pipeline wrote (a damaged one: DataError naming file:line)."""
+    return [rec.value for rec in read_objects(path)]
 
 
 class _Stages:
@@ -382,7 +384,7 @@ def _stage_sample(run: _Run, fp_prompts: str, train_rows: list[dict], eval_rows:
         del engine
         gc.collect()
         run.stages.finish("sample", fp, t)
-    samples = _read_jsonl(samples_path)
+    samples = _read_rows(samples_path)
     run.results["sampling"] = {
         "responses": len(samples),
         "finish_length": sum(r["finish_reason"] == "length" for r in samples),
@@ -401,11 +403,11 @@ def _stage_score(run: _Run, fp_sample: str) -> tuple[str, list[dict]]:
     if run.stages.fresh("score", fp, [scored_path]):
         t = time.time()
         judge = run.get_judge()
-        samples = _read_jsonl(out / "samples.jsonl")
+        samples = _read_rows(out / "samples.jsonl")
         write_jsonl_atomic(scored_path, score_rows(samples, judge, cfg.scorer, progress=run.progress))
         run.results["judge_usage_scoring"] = judge.usage.as_dict()
         run.stages.finish("score", fp, t)
-    scored = _read_jsonl(scored_path)
+    scored = _read_rows(scored_path)
     summary = run.results["scores"] = _summarise_scores(scored)
     run.console.print(f"scored {summary['scored']} of {len(scored)} responses ({summary['failed']} recorded as failed)")
     return _fingerprint(fp, _file_hash(scored_path)), scored
@@ -492,7 +494,7 @@ def _judge_before_after(run: _Run, eval_rows: list[dict], model_dir: str) -> dic
         evaluation["mini_after"] = _mini_suite(cfg, model_dir, engine, out / "mini_after")
     del engine
     gc.collect()
-    before = _read_jsonl(out / "eval_before_answers.jsonl")
+    before = _read_rows(out / "eval_before_answers.jsonl")
     judge = run.get_judge()
     usage_before = judge.usage.as_dict()
     rated = score_rows(before + after, judge, cfg.scorer, progress=run.progress)
