@@ -297,3 +297,24 @@ def test_greedy_with_prefix_reuse_equals_without(tiny_lm, n):
     common = len(__import__("os").path.commonprefix([reuse.encode(p) for p in prompts[:3]]))
     assert common >= 32 and (1, common) in shapes  # the shared prefix was run once, as one row
     assert (1, len(reuse.encode("Why?"))) in shapes  # the unrelated prompt in a batch of its own
+
+
+def test_on_token_reports_every_token_right_after_its_decode_step(engine):
+    """``on_token`` sees each completion's tokens in order, as decoded: each token is reported between
+    the forward pass that produced it and the next one, not when the call returns."""
+    forwards = []
+    hook = engine.model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    seen: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    try:
+        params = SamplingParams(max_new_tokens=5, temperature=0.9, n=2, seed=4, stop=["e"])
+        prompts = ["Hi", "Why?"]
+        got = engine.generate(prompts, params,
+                              on_token=lambda r, j, tok: seen.setdefault((r, j), []).append((tok, len(forwards))))
+    finally:
+        hook.remove()
+    assert engine.generate(prompts, params) == got  # listening changes nothing
+    assert sorted(seen) == [(r, j) for r in range(2) for j in range(2)]
+    for (r, j), toks in seen.items():
+        assert [t for t, _ in toks] == got[r].completions[j].token_ids  # stop and EOS tokens included
+        steps = [f for _, f in toks]  # forward passes so far: one more per reported token
+        assert steps == list(range(steps[0], steps[0] + len(steps))) and steps[0] >= 1

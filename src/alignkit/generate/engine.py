@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 Prompt = str | list[dict]
+TokenCallback = Callable[[int, int, int], None]
+"""``on_token(request index, completion index, token id)``: called for every generated token, in order."""
 
 
 class Engine(Protocol):
@@ -56,7 +58,13 @@ class Engine(Protocol):
     def count_tokens(self, text: str) -> int: ...
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams, *, apply_chat_template: bool = True,
-                 progress: bool = False, seeds: Sequence[int | None] | None = None) -> list[GenerationResult]: ...
+                 progress: bool = False, seeds: Sequence[int | None] | None = None,
+                 on_token: TokenCallback | None = None) -> list[GenerationResult]:
+        """``params.n`` completions per prompt, in input order. ``on_token`` (optional) is called with
+        (request index, completion index, token id) for every generated token, terminating EOS/stop token
+        included, in generation order per completion; when it is called (during decoding or at the end)
+        is the backend's to say."""
+        ...
 
 
 class GenerationError(ValueError):
@@ -172,7 +180,7 @@ def _encode(tokenizer: Any, prompt: Prompt, apply_chat_template: bool) -> tuple[
     return text, ids
 
 
-def _cut_at_stop(text: str, stops: Sequence[str], search_from: int = 0) -> int | None:
+def cut_at_stop(text: str, stops: Sequence[str], search_from: int = 0) -> int | None:
     """Index of the earliest stop string occurrence starting at or after ``search_from``, else None."""
     best = None
     for s in stops:
@@ -263,11 +271,15 @@ class HFEngine:
         apply_chat_template: bool = True,
         progress: bool = False,
         seeds: Sequence[int | None] | None = None,
+        on_token: TokenCallback | None = None,
     ) -> list[GenerationResult]:
         """Generate ``params.n`` completions per prompt; results in input order.
 
         ``seeds`` (optional, one per prompt) overrides ``params.seed`` per request, so one call can
         serve many independently seeded requests (the server and the judge batch them this way).
+        ``on_token(request, completion, token_id)`` is called from the decode loop right after each
+        step, for every row still decoding, so a caller can stream tokens while the model runs (keep it
+        cheap: it runs between forward passes; an exception from it aborts the call).
         """
         import torch
 
@@ -299,7 +311,7 @@ class HFEngine:
                     for req, js in batch
                     for j in js
                 ]
-                self._decode(batch, [encoded[req][1] for req, _ in batch], rows, params, bar)
+                self._decode(batch, [encoded[req][1] for req, _ in batch], rows, params, bar, on_token)
                 for r in rows:
                     outputs[r.req][r.index] = r
         results = []
@@ -360,7 +372,8 @@ class HFEngine:
         return batches
 
     def _decode(
-        self, batch, prompt_ids: list[list[int]], rows: list[_Row], params: SamplingParams, bar
+        self, batch, prompt_ids: list[list[int]], rows: list[_Row], params: SamplingParams, bar,
+        on_token: TokenCallback | None = None,
     ) -> None:
         import torch
 
@@ -401,6 +414,8 @@ class HFEngine:
             for i, row in enumerate(active):
                 tok = int(next_tokens[i])
                 row.tokens.append(tok)
+                if on_token is not None:
+                    on_token(row.req, row.index, tok)
                 if tok in self.eos_token_ids or tok in params.stop_token_ids:
                     row.finish = "stop"
                 elif params.stop and self._hit_stop(row, params.stop):
@@ -501,7 +516,7 @@ class HFEngine:
         text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
         longest = max(len(s) for s in stops)
         # only the tail that could contain a newly completed stop string is searched
-        cut = _cut_at_stop(text, stops, max(0, row.scanned - longest + 1))
+        cut = cut_at_stop(text, stops, max(0, row.scanned - longest + 1))
         row.scanned = len(text)
         if cut is None:
             return False
@@ -512,7 +527,7 @@ class HFEngine:
         if row.text is not None:  # already cut at a stop string
             return
         text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
-        cut = _cut_at_stop(text, stops) if stops else None
+        cut = cut_at_stop(text, stops) if stops else None
         row.text = text if cut is None else text[:cut]
 
 
@@ -566,7 +581,11 @@ class VLLMEngine:
         apply_chat_template: bool = True,
         progress: bool = False,
         seeds: Sequence[int | None] | None = None,
+        on_token: TokenCallback | None = None,
     ) -> list[GenerationResult]:
+        """As :meth:`HFEngine.generate`, except that ``on_token`` is called only once vLLM has finished
+        the whole call (every token of every completion, in order): offline ``LLM.generate`` does not
+        hand out tokens while it decodes, so a stream over this backend arrives at the end."""
         params.validate()
         if seeds is not None and len(seeds) != len(prompts):
             raise GenerationError(
@@ -604,6 +623,11 @@ class VLLMEngine:
                 for c in out.outputs
             ]
             results.append(GenerationResult(prompt=text, prompt_tokens=len(ids), completions=comps))
+        if on_token is not None:
+            for req, res in enumerate(results):
+                for j, comp in enumerate(res.completions):
+                    for tok in comp.token_ids:
+                        on_token(req, j, tok)
         return results
 
 
