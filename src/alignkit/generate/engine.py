@@ -523,7 +523,6 @@ def candidates(logits, top_k: int = 0, top_p: float = 1.0, first_k: int = 256):
     kept, so the result is the full sort's. Rows where it does not (flat distributions) retry with 4x
     as many tokens, up to the whole vocabulary.
     """
-    import torch
 
     vocab = logits.shape[-1]
     if top_k > 0:
