@@ -411,8 +411,7 @@ class HFEngine:
                     row.logprobs.append(step_lp)
             step += 1
             keep = []
-            for i, row in enumerate(active):
-                tok = int(next_tokens[i])
+            for i, (row, tok) in enumerate(zip(active, next_tokens.tolist(), strict=True)):
                 row.tokens.append(tok)
                 if on_token is not None:
                     on_token(row.req, row.index, tok)
@@ -484,33 +483,26 @@ class HFEngine:
 
     def _sample(self, logits, rows: list[_Row], params: SamplingParams):
         """Next token per row. Greedy is argmax; otherwise temperature -> top-k -> top-p, then one uniform
-        per row from the row's own generator mapped through the CDF (so batch composition is irrelevant)."""
+        per row from the row's own generator mapped through the CDF (so batch composition is irrelevant).
+
+        With top-k or top-p the CDF runs over the candidate tokens only, most likely first
+        (:func:`candidates`); without either, over the whole vocabulary in token-id order.
+        """
         import torch
 
         if params.temperature == 0.0:
             return logits.argmax(-1)
         logits = logits / params.temperature
-        if params.top_k > 0 and params.top_k < logits.shape[-1]:
-            kth = torch.topk(logits, params.top_k, dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        if params.top_p < 1.0:
-            sorted_p, sorted_idx = probs.sort(dim=-1, descending=True)
-            # drop a token when the mass strictly before it already reaches top_p (the top-1 always stays)
-            drop = (sorted_p.cumsum(-1) - sorted_p) >= params.top_p
-            sorted_p = sorted_p.masked_fill(drop, 0.0)
-            probs = torch.zeros_like(probs).scatter(-1, sorted_idx, sorted_p)
-        probs = probs / probs.sum(-1, keepdim=True)
+        if params.top_k > 0 or params.top_p < 1.0:
+            probs, ids = candidates(logits, params.top_k, params.top_p)
+        else:
+            probs, ids = torch.softmax(logits, dim=-1), None
         u = torch.stack([torch.rand((), generator=r.generator, device=logits.device) for r in rows])
         cdf = probs.cumsum(-1)
-        tokens = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).squeeze(-1)
-        # a uniform at the very top of the CDF may land past the last nonzero token: step back to it
-        tokens = tokens.clamp(max=logits.shape[-1] - 1)
-        bad = probs.gather(-1, tokens[:, None]).squeeze(-1) == 0
-        if bool(bad.any()):
-            last_nonzero = (probs > 0).long().cumsum(-1).argmax(-1)
-            tokens = torch.where(bad, last_nonzero, tokens)
-        return tokens
+        # searchsorted finds the first position whose cumulative mass reaches u * total: a position
+        # where the mass grows, so never a zeroed token (the clamp guards the float edge u * total > cdf[-1])
+        picks = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp(max=probs.shape[-1] - 1)
+        return picks.squeeze(-1) if ids is None else ids.gather(-1, picks).squeeze(-1)
 
     def _hit_stop(self, row: _Row, stops: list[str]) -> bool:
         text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
@@ -529,6 +521,42 @@ class HFEngine:
         text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
         cut = cut_at_stop(text, stops) if stops else None
         row.text = text if cut is None else text[:cut]
+
+
+def candidates(logits, top_k: int = 0, top_p: float = 1.0, first_k: int = 256):
+    """``(probs, ids)``: the tokens top-k/top-p sampling can draw, most likely first, with their probabilities.
+
+    ``logits`` (rows, vocab) are already divided by the temperature. ``top_k`` (0 = off) keeps the k most
+    likely tokens and renormalises over them; ``top_p`` (1 = off) then keeps a token while the
+    probability mass strictly before it (descending order) is below ``top_p`` -- the nucleus of Holtzman
+    et al. 2020; the most likely token always stays. Dropped candidates have probability 0 (rows are not
+    renormalised: the sampler draws in proportion to the kept mass).
+
+    Sorting a 49k vocabulary for 64 rows costs more than the decode step itself on a CPU (~0.4 s), so
+    without ``top_k`` the nucleus is looked for among the ``first_k`` most likely tokens (``topk``) with
+    the probabilities of the full softmax: once their mass reaches ``top_p`` no token beyond them can be
+    kept, so the result is the full sort's. Rows where it does not (flat distributions) retry with 4x
+    as many tokens, up to the whole vocabulary.
+    """
+
+    vocab = logits.shape[-1]
+    if top_k > 0:
+        vals, ids = logits.topk(min(top_k, vocab), dim=-1)
+        lse = vals.logsumexp(-1, keepdim=True)  # renormalised over the top k
+        k = vals.shape[-1]
+    else:
+        lse = logits.logsumexp(-1, keepdim=True)
+        k = min(first_k, vocab)
+    while True:
+        if top_k <= 0:
+            vals, ids = logits.topk(k, dim=-1)
+        probs = (vals - lse).exp()
+        if top_p >= 1.0:
+            return probs, ids
+        before = probs.cumsum(-1) - probs  # mass strictly before each candidate
+        if top_k > 0 or k == vocab or bool((before[:, -1] + probs[:, -1] >= top_p).all()):
+            return probs.masked_fill(before >= top_p, 0.0), ids
+        k = min(vocab, 4 * k)
 
 
 def _prefix_groups(prompts: list[list[int]], min_shared: int) -> list[list[int]]:
