@@ -54,31 +54,3 @@ def serve_in_subprocess(args: list[str], env_extra: dict[str, str]):
     except subprocess.TimeoutExpired:
         proc.kill()
 
-
-def serve_app_in_thread(app):
-    """Run an ASGI ``app`` with uvicorn on a free 127.0.0.1 port in this process; yield its base URL.
-
-    For tests that need to reach inside the server while a real HTTP client talks to it (gate the
-    model, count engine calls)."""
-    import socket
-    import threading
-    import time
-
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("in-process server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()

@@ -357,7 +357,7 @@ def gated_server(tiny_lm):
     """An in-process server over the tiny model whose 4th forward pass waits for ``gate.release``."""
     from types import SimpleNamespace
 
-    from tests.generate.conftest import serve_app_in_thread
+    from tests.live_server import serve_app_in_thread
 
     from alignkit.generate.server import create_app
 
@@ -365,7 +365,7 @@ def gated_server(tiny_lm):
     gate = _GatedModel(model, block_at=4)
     engine = _CountingEngine(model, tok)
     app = create_app(engine, "tiny", default_max_tokens=8)
-    for base in serve_app_in_thread(app):
+    with serve_app_in_thread(app) as base:
         yield SimpleNamespace(base=base, gate=gate, engine=engine, batcher=app.app.state.batcher)
         gate.release.set()  # before the server stops, also when the test failed
 
