@@ -191,9 +191,10 @@ def _file_hash(path: Path) -> str:
     return file_sha256(path)[:16] if path.is_file() else "missing"
 
 
-def _read_rows(path: Path) -> list[dict]:
-    """The rows of a JSONL file this pipeline wrote (a damaged one: DataError naming file:line)."""
-    return [rec.value for rec in read_objects(path)]
+def _read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSONL file a pipeline stage wrote (possibly none); a damaged file is a DataError
+    naming file:line (the pipelines built on this one read their stage files here too)."""
+    return [rec.value for rec in read_objects(path, allow_empty=True)]
 
 
 class _Stages:
@@ -384,7 +385,7 @@ def _stage_sample(run: _Run, fp_prompts: str, train_rows: list[dict], eval_rows:
         del engine
         gc.collect()
         run.stages.finish("sample", fp, t)
-    samples = _read_rows(samples_path)
+    samples = _read_jsonl(samples_path)
     run.results["sampling"] = {
         "responses": len(samples),
         "finish_length": sum(r["finish_reason"] == "length" for r in samples),
@@ -403,11 +404,11 @@ def _stage_score(run: _Run, fp_sample: str) -> tuple[str, list[dict]]:
     if run.stages.fresh("score", fp, [scored_path]):
         t = time.time()
         judge = run.get_judge()
-        samples = _read_rows(out / "samples.jsonl")
+        samples = _read_jsonl(out / "samples.jsonl")
         write_jsonl_atomic(scored_path, score_rows(samples, judge, cfg.scorer, progress=run.progress))
         run.results["judge_usage_scoring"] = judge.usage.as_dict()
         run.stages.finish("score", fp, t)
-    scored = _read_rows(scored_path)
+    scored = _read_jsonl(scored_path)
     summary = run.results["scores"] = _summarise_scores(scored)
     run.console.print(f"scored {summary['scored']} of {len(scored)} responses ({summary['failed']} recorded as failed)")
     return _fingerprint(fp, _file_hash(scored_path)), scored
@@ -494,7 +495,7 @@ def _judge_before_after(run: _Run, eval_rows: list[dict], model_dir: str) -> dic
         evaluation["mini_after"] = _mini_suite(cfg, model_dir, engine, out / "mini_after")
     del engine
     gc.collect()
-    before = _read_rows(out / "eval_before_answers.jsonl")
+    before = _read_jsonl(out / "eval_before_answers.jsonl")
     judge = run.get_judge()
     usage_before = judge.usage.as_dict()
     rated = score_rows(before + after, judge, cfg.scorer, progress=run.progress)
