@@ -149,7 +149,7 @@ def offline_data(args) -> dict[str, Any]:
     the pairs and K-way rows of :func:`alignkit.pipelines.verifiable_prefs.build_pairs`."""
     import torch
 
-    from alignkit.generate.engine import make_engine, SamplingParams
+    from alignkit.generate.engine import SamplingParams, make_engine
     from alignkit.pipelines.verifiable_prefs import build_pairs, score_samples
 
     d = Path(args.work) / "offline"

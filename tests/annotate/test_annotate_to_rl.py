@@ -58,7 +58,7 @@ def test_annotations_to_reward_model_to_rl(tmp_path, tiny_lm, capsys):
     tokens = {name: auth.add_user(db, name) for name in ("ann0", "ann1", "ann2")}
     labels = 0
     with live_server(db) as url:
-        for k, (name, token) in enumerate(tokens.items()):
+        for k, token in enumerate(tokens.values()):
             with httpx.Client(base_url=url) as client:
                 # two careful annotators and one who flips 40% of the time: the majority is always right
                 labels += _label(client, url, api_login(client, token), random.Random(k), 0.4 if k == 2 else 0.0)
