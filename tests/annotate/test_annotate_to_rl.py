@@ -12,6 +12,7 @@ import httpx
 import pytest
 from annotate_helpers import CRITERIA, api_login, live_server, write_jsonl
 
+from alignkit.annotate.db import open_database
 from alignkit.cli import main
 
 QUIET = ["train.progress=false", "train.report_to=[]"]
@@ -43,22 +44,24 @@ def _label(client: httpx.Client, url: str, csrf: str, rng: random.Random, flip: 
 
 @pytest.mark.slow
 def test_annotations_to_reward_model_to_rl(tmp_path, tiny_lm, capsys):
-    from alignkit.annotate import auth
-    from alignkit.annotate.db import create_database
-    from alignkit.annotate.ingest import import_file
-
     model, tok = tiny_lm
     policy_dir = tmp_path / "policy"
     model.save_pretrained(policy_dir)
     tok.save_pretrained(policy_dir)
 
-    db_path = tmp_path / "ann.sqlite"
-    db = create_database(db_path, {"redundancy": 3, "criteria": CRITERIA, "scale": 5})
-    import_file(db, write_jsonl(tmp_path / "items.jsonl", _items()))
-    tokens = {name: auth.add_user(db, name) for name in ("ann0", "ann1", "ann2")}
+    # the walkthrough's commands (docs/rl.md), through the real entry point
+    db_path = str(tmp_path / "ann.sqlite")
+    assert main(["annotate", "init", "--db", db_path, "--redundancy", "3"]) == 0
+    tokens = []
+    for name in ("ann0", "ann1", "ann2"):
+        capsys.readouterr()
+        assert main(["annotate", "users", "add", name, "--db", db_path]) == 0
+        tokens.append(capsys.readouterr().out.strip())
+    assert main(["annotate", "import", str(write_jsonl(tmp_path / "items.jsonl", _items())), "--db", db_path]) == 0
+    db = open_database(db_path)
     labels = 0
     with live_server(db) as url:
-        for k, token in enumerate(tokens.values()):
+        for k, token in enumerate(tokens):
             with httpx.Client(base_url=url) as client:
                 # two careful annotators and one who flips 40% of the time: the majority is always right
                 labels += _label(client, url, api_login(client, token), random.Random(k), 0.4 if k == 2 else 0.0)
