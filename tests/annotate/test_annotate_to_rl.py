@@ -85,6 +85,7 @@ def test_annotations_to_reward_model_to_rl(tmp_path, tiny_lm, capsys):
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": r["prompt"]} for r in rows])
     rl_dir = tmp_path / "rl"
     assert main(["rl", "--config", "configs/rl_ppo_smollm2.yaml", "reward.type=model", f"reward.model={rm_dir}",
+                 "reward.reference_baseline=true",
                  f"model.name_or_path={policy_dir}", f"data.train={prompts}", f"data.eval={prompts}",
                  "data.eval_max_new_tokens=6", "rollout.prompts_per_step=2", "rollout.n=2", "rollout.max_new_tokens=6",
                  "ppo.num_minibatches=1", "ppo.epochs=1", "ppo.micro_batch_size=4", "train.max_steps=1",
