@@ -2,7 +2,7 @@
 responses, with the verifier reward on verifiable-instruction prompts: held-out pass rate and KL to the
 start model, plotted as a reward–KL frontier.
 
-    export OMP_NUM_THREADS=2
+    export OMP_NUM_THREADS=1
     flock /tmp/alignkit-heavy.lock timeout 600 .venv/bin/python experiments/rl_compare.py \
         --start /tmp/lead/demo64/sft --work /tmp/s3rl/work --arms grpo_n4
     ... (one locked invocation per arm: ppo_n4, offline (samples + dpo + exo), ...)
@@ -296,7 +296,9 @@ def build_parser(doc: str = __doc__) -> argparse.ArgumentParser:
     ap.add_argument("--eval-max-new-tokens", type=int, default=64)
     ap.add_argument("--kl-samples", type=int, default=1, help="sampled answers per held-out prompt for the KL")
     ap.add_argument("--gen-batch", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads; on a shared 2-core machine 2 threads were ~4x slower than 1 while another "
+                         "process held a core (the start model's evaluation: 548 s vs ~2 min)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--budget-s", type=float, default=0,
                     help="start no new arm after this many seconds (0: no limit); rerun to continue")

@@ -1,6 +1,6 @@
 """Samples per prompt (RLHF-scaling, METHODS §5): held-out pass rate vs n and vs compute at a fixed prompt set.
 
-    export OMP_NUM_THREADS=2
+    export OMP_NUM_THREADS=1
     flock /tmp/alignkit-heavy.lock timeout 600 .venv/bin/python experiments/rl_compare.py \
         --start /tmp/lead/demo64/sft --work /tmp/s3rl/work --arms grpo_n2,grpo_n4,grpo_n8,ppo_n1,ppo_n4 --budget-s 400
     .venv/bin/python experiments/rl_samples_per_prompt.py --start /tmp/lead/demo64/sft --work /tmp/s3rl/work
