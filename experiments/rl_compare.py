@@ -6,7 +6,7 @@ start model, plotted as a reward–KL frontier.
     flock /tmp/alignkit-heavy.lock timeout 600 .venv/bin/python experiments/rl_compare.py \
         --start /tmp/lead/demo64/sft --work /tmp/s3rl/work --arms grpo_n4
     ... (one locked invocation per arm: ppo_n4, offline (samples + dpo + exo), ...)
-    .venv/bin/python experiments/rl_compare.py --start ... --work /tmp/s3rl/work --report
+    .venv/bin/python experiments/rl_compare.py --start ... --work /tmp/s3rl/work --report   # runs nothing
 
 Arms (every one starts from ``--start`` and sees the same ``--prompts`` training prompts):
 
@@ -250,7 +250,7 @@ ROW_KEYS = ("greedy_pass_rate", "sampled_pass_rate", "k1_mean", "k1_sem", "k3_me
 def table(start: dict, arms: list[dict]) -> list[str]:
     lines = ["| arm | greedy pass (held-out) | sampled pass | KL k1 ± sem | KL k3 ± sem | sampled responses | "
              "sampled tokens | optimizer steps | train wall s |", "| --- " * 9 + "|"]
-    for r in [{"arm": "start (no training)", **start, "sampled_responses": 0}, *arms]:
+    for r in [{**start, "arm": "start (no training)", "sampled_responses": 0}, *arms]:
         lines.append(f"| {r['arm']} | {r['greedy_pass_rate']:.3f} ({r['greedy_passed']}/{r['heldout_n']}) | "
                      f"{r['sampled_pass_rate']:.3f} | {r['k1_mean']:.3f} ± {r['k1_sem']:.3f} | "
                      f"{r['k3_mean']:.3f} ± {r['k3_sem']:.3f} | {r.get('sampled_responses', '')} | "
@@ -258,24 +258,38 @@ def table(start: dict, arms: list[dict]) -> list[str]:
     return lines
 
 
+def finished(name: str, args) -> dict[str, Any] | None:
+    """An arm's cached training + evaluation record, or None when it has not finished (nothing is run)."""
+    d = Path(args.work) / name
+    files = [d / "eval.json"] + ([] if name == "start" else [d / "run" / "done.json"])
+    if not all(f.exists() for f in files):
+        return None
+    return {"arm": name, **{k: v for f in reversed(files) for k, v in json.loads(f.read_text()).items()}}
+
+
 def write_report(args, arms: list[str], results_dir: Path, title: str, command: str) -> dict[str, Any]:
-    start = evaluated("start", args.start, args)
-    rows = [run_arm(a, args) for a in arms]
-    if any(r is None for r in rows):
-        raise SystemExit("an arm is unfinished: run it again")
+    """results.{json,md} and the frontier plot from the finished arms; unfinished ones are listed as such."""
+    start = finished("start", args)
+    if start is None:
+        raise SystemExit("the start model has not been evaluated yet: run --arms start")
+    rows = [r for r in (finished(a, args) for a in arms) if r is not None]
+    missing = [a for a in arms if a not in {r["arm"] for r in rows}]
     results_dir.mkdir(parents=True, exist_ok=True)
     plot_frontier(start, rows, results_dir / "frontier.png")
-    result = {"command": command, "start": args.start, "settings": {k: v for k, v in vars(args).items()
-                                                                    if k not in ("arms", "report")},
-              "heldout_n": start["heldout_n"], "start_eval": start, "arms": rows,
-              "offline_data": json.loads((Path(args.work) / "offline" / "data.json").read_text())
-              if (Path(args.work) / "offline" / "data.json").exists() else None}
+    offline = Path(args.work) / "offline" / "data.json"
+    result = {"command": command, "start": args.start,
+              "settings": {k: v for k, v in vars(args).items() if k not in ("arms", "report")},
+              "heldout_n": start["heldout_n"], "start_eval": start, "arms": rows, "unfinished_arms": missing,
+              "offline_data": json.loads(offline.read_text()) if offline.exists() else None}
     _write_json(results_dir / "results.json", result)
     md = [f"# {title}", "", f"`{command}`", "", *table(start, rows), "",
           f"Held-out: {start['heldout_n']} verifiable-instruction prompts (the demo's hash split), greedy with "
           f"{args.eval_max_new_tokens} new tokens; KL: {args.kl_samples} sample(s) per held-out prompt at "
           "temperature 1 from the final policy, scored by it and by the start model. Error bars / ± are one "
-          "standard error.", "", "![reward-KL frontier](frontier.png)", ""]
+          "standard error.", ""]
+    if missing:
+        md += [f"Not run (out of the compute budget of this session): {', '.join(missing)}.", ""]
+    md += ["![reward-KL frontier](frontier.png)", ""]
     (results_dir / "results.md").write_text("\n".join(md))
     print("\n".join(md))
     return result
@@ -286,7 +300,7 @@ def build_parser(doc: str = __doc__) -> argparse.ArgumentParser:
     ap.add_argument("--start", required=True, help="start model dir (the demo's SFT model)")
     ap.add_argument("--work", required=True, help="cache of every stage (runs, samples, evaluations)")
     ap.add_argument("--arms", default="", help="comma-separated arms to train now (e.g. grpo_n4,ppo_n4,dpo,exo)")
-    ap.add_argument("--report", action="store_true", help="write results.{json,md} and the plot (trains what is missing)")
+    ap.add_argument("--report", action="store_true", help="write results.{json,md} and the plot from the finished arms (runs nothing)")
     ap.add_argument("--results", default=str(REPO / "experiments/results/rl_compare"))
     ap.add_argument("--prompts", type=int, default=32, help="training prompts (one pass: steps x prompts-per-step)")
     ap.add_argument("--heldout", type=int, default=48)
