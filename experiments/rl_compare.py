@@ -345,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         if r is None:
             return 130
     if args.report:
-        write_report(args, ["grpo_n4", "ppo_n4", "dpo", "exo"], Path(args.results),
+        # the matched arms (128 sampled responses each), then the samples-per-prompt arms as other budgets
+        write_report(args, ["grpo_n4", "ppo_n4", "dpo", "exo", "ppo_n1", "grpo_n2", "grpo_n8"], Path(args.results),
                      "GRPO vs PPO vs DPO vs EXO from the demo's SFT model (verifier reward, matched samples)",
                      "python experiments/rl_compare.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     return 0
