@@ -75,6 +75,19 @@ def default_pairs(n: int) -> list[dict]:
     return rows
 
 
+def doc_text(tok):
+    """``cut(start, length)``: ``length`` tokens of CPython's documentation text from token ``start`` (wrapping)."""
+    import pydoc_data.topics as t
+
+    corpus = tok(" ".join(" ".join(t.topics[k].split()) for k in sorted(t.topics)), add_special_tokens=False)["input_ids"]
+
+    def cut(start: int, length: int) -> str:
+        start %= len(corpus) - length
+        return tok.decode(corpus[start:start + length]).strip()
+
+    return cut
+
+
 def long_pairs(n: int, prompt_tokens: int, completion_tokens: int, model: str) -> list[dict]:
     """``n`` rows whose prompt is ~``prompt_tokens`` tokens of documentation text followed by a question.
 
@@ -88,12 +101,7 @@ def long_pairs(n: int, prompt_tokens: int, completion_tokens: int, model: str) -
 
     tok = load_tokenizer(model)
     keys = sorted(t.topics)
-    corpus = tok(" ".join(" ".join(t.topics[k].split()) for k in keys), add_special_tokens=False)["input_ids"]
-
-    def cut(start: int, length: int) -> str:
-        start %= len(corpus) - length
-        return tok.decode(corpus[start:start + length]).strip()
-
+    cut = doc_text(tok)
     rows = []
     for i in range(n):
         title = keys[(7 * i) % len(keys)]
