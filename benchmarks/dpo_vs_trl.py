@@ -143,9 +143,11 @@ def worker_alignkit(spec: dict) -> dict:
             return orig_ref(*a, **k)
         finally:
             timing["reference_s"] += time.perf_counter() - t
+            timing["rss_after_ref_kb"] = _maxrss_kb()
 
     def timed_train(self, resume=False):
         timing["train_start"], timing["cpu_start"] = time.perf_counter(), time.process_time()
+        timing["rss_train_start_kb"] = _maxrss_kb()
         return orig_train(self, resume)
 
     def timed_step(self):
@@ -167,6 +169,8 @@ def worker_alignkit(spec: dict) -> dict:
                    "step_s": ends[i + 1] - ends[i], "step_cpu_s": cpu[i + 1] - cpu[i],
                    "rss_kb": timing["rss_kb"][i]} for i, g in enumerate(logs)],
         "reference_s": timing["reference_s"],
+        "rss_phases_kb": {"after reference pass": timing.get("rss_after_ref_kb"),
+                          "train start": timing.get("rss_train_start_kb")},
         "reference_cache": summary["reference_cache"],
         "data": summary["data"],
     }
@@ -203,6 +207,7 @@ def worker_trl(spec: dict) -> dict:
     class Recorder(TrainerCallback):
         def on_train_begin(self, args, state, control, **kw):
             timing["train_start"], timing["cpu_start"] = time.perf_counter(), time.process_time()
+            timing["rss_train_start_kb"] = _maxrss_kb()
 
         def on_step_end(self, args, state, control, **kw):
             timing["step_end"].append(time.perf_counter())
@@ -228,7 +233,7 @@ def worker_trl(spec: dict) -> dict:
                       "num_tokens": g.get("num_tokens"), "step_s": ends[i + 1] - ends[i],
                       "step_cpu_s": cpu[i + 1] - cpu[i],
                       "rss_kb": timing["rss_kb"][i]})
-    return {"steps": steps, "tokens": tokens}
+    return {"steps": steps, "tokens": tokens, "rss_phases_kb": {"train start": timing.get("rss_train_start_kb")}}
 
 
 def worker_probe(spec: dict) -> dict:
@@ -586,6 +591,10 @@ def _run(a, workdir: Path, model: str) -> int:
       f"{trl_proc['wall_s'] / cold_proc['wall_s']:>13.2f}")
     w(f"{'CPU time, whole process':28} {cold_proc['cpu_s']:>11.1f}s {trl_proc['cpu_s']:>11.1f}s "
       f"{trl_proc['cpu_s'] / cold_proc['cpu_s']:>13.2f}")
+    ph = {**{f"alignkit {k}": v for k, v in cold.get("rss_phases_kb", {}).items() if v},
+          **{f"TRL {k}": v for k, v in trl_res.get("rss_phases_kb", {}).items() if v},
+          "alignkit after step 0": ak[0]["rss_kb"], "TRL after step 0": tr[0]["rss_kb"]}
+    w("peak RSS so far, by phase: " + ", ".join(f"{k} {fmt_mb(v)}" for k, v in ph.items()))
     w(f"alignkit vs TRL: tokens/s x{ak_tps / tr_tps:.2f}, peak RSS x{cold_proc['peak_rss_kb'] / trl_proc['peak_rss_kb']:.2f}"
       " (issue targets: tokens/s >= x2 short pairs, >= x3 ~2k-token prompts; peak RSS <= x0.6)")
     if peak:
