@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast lint bench browser-deps clean
+.PHONY: install demo demo-longreward test test-fast lint bench browser-deps clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,14 +30,16 @@ $(TEST_STAMP): $(STAMP)
 
 install: $(STAMP)
 
-# The main jobs on the embedded model: SFT -> verified on-policy pairs -> DPO (alignkit demo), then
-# LongReward AI feedback -> pairs -> DPO+NLL (alignkit pipeline longreward). Each prints its report path.
-# Precision is chosen by capability (fp32 on CPUs without native bf16); each stage prints its time.
+# The main job on the embedded model: SFT -> verified on-policy pairs -> DPO -> GRPO (alignkit demo,
+# configs/demo.yaml). Precision is chosen by capability (fp32 on CPUs without native bf16); every
+# stage prints its time and the report path is printed at the end.
 demo: install
 	@t=$$(date +%s) && $(PY) -m alignkit demo --config configs/demo.yaml && echo "alignkit demo: $$(( $$(date +%s) - t )) s"
+
+# The LongReward showcase (AI feedback on 3k-token prompts -> pairs -> DPO + NLL): longer than make demo.
+demo-longreward: install
 	@t=$$(date +%s) && $(PY) -m alignkit pipeline longreward --config configs/longreward_smollm2.yaml \
 	  && echo "alignkit pipeline longreward: $$(( $$(date +%s) - t )) s"
-	@echo "reports: runs/demo/report.md and runs/longreward-smollm2/report.md"
 
 # Chromium for the annotation app's browser test (Debian package; skipped where apt is unavailable).
 browser-deps:

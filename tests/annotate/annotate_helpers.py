@@ -11,7 +11,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,27 +55,12 @@ def form_ratings(left: int = 4, right: int = 2) -> dict:
 @contextmanager
 def live_server(db, settings=None):
     """Serve ``db`` with uvicorn in a thread on a pre-bound loopback socket; yields the base URL."""
-    import uvicorn
+    from tests.live_server import serve_app_in_thread
 
     from alignkit.annotate.app import create_app
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(db, settings), log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("test server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
+    with serve_app_in_thread(create_app(db, settings), lifespan="off") as url:
+        yield url
 
 
 def free_port() -> int:

@@ -81,6 +81,30 @@ def test_wed_command_with_a_vector_file(tmp_path, capsys):
     assert main(["eval", "wed", "--data", data, "--embeddings", "nowhere.json"]) == 2
 
 
+@pytest.mark.parametrize(
+    "command, text, message",
+    [
+        ("wed", '{"a": "x", "b": "y"}\n\n{"a": "x"}\n', "pairs.jsonl:3: field 'b': missing"),
+        ("wed", '{"a": "x", "b": 3}\n', "pairs.jsonl:1: field 'b': expected a string, got int"),
+        ("wed", '{"a": "x", "b": "y"}\n{"a": ', "pairs.jsonl:2: invalid JSON"),
+        ("wed", "[1, 2]\n", "pairs.jsonl:1: expected a JSON object, got list"),
+        ("wed", "\n", "pairs.jsonl: no rows"),
+        ("textgen", '{"hypothesis": "x", "reference": "y"}\n\n{"hypothesis": "x", "references": [1]}\n',
+         "pairs.jsonl:3: field 'references': must be a non-empty list of strings"),
+        ("seqa", '{"prompt": "p", "options": "ab", "label": 0}\n', "pairs.jsonl:1: field 'options': expected a list, got str"),
+        ("seqa", '{"prompt": "p", "options": ["a", "b"], "label": 2}\n',
+         "pairs.jsonl:1: field 'label': 2 is not an index into options"),
+    ],
+)
+def test_eval_data_errors_name_file_line_and_field(tmp_path, capsys, command, text, message):
+    """The metric commands read rows with the one reader (data/records.py): file:line: field errors."""
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(text)
+    extra = ["--embeddings", "nowhere.json"] if command == "wed" else []
+    assert main(["eval", command, "--data", str(data), *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_real_mini_run_on_the_embedded_model(tmp_path, capsys):
     out = tmp_path / "run"

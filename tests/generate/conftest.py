@@ -53,3 +53,4 @@ def serve_in_subprocess(args: list[str], env_extra: dict[str, str]):
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+

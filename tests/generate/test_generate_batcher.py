@@ -59,3 +59,31 @@ def test_a_refused_request_fails_alone(tiny_lm):
         with pytest.raises(GenerationError, match="context window"):
             bad.result(timeout=60)
     q.close()
+
+
+def test_token_listeners_withdrawn_requests_and_broken_listeners(tiny_lm):
+    """Each listener hears its own request's tokens; a request cancelled while queued is never run; a
+    listener that raises is detached without failing its batch."""
+    model, tok = tiny_lm
+    engine = _Recording(model, tok)
+    q = BatchingQueue(engine)
+    sp = SamplingParams(max_new_tokens=4, temperature=1.0, seed=3)
+    first = q.submit_async("first", sp)
+    deadline = time.monotonic() + 30
+    while not q._queue.empty() and time.monotonic() < deadline:  # the worker holds it at the gate
+        time.sleep(0.01)
+    time.sleep(0.05)
+    heard: list[tuple[int, int]] = []
+
+    def broken(j, token):
+        raise RuntimeError("client gone")
+
+    listened = q.submit_async("a", sp, on_token=lambda j, token: heard.append((j, token)))
+    withdrawn = q.submit_async("b", sp)
+    with_broken = q.submit_async("c", sp, on_token=broken)
+    assert withdrawn.cancel()
+    engine.gate.set()
+    assert listened.result(timeout=60).completions[0].token_ids == [t for _, t in heard] and {j for j, _ in heard} == {0}
+    assert len(with_broken.result(timeout=60).completions[0].token_ids) > 0 and first.result(timeout=60)
+    assert withdrawn.cancelled() and engine.calls == [1, 2]  # the withdrawn one never reached the engine
+    q.close()

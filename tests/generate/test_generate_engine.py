@@ -202,6 +202,42 @@ def test_sampler_respects_top_p_top_k_and_probabilities(engine):
     assert cold[0] > 0.98
 
 
+def _nucleus_by_full_sort(probs, top_p):
+    sorted_p, sorted_idx = probs.sort(dim=-1, descending=True)
+    drop = (sorted_p.cumsum(-1) - sorted_p) >= top_p
+    return torch.zeros_like(probs).scatter(-1, sorted_idx, sorted_p.masked_fill(drop, 0.0))
+
+
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.95, 0.999])
+def test_nucleus_from_top_k_equals_the_full_sort(top_p):
+    from alignkit.generate.engine import candidates
+
+    gen = torch.Generator().manual_seed(0)
+    peaked = torch.randn(6, 5000, generator=gen) * 4  # nucleus within the first 64 candidates
+    flat = torch.randn(3, 5000, generator=gen) * 0.05  # nucleus of thousands: needs the retries
+    logits = torch.cat([peaked, flat])
+    probs, ids = candidates(logits, top_p=top_p, first_k=64)
+    dense = torch.zeros_like(logits).scatter(-1, ids, probs)
+    reference = _nucleus_by_full_sort(torch.softmax(logits, dim=-1), top_p)
+    # the same kept set, up to one boundary token whose mass-before sits within float rounding of top_p
+    assert int(((dense > 0) != (reference > 0)).sum(-1).max()) <= 1
+    assert torch.allclose(dense.sum(-1), reference.sum(-1), atol=1e-5)
+    both = (dense > 0) & (reference > 0)
+    assert torch.allclose(dense[both], reference[both], rtol=1e-5, atol=1e-9)
+    assert ids.shape[-1] > 64  # the flat rows needed the retry
+
+
+def test_top_k_then_top_p_renormalises_over_the_top_k():
+    from alignkit.generate.engine import candidates
+
+    logits = torch.log(torch.tensor([[0.4, 0.3, 0.2, 0.1]]))
+    probs, ids = candidates(logits, top_k=2, top_p=1.0)
+    assert ids.tolist() == [[0, 1]] and torch.allclose(probs, torch.tensor([[4 / 7, 3 / 7]]))
+    # top-k 3 -> {0.444, 0.333, 0.222}; nucleus 0.7 keeps the first two (0.444 < 0.7 <= 0.777)
+    probs, ids = candidates(logits, top_k=3, top_p=0.7)
+    assert ids.tolist() == [[0, 1, 2]] and probs[0, 2] == 0 and probs[0, 1] > 0
+
+
 def test_n_completions_share_one_prefill(engine, monkeypatch):
     calls = []
     forward = engine.model.forward
@@ -297,3 +333,24 @@ def test_greedy_with_prefix_reuse_equals_without(tiny_lm, n):
     common = len(__import__("os").path.commonprefix([reuse.encode(p) for p in prompts[:3]]))
     assert common >= 32 and (1, common) in shapes  # the shared prefix was run once, as one row
     assert (1, len(reuse.encode("Why?"))) in shapes  # the unrelated prompt in a batch of its own
+
+
+def test_on_token_reports_every_token_right_after_its_decode_step(engine):
+    """``on_token`` sees each completion's tokens in order, as decoded: each token is reported between
+    the forward pass that produced it and the next one, not when the call returns."""
+    forwards = []
+    hook = engine.model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    seen: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    try:
+        params = SamplingParams(max_new_tokens=5, temperature=0.9, n=2, seed=4, stop=["e"])
+        prompts = ["Hi", "Why?"]
+        got = engine.generate(prompts, params,
+                              on_token=lambda r, j, tok: seen.setdefault((r, j), []).append((tok, len(forwards))))
+    finally:
+        hook.remove()
+    assert engine.generate(prompts, params) == got  # listening changes nothing
+    assert sorted(seen) == [(r, j) for r in range(2) for j in range(2)]
+    for (r, j), toks in seen.items():
+        assert [t for t, _ in toks] == got[r].completions[j].token_ids  # stop and EOS tokens included
+        steps = [f for _, f in toks]  # forward passes so far: one more per reported token
+        assert steps == list(range(steps[0], steps[0] + len(steps))) and steps[0] >= 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from alignkit.generate.engine import HFEngine
+
 KEY = "test-key-123"
 
 
@@ -260,16 +262,166 @@ def test_malformed_content_length_is_400(server):
     conn.close()
 
 
-@pytest.mark.parametrize("text", ["Hello world, how are you? 😀 naïve café.\nNext", "日本語のテキスト", "  two  spaces  "])
-def test_stream_pieces_join_to_the_text(tokenizer, text):
-    """Streamed deltas split at token boundaries and always join to the exact completion text."""
+# ----------------------------------------------------------------------------------------- streaming
+def _sse(lines) -> list:
+    """The JSON payloads of an SSE stream, then the literal '[DONE]'."""
+    import json
+
+    return [line[6:] if line == "data: [DONE]" else json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+
+
+def _joined(events) -> tuple[dict[int, str], dict[int, str]]:
+    """Per choice index: the concatenated content deltas and the finish reason."""
+    texts: dict[int, str] = {}
+    finish: dict[int, str] = {}
+    for e in events[:-1]:
+        for ch in e["choices"]:
+            texts[ch["index"]] = texts.get(ch["index"], "") + (ch["delta"].get("content") or "")
+            if ch["finish_reason"]:
+                finish[ch["index"]] = ch["finish_reason"]
+    return texts, finish
+
+
+def test_streamed_deltas_join_to_the_plain_answer(server):
+    """Same seed, same text: greedy, n=2 sampled (tokens ending inside UTF-8 characters), and a stop string."""
+    msgs = [{"role": "user", "content": "Tell me something"}]
+    with _client(server) as c:
+        def both(**body):
+            body = {"model": "tiny", "messages": msgs, **body}
+            plain = c.post("/v1/chat/completions", json=body).json()
+            events = _sse(c.post("/v1/chat/completions", json={**body, "stream": True}).text.splitlines())
+            assert events[-1] == "[DONE]"
+            texts, finish = _joined(events)
+            want = {ch["index"]: ch["message"]["content"] for ch in plain["choices"]}
+            assert texts == want and finish == {ch["index"]: ch["finish_reason"] for ch in plain["choices"]}
+            return want
+
+        both(max_tokens=6, temperature=0)
+        sampled = both(max_tokens=12, temperature=1.0, n=2, seed=5)
+        stop = sampled[1][5:7]
+        cut = both(max_tokens=12, temperature=1.0, n=2, seed=5, stop=[stop, "\uffff"])
+        assert cut[1] == sampled[1][: sampled[1].index(stop)]  # the stop string did cut
+
+
+def test_streaming_with_the_official_openai_client_n2_and_stop(server):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=60)
+    msgs = [{"role": "user", "content": "Hi"}]
+    args = {"model": "tiny", "messages": msgs, "max_tokens": 12, "temperature": 1.0, "n": 2, "seed": 9}
+    free = client.chat.completions.create(**args)
+    stop = free.choices[0].message.content[4:6]
+    whole = client.chat.completions.create(**args, stop=stop)
+    texts: dict[int, str] = {}
+    for chunk in client.chat.completions.create(**args, stop=stop, stream=True):
+        for ch in chunk.choices:
+            texts[ch.index] = texts.get(ch.index, "") + (ch.delta.content or "")
+    assert texts == {ch.index: ch.message.content for ch in whole.choices}
+    assert whole.choices[0].finish_reason == "stop" and stop not in texts[0]
+
+
+class _GatedModel:
+    """Holds the model's ``block_at``-th forward pass until ``release`` is set (at most 30 s), to freeze
+    a generation half-way: ``waiting`` while it is held, ``passed`` once it went on."""
+
+    def __init__(self, model, block_at: int):
+        import threading
+
+        self.block_at, self.calls = block_at, 0
+        self.release, self.waiting, self.passed = threading.Event(), threading.Event(), threading.Event()
+        self.handle = model.register_forward_pre_hook(self._hook)
+
+    def _hook(self, *_):
+        self.calls += 1
+        if self.calls == self.block_at:
+            self.waiting.set()
+            self.release.wait(30)
+            self.waiting.clear()
+            self.passed.set()
+
+
+class _CountingEngine(HFEngine):
+    """An HFEngine that records how many prompts each ``generate`` call got."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.calls: list[int] = []
+
+    def generate(self, prompts, params, **kw):
+        self.calls.append(len(prompts))
+        return super().generate(prompts, params, **kw)
+
+
+@pytest.fixture()
+def gated_server(tiny_lm):
+    """An in-process server over the tiny model whose 4th forward pass waits for ``gate.release``."""
     from types import SimpleNamespace
 
-    from alignkit.generate.server import _text_pieces
+    from tests.live_server import serve_app_in_thread
 
-    ids = tokenizer(text, add_special_tokens=False).input_ids
-    full = tokenizer.decode(ids, skip_special_tokens=True)
-    pieces = _text_pieces(tokenizer, SimpleNamespace(text=full, token_ids=ids))
-    assert "".join(pieces) == full and len(pieces) > 1 and all(pieces)
-    cut = full[: len(full) // 2]  # text cut at a stop string: the pieces stop there
-    assert "".join(_text_pieces(tokenizer, SimpleNamespace(text=cut, token_ids=ids))) == cut
+    from alignkit.generate.server import create_app
+
+    model, tok = tiny_lm
+    gate = _GatedModel(model, block_at=4)
+    engine = _CountingEngine(model, tok)
+    app = create_app(engine, "tiny", default_max_tokens=8)
+    with serve_app_in_thread(app) as base:
+        yield SimpleNamespace(base=base, gate=gate, engine=engine, batcher=app.app.state.batcher)
+        gate.release.set()  # before the server stops, also when the test failed
+
+
+def test_stream_chunks_arrive_while_the_model_is_still_decoding(gated_server):
+    """The first content chunk reaches the client before the engine gets past its 4th forward pass (3
+    tokens decoded, 5 to go; that pass waits for the test): tokens are sent as decoded. Sending after
+    the generation, the chunk could only come once the 30 s hold ran out, and this test fails."""
+    base, gate = gated_server.base, gated_server.gate
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "Go"}], "max_tokens": 8, "temperature": 0}
+    with httpx.Client(base_url=base, timeout=60) as c:
+        with c.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            seen = []
+            for line in lines:
+                seen.append(line)
+                if '"content":' in line and '"content": ""' not in line:
+                    break
+            assert not gate.passed.is_set()  # mid-generation: the 4th pass has not run
+            gate.release.set()
+            seen += list(lines)
+        plain = c.post("/v1/chat/completions", json=body).json()
+    texts, finish = _joined(_sse(seen))
+    assert texts == {0: plain["choices"][0]["message"]["content"]} and finish == {0: "length"}
+
+
+def test_concurrent_streams_share_a_batch(gated_server):
+    """Three streaming clients that arrive while a first request decodes are served by one engine call,
+    each receiving its own seeded sample."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    base, gate, engine = gated_server.base, gated_server.gate, gated_server.engine
+    first = {"model": "tiny", "messages": [{"role": "user", "content": "Go"}], "temperature": 0}
+
+    def stream(seed: int) -> str:
+        body = {"model": "tiny", "messages": [{"role": "user", "content": f"q{seed}"}], "temperature": 1.0,
+                "seed": seed, "max_tokens": 6, "stream": True}
+        with httpx.Client(base_url=base, timeout=60) as c:
+            return _joined(_sse(c.post("/v1/chat/completions", json=body).text.splitlines()))[0][0]
+
+    with ThreadPoolExecutor(4) as pool:
+        blocker = pool.submit(lambda: httpx.post(f"{base}/v1/chat/completions", json=first, timeout=60))
+        deadline = time.monotonic() + 30
+        while not gate.waiting.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        streams = [pool.submit(stream, seed) for seed in (1, 2, 3)]
+        while gated_server.batcher._queue.qsize() < 3 and time.monotonic() < deadline:  # all three wait
+            time.sleep(0.01)
+        gate.release.set()
+        got = [f.result(timeout=60) for f in streams]
+        assert blocker.result(timeout=60).status_code == 200
+    assert engine.calls == [1, 3]
+    with httpx.Client(base_url=base, timeout=60) as c:
+        for seed, text in zip((1, 2, 3), got, strict=True):
+            body = {"model": "tiny", "messages": [{"role": "user", "content": f"q{seed}"}], "temperature": 1.0,
+                    "seed": seed, "max_tokens": 6}
+            assert text == c.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]

@@ -291,19 +291,26 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path, rl_model_dir):
         assert a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-5 for k in a if isinstance(a[k], float))
 
 
-def test_two_processes_equal_one(tmp_path, rl_model_dir):
-    """torchrun, 2 CPU processes with gloo (2 prompts each) == 1 process (4 prompts)."""
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_processes_equal_one(tmp_path, rl_model_dir, launcher):
+    """2 CPU processes with gloo (2 prompts each) == 1 process (4 prompts), under torchrun and under
+    ``accelerate launch`` with the shipped configs/accelerate/cpu_ddp.yaml."""
     from alignkit.train.rl import train_rl
 
     kw = {"advantage.whiten": "true"}
     one = train_rl(_cfg(rl_model_dir, tmp_path / "one", **kw))
     env = {**ENV, "ALIGNKIT_HOME": os.environ["ALIGNKIT_HOME"]}
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    two = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29537", "-m", "alignkit", "rl",
-                          *_overrides(rl_model_dir, tmp_path / "two", **kw)],
+    bindir = os.path.dirname(sys.executable)
+    root = Path(__file__).resolve().parents[2]
+    launch = ([os.path.join(bindir, "torchrun"), "--nproc_per_node", "2", "--master_port", "29537"]
+              if launcher == "torchrun" else
+              [os.path.join(bindir, "accelerate"), "launch", "--config_file",
+               str(root / "configs" / "accelerate" / "cpu_ddp.yaml"), "--main_process_port", "29538"])
+    two = subprocess.run([*launch, "-m", "alignkit", "rl", *_overrides(rl_model_dir, tmp_path / "two", **kw)],
                          capture_output=True, text=True, env=env, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert s2["processes"] == 2 and one["processes"] == 1
     assert s2["steps"] == 2 and abs(s2["last"]["reward/mean"] - one["last"]["reward/mean"]) < 1e-9
     assert _max_diff(_weights(tmp_path / "one"), _weights(tmp_path / "two")) < 1e-6
 

@@ -93,21 +93,22 @@ def iter_records(path: str | Path) -> Iterator[Record]:
         )
 
 
-def iter_objects(path: str | Path) -> Iterator[Record]:
-    """:func:`iter_records`, each record a JSON object; a file without rows is an error."""
+def iter_objects(path: str | Path, allow_empty: bool = False) -> Iterator[Record]:
+    """:func:`iter_records`, each record a JSON object; a file without rows is an error unless
+    ``allow_empty`` (for files a program wrote itself, where no rows is a valid outcome)."""
     n = 0
     for rec in iter_records(path):
         if not isinstance(rec.value, dict):
             raise DataError(f"{rec.where}: expected a JSON object, got {type(rec.value).__name__}")
         n += 1
         yield rec
-    if n == 0:
+    if n == 0 and not allow_empty:
         raise DataError(f"{path}: no rows")
 
 
-def read_objects(path: str | Path) -> list[Record]:
+def read_objects(path: str | Path, allow_empty: bool = False) -> list[Record]:
     """Every row of ``path`` (each an object); any bad row raises before anything is returned."""
-    return list(iter_objects(path))
+    return list(iter_objects(path, allow_empty))
 
 
 def require(row: dict[str, Any], key: str, where: str) -> Any:
@@ -117,11 +118,17 @@ def require(row: dict[str, Any], key: str, where: str) -> Any:
     return row[key]
 
 
+def require_type(row: dict[str, Any], key: str, where: str, typ: type | tuple[type, ...], what: str) -> Any:
+    """``row[key]`` of type ``typ``, or ``field 'key': expected <what>, got <type>`` (``what``: "a list")."""
+    value = require(row, key, where)
+    if not isinstance(value, typ):
+        raise DataError(f"{where}: field '{key}': expected {what}, got {type(value).__name__}")
+    return value
+
+
 def require_str(row: dict[str, Any], key: str, where: str, allow_empty: bool = False) -> str:
     """A string field (non-blank unless ``allow_empty``)."""
-    value = require(row, key, where)
-    if not isinstance(value, str):
-        raise DataError(f"{where}: field '{key}': expected a string, got {type(value).__name__}")
+    value = require_type(row, key, where, str, "a string")
     if not allow_empty and not value.strip():
         raise DataError(f"{where}: field '{key}': empty")
     return value

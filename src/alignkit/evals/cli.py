@@ -11,7 +11,8 @@ from typing import Literal
 
 from alignkit.commands import Command
 from alignkit.config import StrictModel
-from alignkit.errors import UserError
+from alignkit.data.records import Record, read_objects, require_type
+from alignkit.errors import DataError, UserError
 
 
 class CompareConfig(StrictModel):
@@ -187,31 +188,18 @@ def build_mini(cfg: BuildMiniConfig) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------------------ jsonl input
-def _read_jsonl(path: str, required: dict[str, type | tuple]) -> list[dict]:
+# ------------------------------------------------------------------------------------ row input
+_WHAT = {str: "a string", list: "a list", int: "an integer"}
 
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: file not found")
-    rows = []
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{p}:{lineno}: invalid JSON: {exc.msg}") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{p}:{lineno}: expected a JSON object")
+
+def _read_rows(path: str, required: dict[str, type]) -> list[Record]:
+    """The rows of ``path`` (JSONL, JSON or Parquet, read by :mod:`alignkit.data.records`), each holding
+    the ``required`` fields with the given types; a bad row raises ``DataError`` naming file:line:field."""
+    records = read_objects(path)
+    for rec in records:
         for field, typ in required.items():
-            if field not in row:
-                raise UserError(f"{p}:{lineno}: missing field {field!r}")
-            if not isinstance(row[field], typ):
-                raise UserError(f"{p}:{lineno}: field {field!r} has type {type(row[field]).__name__}")
-        rows.append(row)
-    if not rows:
-        raise UserError(f"{p}: no rows")
-    return rows
+            require_type(rec.value, field, rec.where, typ, _WHAT[typ])
+    return records
 
 
 def _emit(result: dict, output: str | None) -> None:
@@ -229,15 +217,16 @@ def _emit(result: dict, output: str | None) -> None:
 def textgen(cfg: TextgenConfig) -> int:
     from alignkit.evals import cotk
 
-    rows = _read_jsonl(cfg.data, {"hypothesis": str})
+    records = _read_rows(cfg.data, {"hypothesis": str})
+    rows = [rec.value for rec in records]
     refs = []
-    for i, r in enumerate(rows, 1):
-        ref = r.get("references", r.get("reference"))
+    for rec in records:
+        ref = rec.value.get("references", rec.value.get("reference"))
         if isinstance(ref, str):
             ref = [ref]
         if not isinstance(ref, list) or not ref or not all(isinstance(x, str) for x in ref):
-            raise UserError(
-                f"{cfg.data}:{i}: field 'references' must be a non-empty list of strings (or 'reference')"
+            raise DataError(
+                f"{rec.where}: field 'references': must be a non-empty list of strings (or 'reference')"
             )
         refs.append(ref)
     hyps = [r["hypothesis"] for r in rows]
@@ -275,7 +264,7 @@ def textgen(cfg: TextgenConfig) -> int:
 def wed(cfg: WedConfig) -> int:
     from alignkit.evals.wed import DictEmbeddings, InputEmbeddings, wed_similarity
 
-    rows = _read_jsonl(cfg.data, {"a": str, "b": str})
+    rows = [rec.value for rec in _read_rows(cfg.data, {"a": str, "b": str})]
     if cfg.embeddings == "minilm":
         emb = InputEmbeddings.minilm()
     elif cfg.embeddings.startswith("policy:"):
@@ -328,12 +317,14 @@ def seqa(cfg: SeqaConfig) -> int:
     from alignkit.generate.engine import make_engine
     from alignkit.models import DEFAULT_ENCODER, DEFAULT_MODEL
 
-    rows = _read_jsonl(cfg.data, {"prompt": str, "options": list, "label": int})
-    for i, r in enumerate(rows, 1):
+    records = _read_rows(cfg.data, {"prompt": str, "options": list, "label": int})
+    rows = [rec.value for rec in records]
+    for rec in records:
+        r = rec.value
         if len(r["options"]) < 2 or not all(isinstance(o, str) for o in r["options"]):
-            raise UserError(f"{cfg.data}:{i}: field 'options' must list at least two strings")
+            raise DataError(f"{rec.where}: field 'options': must list at least two strings")
         if not 0 <= r["label"] < len(r["options"]):
-            raise UserError(f"{cfg.data}:{i}: field 'label' {r['label']} is not an index into options")
+            raise DataError(f"{rec.where}: field 'label': {r['label']} is not an index into options")
     model = cfg.model or DEFAULT_MODEL
     gen = EngineVoterGenerator(
         make_engine(model, "auto", batch_size=cfg.batch), max_new_tokens=cfg.max_new_tokens

@@ -5,7 +5,13 @@ judge receive requests one at a time from many threads. ``BatchingQueue.submit``
 a single worker thread drains everything pending, groups requests whose sampling parameters agree
 (seeds may differ: they are passed per request), and runs one ``engine.generate`` per group. A
 request that the engine refuses (for example a prompt longer than the context) fails alone: a
-failing group is retried one request at a time so its neighbours still get their answers.
+failing group is retried one request at a time so its neighbours still get their answers (a request
+that already streamed tokens is not retried: it fails with the group's error).
+
+Streaming: a request submitted with ``on_token(completion index, token id)`` is told every token as
+the engine decodes it (called from the worker thread; see ``Engine.generate``), while its future
+still resolves to the whole :class:`GenerationResult` at the end. A request whose future was
+cancelled before the worker took it (its client went away) is dropped.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 
 from alignkit.generate.engine import GenerationResult, Prompt, SamplingParams
@@ -24,6 +31,8 @@ class _Request:
     params: SamplingParams
     apply_chat_template: bool
     future: Future
+    on_token: Callable[[int, int], None] | None = None
+    streamed: bool = False  # on_token was called at least once
 
 
 def _group_key(req: _Request) -> tuple:
@@ -50,12 +59,19 @@ class BatchingQueue:
         return self.submit_async(prompt, params, apply_chat_template).result()
 
     def submit_async(
-        self, prompt: Prompt, params: SamplingParams, apply_chat_template: bool = True
+        self,
+        prompt: Prompt,
+        params: SamplingParams,
+        apply_chat_template: bool = True,
+        on_token: Callable[[int, int], None] | None = None,
     ) -> Future:
+        """Queue one prompt; the future resolves to its result. ``on_token(completion index, token id)``
+        (optional) is called from the worker thread for every token as it is decoded. Cancelling the
+        future before its batch starts withdraws the request."""
         if self._closed:
             raise RuntimeError("BatchingQueue is closed")
         fut: Future = Future()
-        self._queue.put(_Request(prompt, params, apply_chat_template, fut))
+        self._queue.put(_Request(prompt, params, apply_chat_template, fut, on_token))
         return fut
 
     def close(self) -> None:
@@ -82,7 +98,8 @@ class BatchingQueue:
                 pending.append(item)
             groups: dict[tuple, list[_Request]] = {}
             for req in pending:
-                groups.setdefault(_group_key(req), []).append(req)
+                if req.future.set_running_or_notify_cancel():  # False: cancelled while it waited
+                    groups.setdefault(_group_key(req), []).append(req)
             for reqs in groups.values():
                 self._serve(reqs)
             if stop:
@@ -90,19 +107,38 @@ class BatchingQueue:
 
     def _serve(self, reqs: list[_Request]) -> None:
         params = dataclasses.replace(reqs[0].params, seed=None)
+        streaming = {}
+        if any(r.on_token is not None for r in reqs):  # only then: engines without streaming still work
+            streaming["on_token"] = lambda i, j, tok: _tell(reqs[i], j, tok)
         try:
             results = self.engine.generate(
                 [r.prompt for r in reqs],
                 params,
                 apply_chat_template=reqs[0].apply_chat_template,
                 seeds=[r.params.seed for r in reqs],
+                **streaming,
             )
         except Exception as exc:  # noqa: BLE001 - isolate the offending request(s), report to callers
             if len(reqs) == 1:
                 reqs[0].future.set_exception(exc)
                 return
             for r in reqs:
-                self._serve([r])
+                if r.streamed:  # its client already holds tokens: a retry would send them twice
+                    r.future.set_exception(exc)
+                else:
+                    self._serve([r])
             return
         for r, res in zip(reqs, results, strict=True):
             r.future.set_result(res)
+
+
+def _tell(req: _Request, completion: int, token: int) -> None:
+    """Pass one token to the request's listener; a listener that raises is detached (its request still
+    gets its result, and the batch it shares keeps decoding for the others)."""
+    if req.on_token is None:
+        return
+    req.streamed = True
+    try:
+        req.on_token(completion, token)
+    except Exception:  # noqa: BLE001 - one broken listener must not fail its neighbours' generation
+        req.on_token = None

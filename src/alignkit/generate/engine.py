@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 Prompt = str | list[dict]
+TokenCallback = Callable[[int, int, int], None]
+"""``on_token(request index, completion index, token id)``: called for every generated token, in order."""
 
 
 class Engine(Protocol):
@@ -56,7 +58,13 @@ class Engine(Protocol):
     def count_tokens(self, text: str) -> int: ...
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams, *, apply_chat_template: bool = True,
-                 progress: bool = False, seeds: Sequence[int | None] | None = None) -> list[GenerationResult]: ...
+                 progress: bool = False, seeds: Sequence[int | None] | None = None,
+                 on_token: TokenCallback | None = None) -> list[GenerationResult]:
+        """``params.n`` completions per prompt, in input order. ``on_token`` (optional) is called with
+        (request index, completion index, token id) for every generated token, terminating EOS/stop token
+        included, in generation order per completion; when it is called (during decoding or at the end)
+        is the backend's to say."""
+        ...
 
 
 class GenerationError(ValueError):
@@ -172,7 +180,7 @@ def _encode(tokenizer: Any, prompt: Prompt, apply_chat_template: bool) -> tuple[
     return text, ids
 
 
-def _cut_at_stop(text: str, stops: Sequence[str], search_from: int = 0) -> int | None:
+def cut_at_stop(text: str, stops: Sequence[str], search_from: int = 0) -> int | None:
     """Index of the earliest stop string occurrence starting at or after ``search_from``, else None."""
     best = None
     for s in stops:
@@ -263,11 +271,15 @@ class HFEngine:
         apply_chat_template: bool = True,
         progress: bool = False,
         seeds: Sequence[int | None] | None = None,
+        on_token: TokenCallback | None = None,
     ) -> list[GenerationResult]:
         """Generate ``params.n`` completions per prompt; results in input order.
 
         ``seeds`` (optional, one per prompt) overrides ``params.seed`` per request, so one call can
         serve many independently seeded requests (the server and the judge batch them this way).
+        ``on_token(request, completion, token_id)`` is called from the decode loop right after each
+        step, for every row still decoding, so a caller can stream tokens while the model runs (keep it
+        cheap: it runs between forward passes; an exception from it aborts the call).
         """
         import torch
 
@@ -299,7 +311,7 @@ class HFEngine:
                     for req, js in batch
                     for j in js
                 ]
-                self._decode(batch, [encoded[req][1] for req, _ in batch], rows, params, bar)
+                self._decode(batch, [encoded[req][1] for req, _ in batch], rows, params, bar, on_token)
                 for r in rows:
                     outputs[r.req][r.index] = r
         results = []
@@ -360,7 +372,8 @@ class HFEngine:
         return batches
 
     def _decode(
-        self, batch, prompt_ids: list[list[int]], rows: list[_Row], params: SamplingParams, bar
+        self, batch, prompt_ids: list[list[int]], rows: list[_Row], params: SamplingParams, bar,
+        on_token: TokenCallback | None = None,
     ) -> None:
         import torch
 
@@ -398,9 +411,10 @@ class HFEngine:
                     row.logprobs.append(step_lp)
             step += 1
             keep = []
-            for i, row in enumerate(active):
-                tok = int(next_tokens[i])
+            for i, (row, tok) in enumerate(zip(active, next_tokens.tolist(), strict=True)):
                 row.tokens.append(tok)
+                if on_token is not None:
+                    on_token(row.req, row.index, tok)
                 if tok in self.eos_token_ids or tok in params.stop_token_ids:
                     row.finish = "stop"
                 elif params.stop and self._hit_stop(row, params.stop):
@@ -469,39 +483,32 @@ class HFEngine:
 
     def _sample(self, logits, rows: list[_Row], params: SamplingParams):
         """Next token per row. Greedy is argmax; otherwise temperature -> top-k -> top-p, then one uniform
-        per row from the row's own generator mapped through the CDF (so batch composition is irrelevant)."""
+        per row from the row's own generator mapped through the CDF (so batch composition is irrelevant).
+
+        With top-k or top-p the CDF runs over the candidate tokens only, most likely first
+        (:func:`candidates`); without either, over the whole vocabulary in token-id order.
+        """
         import torch
 
         if params.temperature == 0.0:
             return logits.argmax(-1)
         logits = logits / params.temperature
-        if params.top_k > 0 and params.top_k < logits.shape[-1]:
-            kth = torch.topk(logits, params.top_k, dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        if params.top_p < 1.0:
-            sorted_p, sorted_idx = probs.sort(dim=-1, descending=True)
-            # drop a token when the mass strictly before it already reaches top_p (the top-1 always stays)
-            drop = (sorted_p.cumsum(-1) - sorted_p) >= params.top_p
-            sorted_p = sorted_p.masked_fill(drop, 0.0)
-            probs = torch.zeros_like(probs).scatter(-1, sorted_idx, sorted_p)
-        probs = probs / probs.sum(-1, keepdim=True)
+        if params.top_k > 0 or params.top_p < 1.0:
+            probs, ids = candidates(logits, params.top_k, params.top_p)
+        else:
+            probs, ids = torch.softmax(logits, dim=-1), None
         u = torch.stack([torch.rand((), generator=r.generator, device=logits.device) for r in rows])
         cdf = probs.cumsum(-1)
-        tokens = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).squeeze(-1)
-        # a uniform at the very top of the CDF may land past the last nonzero token: step back to it
-        tokens = tokens.clamp(max=logits.shape[-1] - 1)
-        bad = probs.gather(-1, tokens[:, None]).squeeze(-1) == 0
-        if bool(bad.any()):
-            last_nonzero = (probs > 0).long().cumsum(-1).argmax(-1)
-            tokens = torch.where(bad, last_nonzero, tokens)
-        return tokens
+        # searchsorted finds the first position whose cumulative mass reaches u * total: a position
+        # where the mass grows, so never a zeroed token (the clamp guards the float edge u * total > cdf[-1])
+        picks = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp(max=probs.shape[-1] - 1)
+        return picks.squeeze(-1) if ids is None else ids.gather(-1, picks).squeeze(-1)
 
     def _hit_stop(self, row: _Row, stops: list[str]) -> bool:
         text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
         longest = max(len(s) for s in stops)
         # only the tail that could contain a newly completed stop string is searched
-        cut = _cut_at_stop(text, stops, max(0, row.scanned - longest + 1))
+        cut = cut_at_stop(text, stops, max(0, row.scanned - longest + 1))
         row.scanned = len(text)
         if cut is None:
             return False
@@ -512,8 +519,44 @@ class HFEngine:
         if row.text is not None:  # already cut at a stop string
             return
         text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
-        cut = _cut_at_stop(text, stops) if stops else None
+        cut = cut_at_stop(text, stops) if stops else None
         row.text = text if cut is None else text[:cut]
+
+
+def candidates(logits, top_k: int = 0, top_p: float = 1.0, first_k: int = 256):
+    """``(probs, ids)``: the tokens top-k/top-p sampling can draw, most likely first, with their probabilities.
+
+    ``logits`` (rows, vocab) are already divided by the temperature. ``top_k`` (0 = off) keeps the k most
+    likely tokens and renormalises over them; ``top_p`` (1 = off) then keeps a token while the
+    probability mass strictly before it (descending order) is below ``top_p`` -- the nucleus of Holtzman
+    et al. 2020; the most likely token always stays. Dropped candidates have probability 0 (rows are not
+    renormalised: the sampler draws in proportion to the kept mass).
+
+    Sorting a 49k vocabulary for 64 rows costs more than the decode step itself on a CPU (~0.4 s), so
+    without ``top_k`` the nucleus is looked for among the ``first_k`` most likely tokens (``topk``) with
+    the probabilities of the full softmax: once their mass reaches ``top_p`` no token beyond them can be
+    kept, so the result is the full sort's. Rows where it does not (flat distributions) retry with 4x
+    as many tokens, up to the whole vocabulary.
+    """
+
+    vocab = logits.shape[-1]
+    if top_k > 0:
+        vals, ids = logits.topk(min(top_k, vocab), dim=-1)
+        lse = vals.logsumexp(-1, keepdim=True)  # renormalised over the top k
+        k = vals.shape[-1]
+    else:
+        lse = logits.logsumexp(-1, keepdim=True)
+        k = min(first_k, vocab)
+    while True:
+        if top_k <= 0:
+            vals, ids = logits.topk(k, dim=-1)
+        probs = (vals - lse).exp()
+        if top_p >= 1.0:
+            return probs, ids
+        before = probs.cumsum(-1) - probs  # mass strictly before each candidate
+        if top_k > 0 or k == vocab or bool((before[:, -1] + probs[:, -1] >= top_p).all()):
+            return probs.masked_fill(before >= top_p, 0.0), ids
+        k = min(vocab, 4 * k)
 
 
 def _prefix_groups(prompts: list[list[int]], min_shared: int) -> list[list[int]]:
@@ -566,7 +609,11 @@ class VLLMEngine:
         apply_chat_template: bool = True,
         progress: bool = False,
         seeds: Sequence[int | None] | None = None,
+        on_token: TokenCallback | None = None,
     ) -> list[GenerationResult]:
+        """As :meth:`HFEngine.generate`, except that ``on_token`` is called only once vLLM has finished
+        the whole call (every token of every completion, in order): offline ``LLM.generate`` does not
+        hand out tokens while it decodes, so a stream over this backend arrives at the end."""
         params.validate()
         if seeds is not None and len(seeds) != len(prompts):
             raise GenerationError(
@@ -604,6 +651,11 @@ class VLLMEngine:
                 for c in out.outputs
             ]
             results.append(GenerationResult(prompt=text, prompt_tokens=len(ids), completions=comps))
+        if on_token is not None:
+            for req, res in enumerate(results):
+                for j, comp in enumerate(res.completions):
+                    for tok in comp.token_ids:
+                        on_token(req, j, tok)
         return results
 
 

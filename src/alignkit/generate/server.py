@@ -13,15 +13,19 @@ its context), and a loopback bind by default (the body limit and loopback check 
 :mod:`alignkit.httpguard`, shared with the annotation app).
 
 ``stream: true`` answers with server-sent events in OpenAI's ``chat.completion.chunk`` format (a
-role chunk, one content chunk per token, a ``finish_reason`` chunk, ``stream_options.include_usage``
-honoured, ``data: [DONE]``). The completion is generated in the shared batch first and then sent
-token by token: the stream format is exact, but tokens do not arrive while the model decodes.
+role chunk per choice, content chunks as the model decodes, a ``finish_reason`` chunk per choice,
+``stream_options.include_usage`` honoured, ``data: [DONE]``). The engine reports every token from its
+decode loop (``on_token``); :class:`~alignkit.generate.streaming.TextDeltas` turns each choice's
+tokens into text deltas that join to exactly the non-streamed text (stop strings and split UTF-8
+characters held back). A request the engine refuses before its first token is a plain 400.
 
-Concurrent requests are merged into shared engine batches by :class:`BatchingQueue`.
+Concurrent requests, streamed or not, are merged into shared engine batches by
+:class:`BatchingQueue`; the endpoint is async and waits on the batcher without holding a thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
@@ -35,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from alignkit.generate.batcher import BatchingQueue
 from alignkit.generate.engine import GenerationError, SamplingParams
+from alignkit.generate.streaming import TextDeltas
 from alignkit.httpguard import BodyLimit, is_loopback, send_json  # noqa: F401  (is_loopback re-exported)
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -158,7 +163,6 @@ async def _invalid_request(_request, exc):
 
 def _routes(tokenizer):
     from fastapi import APIRouter
-    from fastapi.responses import StreamingResponse
 
     router = APIRouter()
 
@@ -173,29 +177,21 @@ def _routes(tokenizer):
             {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "alignkit"}]}
 
     @router.post("/v1/chat/completions")
-    def chat(req: ChatRequest, request: Request):
-        # a sync endpoint: FastAPI runs it in a worker thread, and the batcher merges concurrent ones
+    async def chat(req: ChatRequest, request: Request):
+        # async: a request waits on the batcher's future without holding a thread; the batcher merges
+        # concurrent requests (streamed or not) into shared engine batches
         state = request.app.state
         refusal = _refusal(req, state.model_name)
         if refusal is not None:
             return refusal
         params = _sampling_params(req, state.default_max_tokens)
         messages = [{"role": m.role, "content": m.content} for m in req.messages]
+        if req.stream:
+            return await _stream(state, tokenizer, req, messages, params)
         try:
-            result = state.batcher.submit(messages, params)
+            result = await asyncio.wrap_future(state.batcher.submit_async(messages, params))
         except GenerationError as exc:
             return _error(400, str(exc), param="messages")
-        completion_tokens = sum(len(c.token_ids) for c in result.completions)
-        with state.counters_lock:
-            state.counters["requests"] += 1
-            state.counters["prompt_tokens"] += result.prompt_tokens
-            state.counters["completion_tokens"] += completion_tokens
-        usage = {"prompt_tokens": result.prompt_tokens, "completion_tokens": completion_tokens,
-                 "total_tokens": result.prompt_tokens + completion_tokens}
-        if req.stream:
-            include_usage = bool(((req.model_extra or {}).get("stream_options") or {}).get("include_usage"))
-            events = _sse_events(tokenizer, result, state.model_name, usage if include_usage else None)
-            return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache"})
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
@@ -210,7 +206,7 @@ def _routes(tokenizer):
                 }
                 for i, c in enumerate(result.completions)
             ],
-            "usage": usage,
+            "usage": _count_usage(state, result),
         }
 
     return router
@@ -256,47 +252,94 @@ def _sampling_params(req: ChatRequest, default_max_tokens: int) -> SamplingParam
     )
 
 
-def _sse_events(tokenizer, result, model_name: str, usage: dict | None):
-    """OpenAI's ``chat.completion.chunk`` server-sent events: per choice a role chunk, one content
-    chunk per generated token, a final chunk with ``finish_reason``; then usage if asked, then ``[DONE]``."""
+def _count_usage(state, result) -> dict[str, int]:
+    """The answer's ``usage``, also added to the server's /health counters."""
+    completion_tokens = sum(len(c.token_ids) for c in result.completions)
+    with state.counters_lock:
+        state.counters["requests"] += 1
+        state.counters["prompt_tokens"] += result.prompt_tokens
+        state.counters["completion_tokens"] += completion_tokens
+    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": result.prompt_tokens + completion_tokens}
+
+
+async def _stream(state, tokenizer, req: ChatRequest, messages: list[dict], params: SamplingParams):
+    """Submit a streamed request and wait for its first token: a refusal before it is a 400, then SSE.
+
+    The batcher's worker thread posts ``(choice, token id)`` for every decoded token, then ``None``
+    when the request is finished, onto an asyncio queue of this event loop.
+    """
+    from fastapi.responses import StreamingResponse
+
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue = asyncio.Queue()
+
+    def post(item) -> None:  # called from the batcher's thread
+        with contextlib.suppress(RuntimeError):  # the event loop is gone: the server is shutting down
+            loop.call_soon_threadsafe(inbox.put_nowait, item)
+
+    future = state.batcher.submit_async(messages, params, on_token=lambda j, tok: post((j, tok)))
+    future.add_done_callback(lambda _f: post(None))
+    try:
+        first = await inbox.get()
+    except asyncio.CancelledError:
+        future.cancel()  # the client left before its batch started: withdraw the request
+        raise
+    failure = future.exception() if first is None else None
+    if failure is not None:  # refused before the first token: still time for a plain error response
+        if isinstance(failure, GenerationError):
+            return _error(400, str(failure), param="messages")
+        return _error(500, str(failure), "server_error")
+    include_usage = bool(((req.model_extra or {}).get("stream_options") or {}).get("include_usage"))
+    events = _sse_events(first, inbox, future, [TextDeltas(tokenizer, params.stop) for _ in range(params.n)],
+                         state, include_usage)
+    return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+
+async def _sse_events(first, inbox: asyncio.Queue, future, deltas: list[TextDeltas], state, include_usage: bool):
+    """OpenAI's ``chat.completion.chunk`` server-sent events: a role chunk per choice, content deltas as
+    tokens arrive (everything already decoded is sent together), then per choice the held-back rest and
+    a ``finish_reason`` chunk; usage if asked; ``[DONE]``. An engine failure mid-stream is an
+    ``error`` event (the status line has already gone out)."""
     base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
-            "model": model_name}
+            "model": state.model_name}
 
     def event(choices: list, **extra) -> str:
         return f"data: {json.dumps({**base, 'choices': choices, **extra}, ensure_ascii=False)}\n\n"
 
-    for i, c in enumerate(result.completions):
+    def content(i: int, text: str) -> str:
+        return event([{"index": i, "delta": {"content": text}, "finish_reason": None}])
+
+    for i in range(len(deltas)):
         yield event([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-        for piece in _text_pieces(tokenizer, c):
-            yield event([{"index": i, "delta": {"content": piece}, "finish_reason": None}])
+    item = first
+    while item is not None:
+        batch = [item]
+        while batch[-1] is not None and not inbox.empty():
+            batch.append(inbox.get_nowait())
+        tokens: dict[int, list[int]] = {}
+        for j, tok in (x for x in batch if x is not None):
+            tokens.setdefault(j, []).append(tok)
+        for j, toks in tokens.items():
+            text = deltas[j].add(toks)
+            if text:
+                yield content(j, text)
+        item = None if batch[-1] is None else await inbox.get()
+    try:
+        result = future.result()
+    except Exception as exc:  # noqa: BLE001 - reported to the client in the stream, as OpenAI/vLLM do
+        yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'server_error', 'param': None}})}\n\n"
+        yield "data: [DONE]\n\n"
+        return
+    for i, c in enumerate(result.completions):
+        rest = deltas[i].finish(c.text)
+        if rest:
+            yield content(i, rest)
         yield event([{"index": i, "delta": {}, "finish_reason": c.finish_reason}])
-    if usage is not None:
+    usage = _count_usage(state, result)
+    if include_usage:
         yield event([], usage=usage)
     yield "data: [DONE]\n\n"
-
-
-def _text_pieces(tokenizer, completion) -> list[str]:
-    """The completion's text split at token boundaries; the pieces always join to exactly ``text``
-    (a token ending inside a multi-byte character waits for the next one; text cut at a stop string
-    ends the split). Incremental detokenisation over a sliding window: linear in the length."""
-    text, pieces, sent = completion.text, [], 0
-    ids = completion.token_ids
-    prefix_offset = read_offset = 0
-    for i in range(len(ids)):
-        before = tokenizer.decode(ids[prefix_offset:read_offset], skip_special_tokens=True)
-        after = tokenizer.decode(ids[prefix_offset : i + 1], skip_special_tokens=True)
-        if len(after) <= len(before) or after.endswith("\ufffd"):
-            continue
-        piece = after[len(before) :]
-        prefix_offset, read_offset = read_offset, i + 1
-        end = min(sent + len(piece), len(text))
-        if end <= sent or text[sent:end] != piece[: end - sent]:
-            break
-        pieces.append(text[sent:end])
-        sent = end
-    if sent < len(text):
-        pieces.append(text[sent:])
-    return pieces
 
 
 def _logprobs(tokenizer, completion, top: int) -> dict[str, Any]:

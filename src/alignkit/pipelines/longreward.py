@@ -34,6 +34,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from alignkit.config import ConfigError, StrictModel, dump_config
+from alignkit.data.records import read_objects
 from alignkit.data.tokenize import DataPolicy
 from alignkit.fingerprints import file_sha256, sha256_hex
 from alignkit.judge.client import JudgeConfig
@@ -191,7 +192,9 @@ def _file_hash(path: Path) -> str:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The rows of a JSONL file a pipeline stage wrote (possibly none); a damaged file is a DataError
+    naming file:line (the pipelines built on this one read their stage files here too)."""
+    return [rec.value for rec in read_objects(path, allow_empty=True)]
 
 
 class _Stages:

@@ -121,9 +121,9 @@ def build_pydoc_prompts(topics: tuple[str, ...] = TOPICS) -> list[dict[str, Any]
 
 def bundled_prompts() -> list[dict[str, Any]]:
     """The shipped prompt rows (independent of the running Python version)."""
-    return [
-        json.loads(line) for line in BUNDLED_FILE.read_text(encoding="utf-8").splitlines() if line.strip()
-    ]
+    from alignkit.data.records import read_objects
+
+    return [rec.value for rec in read_objects(BUNDLED_FILE)]
 
 
 def write_bundled(path: Path = BUNDLED_FILE) -> int:

@@ -266,7 +266,8 @@ def train_rl(cfg: RLConfig, resume: bool = False) -> dict[str, Any]:
     if not stop.signal:
         export_model(acc, ctx.policy, ctx.tok, out)
         after = heldout_reward(ctx, eval_rows)
-    payload = {"recipe": "rl", "precision": prec.as_dict(), "advantage": cfg.advantage.type, "reward": cfg.reward.type, "steps": ctx.state.step,
+    payload = {"recipe": "rl", "precision": prec.as_dict(), "advantage": cfg.advantage.type,
+               "reward": cfg.reward.type, "steps": ctx.state.step, "processes": acc.num_processes,
                "optimizer_steps": ctx.state.opt_steps, "interrupted": stop.signal is not None,
                "signal": stop.signal, "reward_failures": ctx.state.failures,
                "heldout_before": ctx.state.heldout_before, "heldout_after": after,
