@@ -176,31 +176,28 @@ def worker_alignkit(spec: dict) -> dict:
     }
 
 
-def worker_trl(spec: dict) -> dict:
-    """Train with TRL's DPOTrainer; a callback records step-end times and RSS."""
-    _pin_threads(spec["threads"])
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import DPOConfig, DPOTrainer
-
+def trl_common_args(spec: dict) -> dict:
+    """TRL TrainingArguments shared by the comparisons: the same optimizer, schedule and precision as alignkit."""
     a = spec["args"]
-    rows = [json.loads(line) for line in Path(spec["rows"]).read_text().splitlines()]
-    tok = AutoTokenizer.from_pretrained(spec["model"])
-    # fp32 master weights on both sides; bf16 means autocast (alignkit's only bf16 mode).
-    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
-    args = DPOConfig(
+    return dict(
         output_dir=spec["output_dir"], seed=a["seed"], data_seed=a["seed"],
         per_device_train_batch_size=a["batch_size"], gradient_accumulation_steps=1, max_steps=a["steps"],
         learning_rate=a["lr"], lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         optim="adamw_torch", adam_beta1=a["adam_betas"][0], adam_beta2=a["adam_betas"][1],
         adam_epsilon=a["adam_eps"], max_grad_norm=a["max_grad_norm"] or 0.0,
+        # fp32 master weights on both sides; bf16 means autocast (alignkit's only bf16 mode).
         bf16=a["precision"] == "bf16", fp16=False, use_cpu=True,
         activation_checkpointing=a["gradient_checkpointing"],  # TRL's default is on; match alignkit's setting
-        beta=a["beta"], loss_type=["sigmoid"], max_length=a["max_length"], truncation_mode="keep_start",
+        max_length=a["max_length"], truncation_mode="keep_start",
         train_sampling_strategy="sequential",  # rows are already in alignkit's order
         logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0,
     )
+
+
+def trl_recorder():
+    """A TrainerCallback recording step-end times, CPU times, RSS and logged metrics: (callback, timing, logs)."""
+    from transformers import TrainerCallback
+
     steps_logged: dict[int, dict] = {}
     timing: dict = {"step_end": [], "cpu_end": [], "rss_kb": []}
 
@@ -218,8 +215,24 @@ def worker_trl(spec: dict) -> dict:
             if logs and "loss" in logs:
                 steps_logged[state.global_step] = dict(logs)
 
+    return Recorder(), timing, steps_logged
+
+
+def worker_trl(spec: dict) -> dict:
+    """Train with TRL's DPOTrainer; a callback records step-end times and RSS."""
+    _pin_threads(spec["threads"])
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    rows = [json.loads(line) for line in Path(spec["rows"]).read_text().splitlines()]
+    tok = AutoTokenizer.from_pretrained(spec["model"])
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    args = DPOConfig(**trl_common_args(spec), beta=spec["args"]["beta"], loss_type=["sigmoid"])
+    recorder, timing, steps_logged = trl_recorder()
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         callbacks=[Recorder()])
+                         callbacks=[recorder])
     ds = trainer.train_dataset
     tokens = {k: [list(ids) for ids in ds[k]] for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
     trainer.train()
@@ -290,11 +303,16 @@ class RunFailed(RuntimeError):
 
 
 def alignkit_overrides(a, model: str, data: str, output_dir: str) -> list[str]:
+    return [*common_overrides(a, model, data, output_dir), "loss.type=dpo", f"loss.beta={a.beta}",
+            "reference.cache=true"]
+
+
+def common_overrides(a, model: str, data: str, output_dir: str) -> list[str]:
+    """alignkit settings shared by the TRL comparisons: model, data policy, optimizer, schedule, logging."""
     return [
         f"model.name_or_path={model}", f"model.gradient_checkpointing={str(a.gradient_checkpointing).lower()}",
         f"data.train={data}", f"data.policy.max_length={a.max_length}",
         f"data.policy.max_prompt_length={a.max_length - 1}",  # TRL has no prompt limit: keep any prompt that fits
-        "loss.type=dpo", f"loss.beta={a.beta}", "reference.cache=true",
         f"train.output_dir={output_dir}", f"train.seed={a.seed}", f"train.max_steps={a.steps}",
         f"train.batch_size={a.batch_size}", "train.grad_accum=1", f"train.lr={a.lr}", "train.weight_decay=0.0",
         f"train.adam_betas=[{a.adam_betas[0]}, {a.adam_betas[1]}]", f"train.adam_eps={a.adam_eps}",

@@ -39,12 +39,15 @@ from dpo_vs_trl import (  # noqa: E402
     RunFailed,
     _maxrss_kb,
     _pin_threads,
+    common_overrides,
     default_pairs,
     fmt_mb,
     matmul_peak,
     median_after_first,
     n_params,
     run_worker,
+    trl_common_args,
+    trl_recorder,
 )
 
 
@@ -84,43 +87,16 @@ def worker_trl(spec: dict) -> dict:
     _pin_threads(spec["threads"])
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    a = spec["args"]
     rows = [json.loads(line) for line in Path(spec["rows"]).read_text().splitlines()]
     tok = AutoTokenizer.from_pretrained(spec["model"])
     model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)  # fp32 master weights
-    args = SFTConfig(
-        output_dir=spec["output_dir"], seed=a["seed"], data_seed=a["seed"],
-        per_device_train_batch_size=a["batch_size"], gradient_accumulation_steps=1, max_steps=a["steps"],
-        learning_rate=a["lr"], lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        optim="adamw_torch", adam_beta1=a["adam_betas"][0], adam_beta2=a["adam_betas"][1],
-        adam_epsilon=a["adam_eps"], max_grad_norm=a["max_grad_norm"] or 0.0,
-        bf16=a["precision"] == "bf16", fp16=False, use_cpu=True,
-        activation_checkpointing=a["gradient_checkpointing"],  # TRL's default is on; match alignkit's setting
-        max_length=a["max_length"], truncation_mode="keep_start", packing=False, padding_free=False,
-        completion_only_loss=True, train_sampling_strategy="sequential",  # rows are already in alignkit's order
-        logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0,
-    )
-    steps_logged: dict[int, dict] = {}
-    timing: dict = {"step_end": [], "cpu_end": [], "rss_kb": []}
-
-    class Recorder(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kw):
-            timing["train_start"], timing["cpu_start"] = time.perf_counter(), time.process_time()
-
-        def on_step_end(self, args, state, control, **kw):
-            timing["step_end"].append(time.perf_counter())
-            timing["cpu_end"].append(time.process_time())
-            timing["rss_kb"].append(_maxrss_kb())
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                steps_logged[state.global_step] = dict(logs)
-
+    args = SFTConfig(**trl_common_args(spec), packing=False, padding_free=False, completion_only_loss=True)
+    recorder, timing, steps_logged = trl_recorder()
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         callbacks=[Recorder()])
+                         callbacks=[recorder])
     ds = trainer.train_dataset
     tokens = {"input_ids": [list(x) for x in ds["input_ids"]], "labels": [list(x) for x in ds["labels"]]}
     trainer.train()
@@ -138,17 +114,7 @@ WORKERS = {"alignkit": worker_alignkit, "trl": worker_trl}
 
 
 def alignkit_overrides(a, model: str, data: str, output_dir: str) -> list[str]:
-    return [
-        f"model.name_or_path={model}", f"model.gradient_checkpointing={str(a.gradient_checkpointing).lower()}",
-        f"data.train={data}", f"data.policy.max_length={a.max_length}",
-        f"data.policy.max_prompt_length={a.max_length - 1}",  # TRL has no prompt limit: keep any prompt that fits
-        f"train.output_dir={output_dir}", f"train.seed={a.seed}", f"train.max_steps={a.steps}",
-        f"train.batch_size={a.batch_size}", "train.grad_accum=1", f"train.lr={a.lr}", "train.weight_decay=0.0",
-        f"train.adam_betas=[{a.adam_betas[0]}, {a.adam_betas[1]}]", f"train.adam_eps={a.adam_eps}",
-        "train.schedule=constant", "train.warmup_steps=0",
-        f"train.max_grad_norm={'null' if a.max_grad_norm is None else a.max_grad_norm}",
-        f"train.precision={a.precision}", "train.log_every=1", "train.report_to=[]", "train.progress=false",
-    ]
+    return common_overrides(a, model, data, output_dir)
 
 
 def plan(a, model: str, data: str):
