@@ -415,6 +415,19 @@ def fmt_mb(kb: float) -> str:
     return f"{kb / 1024:,.0f} MB"
 
 
+def add_shared_args(p: argparse.ArgumentParser) -> None:
+    """Optimizer, determinism, threads and output flags shared by the TRL comparisons."""
+    p.add_argument("--adam-betas", type=float, nargs=2, default=[0.9, 0.999])
+    p.add_argument("--adam-eps", type=float, default=1e-8)
+    p.add_argument("--max-grad-norm", type=float, default=1.0)
+    p.add_argument("--gradient-checkpointing", action="store_true", help="enable on both sides (default: off on both)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads per run")
+    p.add_argument("--workdir", default=None, help="keep logs, specs and outputs here (default: a temp dir, removed)")
+    p.add_argument("--json", dest="json_out", default=None, help="also write all results to this JSON file")
+    p.add_argument("--worker", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=None, help="model name or HF dir (default: the embedded smollm2-135m-instruct)")
@@ -431,15 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--lr", type=float, default=5e-6)
-    p.add_argument("--adam-betas", type=float, nargs=2, default=[0.9, 0.999])
-    p.add_argument("--adam-eps", type=float, default=1e-8)
-    p.add_argument("--max-grad-norm", type=float, default=1.0)
-    p.add_argument("--gradient-checkpointing", action="store_true", help="enable on both sides (default: off on both)")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads per run")
-    p.add_argument("--workdir", default=None, help="keep logs, specs and outputs here (default: a temp dir, removed)")
-    p.add_argument("--json", dest="json_out", default=None, help="also write all results to this JSON file")
-    p.add_argument("--worker", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
+    add_shared_args(p)
     a = p.parse_args(argv)
 
     if a.worker:

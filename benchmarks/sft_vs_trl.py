@@ -39,6 +39,7 @@ from dpo_vs_trl import (  # noqa: E402
     RunFailed,
     _maxrss_kb,
     _pin_threads,
+    add_shared_args,
     common_overrides,
     default_pairs,
     fmt_mb,
@@ -166,15 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--adam-betas", type=float, nargs=2, default=[0.9, 0.999])
-    p.add_argument("--adam-eps", type=float, default=1e-8)
-    p.add_argument("--max-grad-norm", type=float, default=1.0)
-    p.add_argument("--gradient-checkpointing", action="store_true", help="enable on both sides (default: off on both)")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads per run")
-    p.add_argument("--workdir", default=None, help="keep logs, specs and outputs here (default: a temp dir, removed)")
-    p.add_argument("--json", dest="json_out", default=None, help="also write all results to this JSON file")
-    p.add_argument("--worker", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
+    add_shared_args(p)
     a = p.parse_args(argv)
     if a.worker:
         kind, spec_path = a.worker
