@@ -75,6 +75,45 @@ def default_pairs(n: int) -> list[dict]:
     return rows
 
 
+def doc_text(tok):
+    """``cut(start, length)``: ``length`` tokens of CPython's documentation text from token ``start`` (wrapping)."""
+    import pydoc_data.topics as t
+
+    corpus = tok(" ".join(" ".join(t.topics[k].split()) for k in sorted(t.topics)), add_special_tokens=False)["input_ids"]
+
+    def cut(start: int, length: int) -> str:
+        start %= len(corpus) - length
+        return tok.decode(corpus[start:start + length]).strip()
+
+    return cut
+
+
+def long_pairs(n: int, prompt_tokens: int, completion_tokens: int, model: str) -> list[dict]:
+    """``n`` rows whose prompt is ~``prompt_tokens`` tokens of documentation text followed by a question.
+
+    The chosen answer is ``completion_tokens`` tokens of on-topic text, the rejected one 7/8 of that
+    length of off-topic text (so the two differ in length and batches carry padding). Lengths are cut
+    with the model's own tokenizer, so they are close to exact after the chat template is applied.
+    """
+    import pydoc_data.topics as t
+
+    from alignkit.models import load_tokenizer
+
+    tok = load_tokenizer(model)
+    keys = sorted(t.topics)
+    cut = doc_text(tok)
+    rows = []
+    for i in range(n):
+        title = keys[(7 * i) % len(keys)]
+        doc = cut(9973 * i, prompt_tokens)
+        rows.append({
+            "prompt": [{"role": "user", "content": f"{doc}\n\nUsing the documentation above, explain '{title}'."}],
+            "chosen": [{"role": "assistant", "content": cut(9973 * i + prompt_tokens, completion_tokens)}],
+            "rejected": [{"role": "assistant", "content": cut(7919 * i + 31 * prompt_tokens, completion_tokens * 7 // 8)}],
+        })
+    return rows
+
+
 # --------------------------------------------------------------------------------------------
 # Workers (each runs in its own subprocess: `dpo_vs_trl.py --worker KIND SPEC.json`)
 # --------------------------------------------------------------------------------------------
@@ -104,9 +143,11 @@ def worker_alignkit(spec: dict) -> dict:
             return orig_ref(*a, **k)
         finally:
             timing["reference_s"] += time.perf_counter() - t
+            timing["rss_after_ref_kb"] = _maxrss_kb()
 
     def timed_train(self, resume=False):
         timing["train_start"], timing["cpu_start"] = time.perf_counter(), time.process_time()
+        timing["rss_train_start_kb"] = _maxrss_kb()
         return orig_train(self, resume)
 
     def timed_step(self):
@@ -128,42 +169,42 @@ def worker_alignkit(spec: dict) -> dict:
                    "step_s": ends[i + 1] - ends[i], "step_cpu_s": cpu[i + 1] - cpu[i],
                    "rss_kb": timing["rss_kb"][i]} for i, g in enumerate(logs)],
         "reference_s": timing["reference_s"],
+        "rss_phases_kb": {"after reference pass": timing.get("rss_after_ref_kb"),
+                          "train start": timing.get("rss_train_start_kb")},
         "reference_cache": summary["reference_cache"],
         "data": summary["data"],
     }
 
 
-def worker_trl(spec: dict) -> dict:
-    """Train with TRL's DPOTrainer; a callback records step-end times and RSS."""
-    _pin_threads(spec["threads"])
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import DPOConfig, DPOTrainer
-
+def trl_common_args(spec: dict) -> dict:
+    """TRL TrainingArguments shared by the comparisons: the same optimizer, schedule and precision as alignkit."""
     a = spec["args"]
-    rows = [json.loads(line) for line in Path(spec["rows"]).read_text().splitlines()]
-    tok = AutoTokenizer.from_pretrained(spec["model"])
-    # fp32 master weights on both sides; bf16 means autocast (alignkit's only bf16 mode).
-    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
-    args = DPOConfig(
+    return dict(
         output_dir=spec["output_dir"], seed=a["seed"], data_seed=a["seed"],
         per_device_train_batch_size=a["batch_size"], gradient_accumulation_steps=1, max_steps=a["steps"],
         learning_rate=a["lr"], lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         optim="adamw_torch", adam_beta1=a["adam_betas"][0], adam_beta2=a["adam_betas"][1],
         adam_epsilon=a["adam_eps"], max_grad_norm=a["max_grad_norm"] or 0.0,
+        # fp32 master weights on both sides; bf16 means autocast (alignkit's only bf16 mode).
         bf16=a["precision"] == "bf16", fp16=False, use_cpu=True,
         activation_checkpointing=a["gradient_checkpointing"],  # TRL's default is on; match alignkit's setting
-        beta=a["beta"], loss_type=["sigmoid"], max_length=a["max_length"], truncation_mode="keep_start",
+        max_length=a["max_length"], truncation_mode="keep_start",
         train_sampling_strategy="sequential",  # rows are already in alignkit's order
         logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0,
     )
+
+
+def trl_recorder():
+    """A TrainerCallback recording step-end times, CPU times, RSS and logged metrics: (callback, timing, logs)."""
+    from transformers import TrainerCallback
+
     steps_logged: dict[int, dict] = {}
     timing: dict = {"step_end": [], "cpu_end": [], "rss_kb": []}
 
     class Recorder(TrainerCallback):
         def on_train_begin(self, args, state, control, **kw):
             timing["train_start"], timing["cpu_start"] = time.perf_counter(), time.process_time()
+            timing["rss_train_start_kb"] = _maxrss_kb()
 
         def on_step_end(self, args, state, control, **kw):
             timing["step_end"].append(time.perf_counter())
@@ -174,8 +215,24 @@ def worker_trl(spec: dict) -> dict:
             if logs and "loss" in logs:
                 steps_logged[state.global_step] = dict(logs)
 
+    return Recorder(), timing, steps_logged
+
+
+def worker_trl(spec: dict) -> dict:
+    """Train with TRL's DPOTrainer; a callback records step-end times and RSS."""
+    _pin_threads(spec["threads"])
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    rows = [json.loads(line) for line in Path(spec["rows"]).read_text().splitlines()]
+    tok = AutoTokenizer.from_pretrained(spec["model"])
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    args = DPOConfig(**trl_common_args(spec), beta=spec["args"]["beta"], loss_type=["sigmoid"])
+    recorder, timing, steps_logged = trl_recorder()
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         callbacks=[Recorder()])
+                         callbacks=[recorder])
     ds = trainer.train_dataset
     tokens = {k: [list(ids) for ids in ds[k]] for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
     trainer.train()
@@ -189,7 +246,7 @@ def worker_trl(spec: dict) -> dict:
                       "num_tokens": g.get("num_tokens"), "step_s": ends[i + 1] - ends[i],
                       "step_cpu_s": cpu[i + 1] - cpu[i],
                       "rss_kb": timing["rss_kb"][i]})
-    return {"steps": steps, "tokens": tokens}
+    return {"steps": steps, "tokens": tokens, "rss_phases_kb": {"train start": timing.get("rss_train_start_kb")}}
 
 
 def worker_probe(spec: dict) -> dict:
@@ -220,12 +277,13 @@ WORKERS = {"alignkit": worker_alignkit, "trl": worker_trl, "probe": worker_probe
 # --------------------------------------------------------------------------------------------
 # Parent: prepare data and order, run the workers, compare, print.
 # --------------------------------------------------------------------------------------------
-def run_worker(kind: str, spec: dict, workdir: Path, env: dict) -> tuple[dict, dict]:
-    """Run one worker subprocess; returns (its result, {wall_s, peak_rss_kb}) from its own rusage."""
+def run_worker(kind: str, spec: dict, workdir: Path, env: dict, script: str = __file__) -> tuple[dict, dict]:
+    """Run one worker subprocess (``script --worker KIND SPEC``); returns (its result, {wall_s, cpu_s,
+    peak_rss_kb}) from the child's own rusage."""
     spec_path, result_path, log_path = (workdir / f"{spec['name']}.{x}" for x in ("spec.json", "result.json", "log"))
     spec = {**spec, "result": str(result_path)}
     spec_path.write_text(json.dumps(spec))
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, str(spec_path)]
+    cmd = [sys.executable, os.path.abspath(script), "--worker", kind, str(spec_path)]
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -245,10 +303,16 @@ class RunFailed(RuntimeError):
 
 
 def alignkit_overrides(a, model: str, data: str, output_dir: str) -> list[str]:
+    return [*common_overrides(a, model, data, output_dir), "loss.type=dpo", f"loss.beta={a.beta}",
+            "reference.cache=true"]
+
+
+def common_overrides(a, model: str, data: str, output_dir: str) -> list[str]:
+    """alignkit settings shared by the TRL comparisons: model, data policy, optimizer, schedule, logging."""
     return [
         f"model.name_or_path={model}", f"model.gradient_checkpointing={str(a.gradient_checkpointing).lower()}",
         f"data.train={data}", f"data.policy.max_length={a.max_length}",
-        "loss.type=dpo", f"loss.beta={a.beta}", "reference.cache=true",
+        f"data.policy.max_prompt_length={a.max_length - 1}",  # TRL has no prompt limit: keep any prompt that fits
         f"train.output_dir={output_dir}", f"train.seed={a.seed}", f"train.max_steps={a.steps}",
         f"train.batch_size={a.batch_size}", "train.grad_accum=1", f"train.lr={a.lr}", "train.weight_decay=0.0",
         f"train.adam_betas=[{a.adam_betas[0]}, {a.adam_betas[1]}]", f"train.adam_eps={a.adam_eps}",
@@ -322,21 +386,37 @@ def median_after_first(xs: list[float]) -> float:
     return statistics.median(xs[1:]) if len(xs) > 1 else xs[0]
 
 
+def matmul_peak(precision: str, threads: int, reps: int = 8) -> float:
+    """TFLOP/s of a (2048 x 576) @ (576 x 1536) matmul (SmolLM2's MLP shape), best of ``reps``."""
+    import torch
+
+    torch.set_num_threads(threads)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    x, y = torch.randn(2048, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype)
+    best = float("inf")
+    for _ in range(reps if precision == "fp32" else 2):  # emulated bf16 can take seconds per matmul
+        t = time.perf_counter()
+        x @ y
+        best = min(best, time.perf_counter() - t)
+    return 2 * 2048 * 576 * 1536 / best / 1e12
+
+
+def n_params(model_dir: str) -> int:
+    """Non-embedding parameters of the model, from its config (no weights loaded)."""
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(model_dir)
+    h, i, n, kv = c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_key_value_heads
+    head = h // c.num_attention_heads
+    return n * (2 * h * h + 2 * h * kv * head + 3 * h * i)
+
+
 def fmt_mb(kb: float) -> str:
     return f"{kb / 1024:,.0f} MB"
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default=None, help="model name or HF dir (default: the embedded smollm2-135m-instruct)")
-    p.add_argument("--data", default=None, help="TRL-style preference JSONL (default: generated pairs)")
-    p.add_argument("--pairs", type=int, default=None, help=f"generated pairs (default: {PAIRS_DEFAULT_NOTE})")
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=4, help="pairs per optimizer step (no accumulation)")
-    p.add_argument("--max-length", type=int, default=256)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--beta", type=float, default=0.1)
-    p.add_argument("--lr", type=float, default=5e-6)
+def add_shared_args(p: argparse.ArgumentParser) -> None:
+    """Optimizer, determinism, threads and output flags shared by the TRL comparisons."""
     p.add_argument("--adam-betas", type=float, nargs=2, default=[0.9, 0.999])
     p.add_argument("--adam-eps", type=float, default=1e-8)
     p.add_argument("--max-grad-norm", type=float, default=1.0)
@@ -346,6 +426,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default=None, help="keep logs, specs and outputs here (default: a temp dir, removed)")
     p.add_argument("--json", dest="json_out", default=None, help="also write all results to this JSON file")
     p.add_argument("--worker", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=None, help="model name or HF dir (default: the embedded smollm2-135m-instruct)")
+    p.add_argument("--data", default=None, help="TRL-style preference JSONL (default: generated pairs)")
+    p.add_argument("--pairs", type=int, default=None, help=f"generated pairs (default: {PAIRS_DEFAULT_NOTE})")
+    p.add_argument("--prompt-tokens", type=int, default=None,
+                   help="generate long-prompt pairs: ~N tokens of documentation text per prompt")
+    p.add_argument("--completion-tokens", type=int, default=128,
+                   help="with --prompt-tokens: tokens of the chosen completion (rejected: 7/8 of it)")
+    p.add_argument("--no-warm", action="store_true", help="skip the warm-cache alignkit run (saves one run)")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=4, help="pairs per optimizer step (no accumulation)")
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--lr", type=float, default=5e-6)
+    add_shared_args(p)
     a = p.parse_args(argv)
 
     if a.worker:
@@ -360,6 +459,10 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if a.pairs is not None and a.data:
         p.error("--pairs generates data; it cannot be combined with --data")
+    if a.prompt_tokens is not None and a.data:
+        p.error("--prompt-tokens generates data; it cannot be combined with --data")
+    if a.prompt_tokens is not None and (a.prompt_tokens < 1 or a.completion_tokens < 8):
+        p.error("--prompt-tokens must be >= 1 and --completion-tokens >= 8")
     if a.pairs is not None and a.pairs < 1:
         p.error("--pairs must be >= 1")
     try:
@@ -391,7 +494,9 @@ def _run(a, workdir: Path, model: str) -> int:
         data = str(Path(a.data).resolve())
     else:
         data = str(workdir / "pairs.jsonl")
-        rows = default_pairs(a.pairs or a.steps * a.batch_size)
+        n_pairs = a.pairs or a.steps * a.batch_size
+        rows = (long_pairs(n_pairs, a.prompt_tokens, a.completion_tokens, model) if a.prompt_tokens
+                else default_pairs(n_pairs))
         Path(data).write_text("".join(json.dumps(r) + "\n" for r in rows))
     try:
         tok, examples, order, summary, source = plan_order(a, model, data)
@@ -407,6 +512,7 @@ def _run(a, workdir: Path, model: str) -> int:
            "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads),
            "ALIGNKIT_HOME": str(workdir / "alignkit_home"), "HF_DATASETS_CACHE": str(workdir / "hf_datasets")}
     load_before = os.getloadavg()
+    peak = matmul_peak(a.precision, a.threads)
     base = {"threads": a.threads, "model": model}
     ak_spec = lambda name: {**base, "name": name,  # noqa: E731
                             "overrides": alignkit_overrides(a, model, data, str(workdir / name))}
@@ -414,7 +520,7 @@ def _run(a, workdir: Path, model: str) -> int:
         cold, cold_proc = run_worker("alignkit", ak_spec("alignkit_cold"), workdir, env)
         trl_res, trl_proc = run_worker("trl", {**base, "name": "trl", "rows": str(trl_rows), "args": vars(a),
                                               "output_dir": str(workdir / "trl")}, workdir, env)
-        warm, warm_proc = run_worker("alignkit", ak_spec("alignkit_warm"), workdir, env)
+        warm, warm_proc = (None, None) if a.no_warm else run_worker("alignkit", ak_spec("alignkit_warm"), workdir, env)
         bnd = boundary_report(tok, order, trl_res["tokens"], a.max_length)
         probe = None
         if bnd["same_rows"]:
@@ -496,7 +602,6 @@ def _run(a, workdir: Path, model: str) -> int:
 
     ak_med, ak_tps = speed(ak, ak_tokens)
     tr_med, tr_tps = speed(tr, trl_tokens)
-    wm, _ = speed(warm["steps"], ak_tokens)
     w(f"{'':28} {'alignkit':>12} {'TRL':>12} {'TRL/alignkit':>13}")
     w(f"{'s/step (median, steps>=1)':28} {ak_med:>12.2f} {tr_med:>12.2f} {tr_med / ak_med:>13.2f}")
     w(f"{'tokens/s (steps>=1)':28} {ak_tps:>12.1f} {tr_tps:>12.1f} {tr_tps / ak_tps:>13.2f}")
@@ -510,17 +615,33 @@ def _run(a, workdir: Path, model: str) -> int:
       f"{trl_proc['wall_s'] / cold_proc['wall_s']:>13.2f}")
     w(f"{'CPU time, whole process':28} {cold_proc['cpu_s']:>11.1f}s {trl_proc['cpu_s']:>11.1f}s "
       f"{trl_proc['cpu_s'] / cold_proc['cpu_s']:>13.2f}")
+    ph = {**{f"alignkit {k}": v for k, v in cold.get("rss_phases_kb", {}).items() if v},
+          **{f"TRL {k}": v for k, v in trl_res.get("rss_phases_kb", {}).items() if v},
+          "alignkit after step 0": ak[0]["rss_kb"], "TRL after step 0": tr[0]["rss_kb"]}
+    w("peak RSS so far, by phase: " + ", ".join(f"{k} {fmt_mb(v)}" for k, v in ph.items()))
+    w(f"alignkit vs TRL: tokens/s x{ak_tps / tr_tps:.2f}, peak RSS x{cold_proc['peak_rss_kb'] / trl_proc['peak_rss_kb']:.2f}"
+      " (issue targets: tokens/s >= x2 short pairs, >= x3 ~2k-token prompts; peak RSS <= x0.6)")
+    if peak:
+        fl = 6 * n_params(model)
+        w(f"training throughput as a fraction of the {a.precision} matmul peak ({peak:.3f} TFLOP/s, measured at start;"
+          f" 6N FLOPs per real token): alignkit {ak_tps * fl / 1e12 / peak:.0%}, TRL {tr_tps * fl / 1e12 / peak:.0%}"
+          " (target >= 50%)")
     w("(CPU seconds of all the process's threads: less sensitive than wall time to other load on the machine;"
       "\n alignkit's whole-process figures include its reference pass, final checkpoint and HF export; TRL saves"
       " nothing)")
     w("")
-    same = all(x["loss"] == y["loss"] for x, y in zip(cold["steps"], warm["steps"], strict=True))
-    w("alignkit reference cache: cold run vs warm run")
-    w(f"  reference log-probs: cold {cold['reference_s']:.2f}s (hit={cold['reference_cache']['hit']}), "
-      f"warm {warm['reference_s']:.2f}s (hit={warm['reference_cache']['hit']})")
-    w(f"  whole process: wall cold {cold_proc['wall_s']:.1f}s, warm {warm_proc['wall_s']:.1f}s; CPU cold "
-      f"{cold_proc['cpu_s']:.1f}s, warm {warm_proc['cpu_s']:.1f}s; s/step median cold {ak_med:.2f}, warm {wm:.2f}")
-    w(f"  losses of the two runs bitwise identical: {same}")
+    if warm is None:
+        w(f"alignkit reference log-probs (cold cache, included in its whole-process time): {cold['reference_s']:.2f}s;"
+          " warm-cache run skipped (--no-warm)")
+    else:
+        wm, _ = speed(warm["steps"], ak_tokens)
+        same = all(x["loss"] == y["loss"] for x, y in zip(cold["steps"], warm["steps"], strict=True))
+        w("alignkit reference cache: cold run vs warm run")
+        w(f"  reference log-probs: cold {cold['reference_s']:.2f}s (hit={cold['reference_cache']['hit']}), "
+          f"warm {warm['reference_s']:.2f}s (hit={warm['reference_cache']['hit']})")
+        w(f"  whole process: wall cold {cold_proc['wall_s']:.1f}s, warm {warm_proc['wall_s']:.1f}s; CPU cold "
+          f"{cold_proc['cpu_s']:.1f}s, warm {warm_proc['cpu_s']:.1f}s; s/step median cold {ak_med:.2f}, warm {wm:.2f}")
+        w(f"  losses of the two runs bitwise identical: {same}")
     w("")
     w(f"RESULT: {'PASS' if parity_ok else 'FAIL'} (step-0 loss parity within {PARITY_TOL:g}"
       f"{'' if bnd['same_rows'] else '; the two sides did not see the same rows'})")
@@ -528,7 +649,7 @@ def _run(a, workdir: Path, model: str) -> int:
 
     if a.json_out:
         Path(a.json_out).write_text(json.dumps({
-            "args": vars(a), "model": model, "alignkit_cold": {**cold, **cold_proc}, "alignkit_warm": {**warm, **warm_proc},
+            "args": vars(a), "model": model, "alignkit_cold": {**cold, **cold_proc}, "alignkit_warm": warm and {**warm, **warm_proc},
             "trl": {"steps": tr, **trl_proc}, "tokens": {"alignkit": ak_tokens, "trl": trl_tokens},
             "boundary": bnd, "probe": probe, "load": [load_before, load_after], "pass": parity_ok,
         }, indent=1))

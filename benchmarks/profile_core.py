@@ -8,6 +8,8 @@ Scenarios (each short; pick with ``--only``):
 * ``dpo_long``   — one DPO forward+backward on 1 pair with a ~2.4k-token prompt and 128-token completions,
   as separate sequences and as one shared-prompt sequence;
 * ``prefill``    — judge-style prefill (no grad, KV cache kept) of 2 prompts of ~1.5k and ~3k tokens;
+* ``precision``  — one causal-LM forward+backward on 2 x 128 tokens in fp32 and under bf16 autocast (fp32
+  master weights, as training runs it), timed without the profiler: is bf16 affordable here at all?
 * ``decode``     — greedy decoding of 8 x 32 tokens with alignkit's engine (per-step time vs a forward's FLOPs).
 
 Each prints wall time, model FLOPs, the fraction of the measured matmul peak, and the top ops of a
@@ -107,7 +109,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rows", type=int, default=10, help="profiler table rows")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    ap.add_argument("--only", nargs="*", default=["matmul", "dpo_short", "dpo_long", "prefill", "decode"])
+    ap.add_argument("--only", nargs="*", default=["matmul", "dpo_short", "dpo_long", "prefill", "decode"],
+                    choices=["matmul", "dpo_short", "dpo_long", "precision", "prefill", "decode"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from alignkit.models import load_causal_lm, load_tokenizer
@@ -133,6 +136,20 @@ def main() -> int:
             fl = model_flops(model, tokens, True)
             print(f"{label}: {tokens / wall:.0f} tok/s (separate-sequence tokens), "
                   f"{fl / wall / 1e12:.3f} TFLOP/s = {fl / wall / 1e12 / peak:.0%} of the {args.precision} matmul peak")
+
+    if "precision" in args.only:
+        ids = torch.randint(100, 20000, (2, 128))
+        for prec in ("fp32", "bf16"):
+            def step(prec=prec):
+                model.zero_grad(set_to_none=True)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16"):
+                    loss = model(input_ids=ids, labels=ids).loss
+                loss.backward()
+
+            sec = timed(step, reps=1)
+            fl = model_flops(model, ids.numel(), True)
+            print(f"forward+backward 2 x 128, {prec}: {sec:.2f} s, {ids.numel() / sec:.0f} tok/s, "
+                  f"{fl / sec / 1e12:.4f} TFLOP/s")
 
     model.eval().requires_grad_(False)
     if "prefill" in args.only:

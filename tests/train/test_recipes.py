@@ -142,6 +142,26 @@ def test_grad_accumulation_invariant_sft_token_weighting(tmp_path, tiny_model_di
         assert max((outs[0][k] - other[k]).abs().max().item() for k in other) < 1e-6
 
 
+def test_sft_packed_equals_padded(tmp_path, tiny_model_dir):
+    """Padding-free SFT batches (pack=true, the default) give the padded batches' loss, held-out NLL and update."""
+    from alignkit.train.sft import train_sft
+
+    data = write_jsonl(tmp_path / "s.jsonl", make_sft(12, seed=5))
+    runs = {}
+    for pack in (True, False):
+        cfg = _cfg("sft", tmp_path, tiny_model_dir, data, **{"train.max_steps": 2, "train.batch_size": 6, **SMOOTH,
+                                                             "pack": str(pack).lower(), "data.eval_fraction": 0.25,
+                                                             "train.output_dir": str(tmp_path / f"pack-{pack}")})
+        runs[pack] = train_sft(cfg)
+    assert runs[True]["pack"] is True and runs[False]["pack"] is False
+    assert abs(runs[True]["final_loss"] - runs[False]["final_loss"]) < 1e-5
+    for when in ("eval_before", "eval_after"):
+        assert abs(runs[True][when]["nll"] - runs[False][when]["nll"]) < 1e-5
+        assert runs[True][when]["tokens"] == runs[False][when]["tokens"]
+    pa, pb = _params(runs[True]["output_dir"]), _params(runs[False]["output_dir"])
+    assert max((pa[k] - pb[k]).abs().max().item() for k in pa) < 1e-6
+
+
 def test_resume_equivalence(tmp_path, tiny_model_dir, monkeypatch):
     """Interrupted by a real SIGINT after step 2, resumed to step 4 == 4 uninterrupted steps."""
     from alignkit.train import loop

@@ -13,12 +13,13 @@ import torch
 from pydantic import Field
 
 from alignkit.config import StrictModel
-from alignkit.data.batching import collate
+from alignkit.data.batching import collate, collate_segments
 from alignkit.train.loop import TrainConfig, Trainer
 from alignkit.train.run import (
     DataConfig,
     LogpsForward,
     ModelConfig,
+    forward_logps,
     load_data,
     load_policy,
     make_accelerator,
@@ -35,6 +36,17 @@ class SFTConfig(StrictModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
+    pack: bool = True
+    """Padding-free batches: several rows' sequences share a row of the batch under a block-diagonal
+    attention mask with per-sequence positions (same loss and gradients as padded batches; needs
+    ``sdpa`` or ``eager`` attention). false: right-padded rows."""
+
+
+def make_sft_collate(pack: bool, pad_id: int):
+    """Batches of SFT examples: packed (:func:`collate_segments`) or right-padded (:func:`collate`)."""
+    if pack:
+        return lambda exs: collate_segments(exs, pad_id, shared_prompt=False, pack=True, n_comp=1)
+    return lambda exs: collate(exs, pad_id, n_comp=1)
 
 
 class SFTObjective:
@@ -44,20 +56,20 @@ class SFTObjective:
         return int(batch["loss_mask"].sum())
 
     def __call__(self, model, batch):
-        logps, counts = model(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
-        nll = -logps.float()
-        return nll.sum(), {"nll/token_mean": (nll / counts.clamp(min=1)).detach()}
+        logps, counts = forward_logps(model, batch)
+        nll = -logps[:, 0]
+        return nll.sum(), {"nll/token_mean": (nll / counts[:, 0].clamp(min=1)).detach()}
 
 
 @torch.no_grad()
-def evaluate_nll(model: LogpsForward, examples, pad_id: int, batch_size: int, device) -> dict[str, float]:
+def evaluate_nll(model: LogpsForward, examples, collate_fn, batch_size: int, device) -> dict[str, float]:
     """Held-out token-level NLL and perplexity (sum over tokens / tokens)."""
     was = model.training
     model.eval()
     total, tokens = 0.0, 0
     for i in range(0, len(examples), batch_size):
-        b = collate(examples[i : i + batch_size], pad_id)
-        lp, cnt = model(b["input_ids"].to(device), b["attention_mask"].to(device), b["loss_mask"].to(device))
+        b = {k: v.to(device) for k, v in collate_fn(examples[i : i + batch_size]).items()}
+        lp, cnt = forward_logps(model, b)
         total += float(-lp.float().sum())
         tokens += int(cnt.sum())
     model.train(was)
@@ -75,10 +87,11 @@ def train_sft(cfg: SFTConfig, resume: bool = False) -> dict[str, Any]:
     train, evals, summary = load_data(cfg.data, "sft", tok, cfg.train.seed)
     out = prepare_output(acc, cfg, cfg.train.output_dir)  # only once the data is known to be valid
     fwd = LogpsForward(model.to(acc.device))
-    evaluate = (lambda m: evaluate_nll(acc.unwrap_model(m), evals, tok.pad_token_id, cfg.train.batch_size,
+    collate_fn = make_sft_collate(cfg.pack, tok.pad_token_id)
+    evaluate = (lambda m: evaluate_nll(acc.unwrap_model(m), evals, collate_fn, cfg.train.batch_size,
                                        acc.device)) if evals else None
     before = evaluate(fwd) if evaluate else {}
-    trainer = Trainer(cfg.train, acc, fwd, train, SFTObjective(), lambda exs: collate(exs, tok.pad_token_id),
+    trainer = Trainer(cfg.train, acc, fwd, train, SFTObjective(), collate_fn,
                       run_state={"data": summary.as_dict()}, evaluate=evaluate)
     result = trainer.train(resume=resume)
     after = {}
@@ -86,7 +99,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False) -> dict[str, Any]:
         export_model(acc, trainer.model, tok, out,
                      merge_lora=cfg.model.lora.merge_on_save if cfg.model.lora else True)
         after = evaluate(trainer.model) if evaluate else {}
-    payload = {"recipe": "sft", "precision": prec.as_dict(), "steps": result.step, "interrupted": result.interrupted, "signal": result.signal,
+    payload = {"recipe": "sft", "precision": prec.as_dict(), "pack": cfg.pack, "steps": result.step, "interrupted": result.interrupted, "signal": result.signal,
                "data": summary.as_dict(), "eval_before": before, "eval_after": after,
                "final_loss": result.history[-1]["loss"] if result.history else None, "output_dir": str(out)}
     write_summary(acc, out, payload)
