@@ -127,23 +127,12 @@ def _maxrss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
 
-def worker_alignkit(spec: dict) -> dict:
-    """Train with ``alignkit.train.preference.train_preference``; instrumentation only wraps timers."""
-    _pin_threads(spec["threads"])
-    from alignkit.config import load_config
-    from alignkit.train import preference, refcache
+def time_trainer(timing: dict) -> None:
+    """Wrap alignkit's ``Trainer.train``/``train_step`` so ``timing`` gets the start, every step's end
+    (wall and CPU seconds) and the peak RSS after each step. The worker process exits after one run."""
     from alignkit.train.loop import Trainer
 
-    timing: dict = {"reference_s": 0.0, "step_end": [], "cpu_end": [], "rss_kb": []}
-    orig_ref, orig_train, orig_step = refcache.load_or_compute, Trainer.train, Trainer.train_step
-
-    def timed_ref(*a, **k):
-        t = time.perf_counter()
-        try:
-            return orig_ref(*a, **k)
-        finally:
-            timing["reference_s"] += time.perf_counter() - t
-            timing["rss_after_ref_kb"] = _maxrss_kb()
+    orig_train, orig_step = Trainer.train, Trainer.train_step
 
     def timed_train(self, resume=False):
         timing["train_start"], timing["cpu_start"] = time.perf_counter(), time.process_time()
@@ -157,7 +146,28 @@ def worker_alignkit(spec: dict) -> dict:
         timing["rss_kb"].append(_maxrss_kb())
         return logs
 
-    refcache.load_or_compute, Trainer.train, Trainer.train_step = timed_ref, timed_train, timed_step
+    Trainer.train, Trainer.train_step = timed_train, timed_step
+
+
+def worker_alignkit(spec: dict) -> dict:
+    """Train with ``alignkit.train.preference.train_preference``; instrumentation only wraps timers."""
+    _pin_threads(spec["threads"])
+    from alignkit.config import load_config
+    from alignkit.train import preference, refcache
+
+    timing: dict = {"reference_s": 0.0, "step_end": [], "cpu_end": [], "rss_kb": []}
+    orig_ref = refcache.load_or_compute
+
+    def timed_ref(*a, **k):
+        t = time.perf_counter()
+        try:
+            return orig_ref(*a, **k)
+        finally:
+            timing["reference_s"] += time.perf_counter() - t
+            timing["rss_after_ref_kb"] = _maxrss_kb()
+
+    refcache.load_or_compute = timed_ref
+    time_trainer(timing)
     cfg = load_config(preference.PreferenceConfig, None, spec["overrides"])
     summary = preference.train_preference(cfg)
     logs = [json.loads(line) for line in (Path(cfg.train.output_dir) / "metrics.jsonl").read_text().splitlines()]

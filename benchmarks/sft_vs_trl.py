@@ -30,14 +30,12 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dpo_vs_trl import (  # noqa: E402
     PARITY_TOL,
     RunFailed,
-    _maxrss_kb,
     _pin_threads,
     add_shared_args,
     common_overrides,
@@ -47,6 +45,7 @@ from dpo_vs_trl import (  # noqa: E402
     median_after_first,
     n_params,
     run_worker,
+    time_trainer,
     trl_common_args,
     trl_recorder,
 )
@@ -57,23 +56,9 @@ def worker_alignkit(spec: dict) -> dict:
     _pin_threads(spec["threads"])
     from alignkit.config import load_config
     from alignkit.train import sft
-    from alignkit.train.loop import Trainer
 
     timing: dict = {"step_end": [], "cpu_end": [], "rss_kb": []}
-    orig_train, orig_step = Trainer.train, Trainer.train_step
-
-    def timed_train(self, resume=False):
-        timing["train_start"], timing["cpu_start"] = time.perf_counter(), time.process_time()
-        return orig_train(self, resume)
-
-    def timed_step(self):
-        logs = orig_step(self)
-        timing["step_end"].append(time.perf_counter())
-        timing["cpu_end"].append(time.process_time())
-        timing["rss_kb"].append(_maxrss_kb())
-        return logs
-
-    Trainer.train, Trainer.train_step = timed_train, timed_step
+    time_trainer(timing)
     cfg = load_config(sft.SFTConfig, None, spec["overrides"])
     sft.train_sft(cfg)
     logs = [json.loads(line) for line in (Path(cfg.train.output_dir) / "metrics.jsonl").read_text().splitlines()]

@@ -151,3 +151,33 @@ def test_end_to_end_on_a_tiny_random_model(bench, embedded_tokenizer, tmp_path):
     # 3 pairs, batch 2, 2 steps: step 1 wraps into a new permutation, so 4 row slots in all.
     assert len(res["tokens"]["trl"]) == 2 and all(t > 0 for t in res["tokens"]["alignkit"])
     assert res["alignkit_cold"]["peak_rss_kb"] > 0 and res["trl"]["peak_rss_kb"] > 0
+
+
+def test_sft_benchmark_end_to_end_on_a_tiny_random_model(embedded_tokenizer, tmp_path):
+    """benchmarks/sft_vs_trl.py (it shares dpo_vs_trl's helpers): same tokens on both sides, equal step-0 loss."""
+    import importlib.util
+    import sys
+
+    from alignkit.models import tiny_random_causal_lm
+
+    script = SCRIPT.with_name("sft_vs_trl.py")
+    sys.path.insert(0, str(script.parent))
+    try:
+        spec = importlib.util.spec_from_file_location("sft_vs_trl", script)
+        sft_bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sft_bench)
+    finally:
+        sys.path.remove(str(script.parent))
+    model, tok = tiny_random_causal_lm(embedded_tokenizer)
+    model_dir = tmp_path / "tiny"
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    out = tmp_path / "result.json"
+    rc = sft_bench.main(["--model", str(model_dir), "--steps", "2", "--batch-size", "2", "--rows", "3",
+                         "--max-length", "64", "--threads", "1", "--json", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["pass"] is True and not res["mismatch"]
+    ak, trl = res["alignkit"]["steps"], res["trl"]["steps"]
+    assert len(ak) == len(trl) == 2 and abs(ak[0]["loss"] - trl[0]["loss"]) < 1e-3
+    assert res["alignkit"]["peak_rss_kb"] > 0 and res["trl"]["peak_rss_kb"] > 0
