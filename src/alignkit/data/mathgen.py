@@ -50,7 +50,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from alignkit.data.verifiable import is_heldout
+from alignkit.data.verifiable import is_heldout, route_split  # noqa: F401 (is_heldout: part of this module's API)
 
 CATEGORIES = ("arithmetic", "fractions", "word", "units")
 
@@ -365,15 +365,7 @@ def make_splits(n_train: int, n_heldout: int, seed: int = 0, heldout_fraction: f
     """``(train, heldout)``: the stream routed by the hash of each problem id until both are full."""
     if not 0.0 < heldout_fraction < 1.0:
         raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
-    train: list[dict[str, Any]] = []
-    heldout: list[dict[str, Any]] = []
-    for row in iter_problems(seed, categories, steps, max_operand):
-        if len(train) >= n_train and len(heldout) >= n_heldout:
-            break
-        target, cap = (heldout, n_heldout) if is_heldout(row["id"], heldout_fraction) else (train, n_train)
-        if len(target) < cap:
-            target.append(row)
-    return train, heldout
+    return route_split(iter_problems(seed, categories, steps, max_operand), n_train, n_heldout, heldout_fraction)
 
 
 # -------------------------------------------------------------------------------- answer checking

@@ -59,7 +59,7 @@ import hashlib
 import json
 import random
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -395,9 +395,16 @@ def make_splits(
         raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
     if n_train < 0 or n_heldout < 0:
         raise ValueError(f"n_train and n_heldout must be >= 0, got {n_train}, {n_heldout}")
+    return route_split(iter_prompts(seed, mix), n_train, n_heldout, heldout_fraction)
+
+
+def route_split(rows: Iterable[dict[str, Any]], n_train: int, n_heldout: int, heldout_fraction: float
+                ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The first ``n_train`` / ``n_heldout`` rows of a deterministic stream, routed by :func:`is_heldout`
+    on each row's ``id`` (the split of every generated dataset: verifiable prompts, math problems)."""
     train: list[dict[str, Any]] = []
     heldout: list[dict[str, Any]] = []
-    for row in iter_prompts(seed, mix):
+    for row in rows:
         if len(train) >= n_train and len(heldout) >= n_heldout:
             break
         target, cap = (heldout, n_heldout) if is_heldout(row["id"], heldout_fraction) else (train, n_train)
