@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from alignkit.config import StrictModel, dump_config
+from alignkit.config import StrictModel
 from alignkit.data.tokenize import DataPolicy
 from alignkit.judge.critique import PROMPT, CriticConfig, CritiqueConfig, CritiqueItem, MathCritic
 from alignkit.judge.longreward import detect_language
@@ -148,16 +148,12 @@ def _local_critic(model: str, ev: CriticEvalSection, cache: Path) -> MathCritic:
 
 def run_critic_train(cfg: CriticTrainConfig, progress: bool = True) -> dict[str, Any]:
     """Answers -> labels -> SFT -> before/after agreement; returns what results.json holds."""
-    from rich.console import Console
-
     from alignkit.generate.jsonl import write_jsonl_atomic
     from alignkit.judge.critique import make_critic
     from alignkit.pipelines.longreward import PipelineError, _engine
 
-    console, out, started = Console(stderr=True), Path(cfg.output_dir), time.time()
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
-    stages = _Stages(out, console)
+    stages, started = _Stages.open(cfg), time.time()
+    out = stages.out
     train, held = make_questions(cfg.questions)
 
     def answers(rows: list[dict], name: str) -> Path:

@@ -208,6 +208,18 @@ class _Stages:
         self.console = console
         self.timings: dict[str, float] = {}
         self.reused: list[str] = []
+        self.out = out
+
+    @classmethod
+    def open(cls, cfg) -> _Stages:
+        """Start a pipeline run: create ``cfg.output_dir``, save the resolved config there as
+        ``config.yaml`` and load the stage bookkeeping of earlier runs (console on stderr)."""
+        from rich.console import Console
+
+        out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, out / "config.yaml")
+        return cls(out, Console(stderr=True))
 
     def fresh(self, name: str, fingerprint: str, outputs: list[Path]) -> bool:
         prev = self.done.get(name, {})
@@ -343,13 +355,8 @@ class _Run:
 
 def run_longreward_pipeline(cfg: LongRewardPipelineConfig, progress: bool = True) -> dict[str, Any]:
     """Run every stage; returns the results written to ``<output_dir>/results.json``."""
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
-    run = _Run(cfg, out, _Stages(out, console), console, progress, {"config": cfg.model_dump(mode="json")})
+    stages = _Stages.open(cfg)
+    run = _Run(cfg, stages.out, stages, stages.console, progress, {"config": cfg.model_dump(mode="json")})
     started_all = time.time()
     try:
         train_rows, eval_rows, fp = _stage_prompts(run)

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from alignkit.config import StrictModel, dump_config
+from alignkit.config import StrictModel
 from alignkit.data.tokenize import DataPolicy
 from alignkit.judge.critique import CriticConfig, CritiqueItem
 from alignkit.models import DEFAULT_MODEL
@@ -193,13 +193,9 @@ class _Run:
     """Shared state of one pipeline run: output dir, stage bookkeeping, the critic (built lazily)."""
 
     def __init__(self, cfg: SelfCritiqueConfig, progress: bool):
-        from rich.console import Console
-
         self.cfg, self.progress = cfg, progress
-        self.console = Console(stderr=True)
-        self.out = Path(cfg.output_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.stages = _Stages(self.out, self.console)
+        self.stages = _Stages.open(cfg)
+        self.console, self.out = self.stages.console, self.stages.out
         self._critic = None
 
     @property
@@ -315,7 +311,6 @@ def run_self_critique(cfg: SelfCritiqueConfig, progress: bool = True) -> dict[st
     from alignkit.pipelines.self_critique_report import write_report
 
     run, started = _Run(cfg, progress), time.time()
-    dump_config(cfg, run.out / "config.yaml")
     results: dict[str, Any] = {"config": cfg.model_dump(mode="json")}
     try:
         # 1. questions

@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from alignkit.config import StrictModel, dump_config
+from alignkit.config import StrictModel
 from alignkit.judge.client import FormatForcing, Judge, JudgeConfig, Parsed, ParseError
 from alignkit.judge.prompts import fill, load_prompt
 from alignkit.pipelines.longreward import PipelineError, _file_hash, _fingerprint, _read_jsonl, _Stages
@@ -237,14 +237,10 @@ def classifier_scores(cfg: ClassifierSection, rows: list[dict]) -> list[float]:
 # ----------------------------------------------------------------------------------------- the run
 def run_self_reflect(cfg: SelfReflectConfig, progress: bool = True) -> dict[str, Any]:
     """Run every stage; returns the results written to ``<output_dir>/results.json``."""
-    from rich.console import Console
-
     from alignkit.generate.jsonl import write_jsonl_atomic
 
-    console, out, started = Console(stderr=True), Path(cfg.output_dir), time.time()
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
-    stages = _Stages(out, console)
+    stages, started = _Stages.open(cfg), time.time()
+    out = stages.out
     questions, _ = make_questions(cfg.questions)
     write_jsonl_atomic(out / "questions.jsonl", questions)
     fp = _fingerprint(_file_hash(out / "questions.jsonl"))
