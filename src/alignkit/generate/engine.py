@@ -23,7 +23,8 @@ token for token on a single prompt (tested).
 
 ``make_engine`` picks the backend: ``"hf"`` (this file), ``"vllm"`` (needs the ``vllm`` package and a
 CUDA GPU; refused with a clear error otherwise, never silently replaced) or ``"auto"`` (vLLM only when
-both are present).
+both are present). A vLLM engine built with ``weight_sync=True`` takes a trainer's current weights
+(:meth:`VLLMEngine.load_weights`), which online RL uses between updates.
 """
 
 from __future__ import annotations
