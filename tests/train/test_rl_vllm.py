@@ -116,3 +116,15 @@ def test_first_rollout_after_resume_uses_the_resumed_weights(tmp_path, tiny_mode
     rl.rl_step(again)
     loads = [e[1] for e in again.engine.llm.events if e[0] == "load"]
     assert again.state.step == 2 and _same(loads[0], saved)
+
+
+def test_reference_of_another_shape_refused_with_reference_baseline(tmp_path, tiny_model_dir, tokenizer,
+                                                                     monkeypatch):
+    from alignkit.models import tiny_random_causal_lm
+
+    model, tok = tiny_random_causal_lm(tokenizer, hidden=16, layers=1, heads=2, seed=1)
+    model.save_pretrained(tmp_path / "ref")
+    tok.save_pretrained(tmp_path / "ref")
+    cfg = _cfg(tiny_model_dir, tmp_path / "r", **{"reference.name_or_path": str(tmp_path / "ref")})
+    with pytest.raises(ConfigError, match="reference model's parameters .* differ from the policy's"):
+        _build(cfg, monkeypatch)
