@@ -23,7 +23,8 @@ token for token on a single prompt (tested).
 
 ``make_engine`` picks the backend: ``"hf"`` (this file), ``"vllm"`` (needs the ``vllm`` package and a
 CUDA GPU; refused with a clear error otherwise, never silently replaced) or ``"auto"`` (vLLM only when
-both are present).
+both are present). A vLLM engine built with ``weight_sync=True`` takes a trainer's current weights
+(:meth:`VLLMEngine.load_weights`), which online RL uses between updates.
 """
 
 from __future__ import annotations
@@ -574,19 +575,53 @@ def _prefix_groups(prompts: list[list[int]], min_shared: int) -> list[list[int]]
 
 
 class VLLMEngine:
-    """The same API over vLLM (GPU). Constructed only by :func:`make_engine` after checking vLLM + CUDA."""
+    """The same API over vLLM (GPU). Constructed only by :func:`make_engine` after checking vLLM + CUDA.
 
-    def __init__(self, name_or_path: str, dtype: str = "float32", batch_size: int = 8, **llm_kwargs):
+    With ``weight_sync=True`` the engine can take a trainer's current weights (:meth:`load_weights`):
+    vLLM's worker gets :class:`alignkit.generate.vllm_worker.WeightSyncExtension` mixed in
+    (``worker_extension_cls``) and the engine core runs in this process
+    (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so :meth:`vllm.LLM.collective_rpc` hands the trainer's tensors
+    to the worker by reference instead of serialising them to another process.
+    """
+
+    def __init__(self, name_or_path: str, dtype: str = "float32", batch_size: int = 8, weight_sync: bool = False,
+                 **llm_kwargs):
         import vllm
 
         from alignkit.models import resolve_model_path
 
         self._vllm = vllm
+        self.weight_sync = weight_sync
+        if weight_sync:
+            from alignkit.generate.vllm_worker import WORKER_EXTENSION
+
+            _engine_core_in_process()
+            llm_kwargs["worker_extension_cls"] = WORKER_EXTENSION
         path = resolve_model_path(name_or_path)
         self.llm = vllm.LLM(model=path, dtype=dtype, max_num_seqs=max(batch_size, 1), **llm_kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.batch_size = batch_size
         self.name = name_or_path
+
+    def load_weights(self, named_tensors) -> int:
+        """Replace the engine's weights by ``named_tensors`` (``(name, tensor)`` pairs with Hugging Face
+        names, e.g. ``model.named_parameters()`` of the same architecture) and reset the prefix cache,
+        so no KV computed with the old weights is reused. Returns the number of tensors sent.
+
+        Raises :class:`GenerationError` when a parameter of the engine's model was not written (its old
+        value would silently stay) or when vLLM reports that the prefix cache could not be reset."""
+        if not self.weight_sync:
+            raise GenerationError("this vLLM engine was built without weight_sync=True: it cannot take new weights")
+        weights = [(name, t.detach()) for name, t in named_tensors]
+        missing = sorted({n for per_worker in self.llm.collective_rpc("alignkit_load_weights", args=(weights,))
+                          for n in per_worker})
+        if missing:
+            raise GenerationError(f"weight sync left {len(missing)} parameters of the vLLM model unwritten "
+                                  f"(e.g. {missing[:3]}): the tensors sent do not cover its architecture")
+        if self.llm.reset_prefix_cache() is False:  # older releases return None: nothing to check
+            raise GenerationError("vLLM could not reset its prefix cache after a weight sync (requests still "
+                                  "running?): cached KV of the old weights would be reused")
+        return len(weights)
 
     @property
     def max_context(self) -> int:
@@ -657,6 +692,15 @@ class VLLMEngine:
                     for tok in comp.token_ids:
                         on_token(req, j, tok)
         return results
+
+
+def _engine_core_in_process() -> None:
+    """Weight sync passes tensors by reference, so vLLM's engine core must run in this process."""
+    key = "VLLM_ENABLE_V1_MULTIPROCESSING"
+    if os.environ.get(key, "0") != "0":
+        raise GenerationError(f"{key}={os.environ[key]}: weight sync into vLLM needs the engine core in the "
+                              f"trainer's process; unset it or set {key}=0")
+    os.environ[key] = "0"
 
 
 def vllm_available() -> tuple[bool, str]:

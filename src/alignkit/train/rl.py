@@ -4,7 +4,8 @@ One RL step, top to bottom (:func:`rl_step`):
 
 1. **rollout** -- ``rollout.prompts_per_step`` prompts (a seeded permutation of the prompt file per
    epoch; the position is the step number) x ``rollout.n`` samples from the policy's own weights
-   through the shared engine, each sample seeded from (seed, step, prompt position);
+   through the shared engine (``rollout.backend: vllm``: one vLLM engine that receives the current
+   policy weights before every generation), each sample seeded from (seed, step, prompt position);
 2. **score** -- the reward (verifier | model | judge | sum). A reward that cannot be computed is NaN:
    the sample is masked and counted, never scored 0; a step with too many fails stops. Optional
    ChatGLM-RLHF stabilisers: reference baseline ``r(x,y) - r(x,y_ref)`` (``y_ref`` = the reference
@@ -59,7 +60,7 @@ def score(ctx: Ctx, samples) -> tuple[torch.Tensor, torch.Tensor, dict[str, floa
     raw = torch.tensor(ctx.reward_fn(rows, samples), dtype=torch.float64)
     used = raw.clone()
     if cfg.reference_baseline:
-        used = used - torch.tensor([_ref_reward(ctx, s.prompt_index) for s in samples], dtype=torch.float64)
+        used = used - torch.tensor(_ref_rewards(ctx, [s.prompt_index for s in samples]), dtype=torch.float64)
     everything = gather(ctx.acc, used)
     failed = int((~torch.isfinite(everything)).sum())
     st.failures += failed
@@ -86,18 +87,20 @@ def score(ctx: Ctx, samples) -> tuple[torch.Tensor, torch.Tensor, dict[str, floa
     return raw, used.float(), metrics
 
 
-def _ref_reward(ctx: Ctx, index: int) -> float:
-    """r(x, y_ref) with y_ref the reference policy's greedy answer; computed once per prompt, cached."""
+def _ref_rewards(ctx: Ctx, indices: list[int]) -> list[float]:
+    """r(x, y_ref) per prompt index, y_ref the reference policy's greedy answer: the prompts not seen
+    before are answered in one batch (with vLLM: after loading the reference's weights into the engine)
+    and scored once; the cache is part of the run state."""
     from alignkit.generate.engine import SamplingParams
-    from alignkit.train.rl_rollout import rollout as sample
 
-    key = str(index)
-    if key not in ctx.state.ref_rewards:
+    new = sorted({i for i in indices if str(i) not in ctx.state.ref_rewards})
+    if new:
         engine = policy_engine(ctx, ctx.reference.model)
         params = SamplingParams(max_new_tokens=ctx.cfg.rollout.max_new_tokens, temperature=0.0)
-        [y_ref] = sample(engine, ctx.rows, [index], [0], params, 0, 0)
-        ctx.state.ref_rewards[key] = ctx.reward_fn([ctx.rows[index]], [y_ref])[0]
-    return ctx.state.ref_rewards[key]
+        y_ref = rollout(engine, ctx.rows, new, [0] * len(new), params, 0, 0)
+        for i, r in zip(new, ctx.reward_fn([ctx.rows[i] for i in new], y_ref), strict=True):
+            ctx.state.ref_rewards[str(i)] = r
+    return [ctx.state.ref_rewards[str(i)] for i in indices]
 
 
 # --------------------------------------------------------------- 3. old / reference log-probs, values
@@ -157,7 +160,7 @@ def rl_step(ctx: Ctx) -> dict[str, float]:
     from alignkit.train.loop import step_indices
 
     cfg, acc, st = ctx.cfg, ctx.acc, ctx.state
-    t0 = time.perf_counter()
+    t0, sync0 = time.perf_counter(), ctx.sync_s
     per_proc = cfg.rollout.prompts_per_step // acc.num_processes
     order = step_indices(len(ctx.rows), st.step, cfg.rollout.prompts_per_step, cfg.train.seed)
     lo = acc.process_index * per_proc
@@ -181,6 +184,8 @@ def rl_step(ctx: Ctx) -> dict[str, float]:
     st.step += 1
     logs.update({"step": st.step, "loss": logs.get("loss/policy", math.nan), "lr": ctx.sched.get_last_lr()[0],
                  "time/generate_s": round(t_gen, 3), "time/step_s": round(time.perf_counter() - t0, 3)})
+    if ctx.engine is not None:  # vllm: copying the policy (and, for new y_ref prompts, the reference) in
+        logs["time/weight_sync_s"] = round(ctx.sync_s - sync0, 3)
     return logs
 
 

@@ -32,7 +32,9 @@ class RolloutConfig(StrictModel):
     """Sampling from the current policy."""
 
     backend: Literal["hf", "vllm"] = "hf"
-    """hf: the shared HF engine on the policy's own weights (exact, free weight sync). vllm is refused."""
+    """hf: the shared HF engine on the policy's own weights (exact, nothing to copy). vllm: one in-process
+    vLLM engine on the policy's GPU that receives the current policy weights before every generation
+    (needs the vllm package and a CUDA GPU, one training process, no LoRA; refused otherwise)."""
     prompts_per_step: int = Field(default=8, ge=1)
     """Prompts per RL step over all processes (must divide by the process count)."""
     n: int = Field(default=4, ge=1)
@@ -47,6 +49,12 @@ class RolloutConfig(StrictModel):
     """Top-k sampling (0: off); same caveat as top_p."""
     batch_size: int = Field(default=16, ge=1)
     """Sequences the engine decodes together."""
+    vllm_gpu_memory_utilization: float = Field(default=0.3, gt=0.0, le=1.0)
+    """vllm: share of the GPU's memory the engine may take (weights, activations, KV cache); the policy,
+    reference, critic and optimizer states need the rest. vLLM refuses to start when less is free."""
+    vllm_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    """vllm: the engine's dtype; the synced policy weights are cast to it (the update recomputes
+    log-probs in the trainer's precision, so this only changes which samples are drawn)."""
 
 
 class AdvantageConfig(StrictModel):
@@ -238,6 +246,9 @@ class RLConfig(StrictModel):
                              f"(got {r.weights})")
         if r.type != "sum" and r.weights:
             raise ValueError("reward.weights is only used by reward.type=sum")
+        if self.rollout.backend == "vllm" and self.model.lora is not None:
+            raise ValueError("rollout.backend=vllm syncs full weights into the engine; model.lora (an adapter) "
+                             "is not supported with it: train without LoRA or use rollout.backend=hf")
         if self.ptx.coef > 0 and not self.ptx.data:
             raise ValueError("ptx.coef > 0 needs ptx.data (SFT rows)")
         return self

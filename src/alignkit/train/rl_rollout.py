@@ -3,7 +3,8 @@
 * **Prompt rows**: ``{"prompt": str | [messages], ...}``; every other key rides along to the reward
   function (the verifiable-instruction rows carry ``constraint``).
 * **Rollout**: the shared generation engine (:class:`alignkit.generate.engine.HFEngine`) runs on the
-  policy's own weights, so the "weight sync" between trainer and sampler is exact and free. Each
+  policy's own weights, so the "weight sync" between trainer and sampler is exact and free (with
+  ``rollout.backend: vllm`` the weights are copied in first: ``rl_setup.policy_engine``). Each
   sample is seeded from ``(run seed, step, prompt position, sample index)``, never from a global
   RNG, so a resumed run and a run split over processes draw the same samples.
 * **Layouts**: models see right-padded ``prompt + response`` rows; the RL maths sees *response
