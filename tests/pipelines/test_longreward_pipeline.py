@@ -199,7 +199,7 @@ def test_pipeline_on_the_embedded_model_as_policy_and_judge(tmp_path):
         "output_dir": str(tmp_path / "run"),
         "prompts": {"source": str(tmp_path / "prompts.jsonl"), "eval_prompts": 1},
         "sampling": {"k": 2, "max_new_tokens": 32, "temperature": 0.9},
-        "judge": {"spec": "local:smollm2-135m-instruct", "dtype": "bfloat16"},
+        "judge": {"spec": "local:smollm2-135m-instruct", "dtype": "auto"},
         "scorer": {
             "force_format": "expected",
             "attempts": 2,
