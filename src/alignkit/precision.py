@@ -3,7 +3,7 @@
 bf16 halves memory traffic, but it is only *fast* where the matrix units multiply bf16 natively:
 CUDA GPUs with bf16 support, x86 CPUs with AMX (``amx_bf16``) or AVX512-BF16 (``avx512_bf16``),
 Arm CPUs with the BF16 extension (``bf16`` in ``Features``). Elsewhere PyTorch emulates it and
-bf16 runs 3-4x *slower* than fp32 (measured: 0.05 vs 0.20 TFLOP/s on a Xeon without either flag).
+bf16 runs 3-15x *slower* than fp32 (measured: 0.05 vs 0.20 TFLOP/s on a Xeon without either flag; a DPO step ~15x slower on an AVX2-only AMD EPYC).
 ``auto`` therefore picks bf16 only where the probe finds native support and fp32 otherwise; the
 choice and its reason are printed and saved in every run summary.
 """
@@ -68,7 +68,7 @@ def native_bf16(device: str | torch.device | None = None) -> tuple[bool, str]:
     found = [f for f in _CPU_BF16_FLAGS if f in flags] or (["bf16"] if "bf16" in flags else [])
     if found:
         return True, f"CPU has native bf16 matmuls ({', '.join(found)})"
-    return False, "CPU lacks amx_bf16/avx512_bf16: bf16 would be emulated, ~3-4x slower than fp32"
+    return False, "CPU lacks amx_bf16/avx512_bf16: bf16 would be emulated, 3-15x slower than fp32"
 
 
 def resolve_precision(requested: str, device: str | torch.device | None = None) -> Choice:
