@@ -410,13 +410,19 @@ def matmul_peak(precision: str, threads: int | None = None, reps: int = 8) -> fl
         torch.set_num_threads(threads)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     x, w = torch.randn(2048, 576, dtype=dtype), torch.randn(1536, 576, dtype=dtype)
-    F.linear(x, w)  # first call: allocations, kernel selection
+    return 2 * 2048 * 576 * 1536 / best_seconds(lambda: F.linear(x, w), reps) / 1e12
+
+
+def best_seconds(fn, reps: int, warmup: bool = True) -> float:
+    """Best wall time of ``reps`` calls of ``fn`` (after one untimed call when ``warmup``)."""
+    if warmup:
+        fn()  # first call: allocations, kernel selection
     best = float("inf")
     for _ in range(reps):
         t = time.perf_counter()
-        F.linear(x, w)
+        fn()
         best = min(best, time.perf_counter() - t)
-    return 2 * 2048 * 576 * 1536 / best / 1e12
+    return best
 
 
 def n_params(model_dir: str) -> int:

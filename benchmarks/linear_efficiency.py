@@ -16,27 +16,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dpo_vs_trl import matmul_peak  # noqa: E402
+from dpo_vs_trl import best_seconds, matmul_peak  # noqa: E402
 
 HIDDEN, INTER, KV, VOCAB = 576, 1536, 192, 49152
 LINEARS = [(HIDDEN, HIDDEN), (KV, HIDDEN), (KV, HIDDEN), (HIDDEN, HIDDEN), (INTER, HIDDEN), (INTER, HIDDEN),
            (HIDDEN, INTER)]  # (out, in)
-
-
-def best_of(fn, reps: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def main() -> None:
@@ -56,7 +45,7 @@ def main() -> None:
                 y = F.linear(x[w.shape[1]], w)
                 y.backward(torch.ones_like(y))
 
-        s = best_of(layer, args.reps)
+        s = best_seconds(layer, args.reps)
         tflops = 6 * m * sum(o * i for o, i in LINEARS) / s / 1e12
         print(f"{m:5d} tokens: one layer's linears forward+backward {s * 1000:6.1f} ms, {tflops:.3f} TFLOP/s "
               f"= {tflops / peak:.0%} of the peak")
@@ -66,7 +55,7 @@ def main() -> None:
     def lm_head():
         F.linear(h, head).float().log_softmax(-1)[:, 0].sum().backward()
 
-    print(f"lm-head + float32 log-softmax forward+backward, 800 response positions: {best_of(lm_head, 2):.2f} s")
+    print(f"lm-head + float32 log-softmax forward+backward, 800 response positions: {best_seconds(lm_head, 2):.2f} s")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dpo_vs_trl import matmul_peak  # noqa: E402  (one definition of the peak for every benchmark)
+from dpo_vs_trl import best_seconds, matmul_peak  # noqa: E402  (one definition of the peak for every benchmark)
 
 
 def model_flops(model, tokens: int, backward: bool) -> float:
@@ -56,12 +56,7 @@ def profiled(fn, rows: int, label: str, warmup: bool = True):
 
 
 def timed(fn, reps: int = 2) -> float:
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+    return best_seconds(fn, reps, warmup=False)
 
 
 def _pair_batch(tok, prompt_len: int, comp_len: int, n_pairs: int, seed: int = 0):
