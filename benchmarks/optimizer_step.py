@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
+import sys
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from dpo_vs_trl import best_seconds  # noqa: E402
 
 # SmolLM2-135M: tied embedding / lm-head, then 30 layers of q, k, v, o, gate, up, down (out, in), norms.
 SHAPES = [(49152, 576)] + [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536),
@@ -24,13 +27,7 @@ def step_ms(impl: str, reps: int) -> float:
     for p in params:
         p.grad = torch.randn_like(p)
     opt = torch.optim.AdamW(params, lr=1e-5, **{impl: True})
-    opt.step()  # allocates the moment buffers
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        opt.step()
-        best = min(best, time.perf_counter() - t)
-    return best * 1000
+    return best_seconds(opt.step, reps) * 1000  # the untimed first step allocates the moment buffers
 
 
 def max_update_diff(steps: int = 5) -> float:

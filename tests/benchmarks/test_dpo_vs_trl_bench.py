@@ -13,12 +13,34 @@ import torch
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "dpo_vs_trl.py"
 
 
+def _load(script: Path):
+    """Import a benchmark script as a module (its directory on sys.path, for ``from dpo_vs_trl import``)."""
+    import sys
+
+    sys.path.insert(0, str(script.parent))
+    try:
+        spec = importlib.util.spec_from_file_location(script.stem, script)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(script.parent))
+    return mod
+
+
+def _tiny_model_dir(tokenizer, tmp_path: Path) -> Path:
+    """A tiny random causal LM with ``tokenizer``, saved as an HF model directory."""
+    from alignkit.models import tiny_random_causal_lm
+
+    model, tok = tiny_random_causal_lm(tokenizer)
+    model_dir = tmp_path / "tiny"
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    return model_dir
+
+
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("dpo_vs_trl", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return _load(SCRIPT)
 
 
 def test_default_pairs_are_deterministic_distinct_and_conversational(bench):
@@ -128,13 +150,8 @@ def test_dpo_loss_and_gradients_equal_trl_dpotrainer(tokenizer, tmp_path):
 @pytest.mark.slow
 def test_end_to_end_on_a_tiny_random_model(bench, embedded_tokenizer, tmp_path):
     """Both trainers, same rows and order, step-0 loss ln 2 on both sides, warm cache hit, exit 0."""
-    from alignkit.models import tiny_random_causal_lm
-
     # the embedded tokenizer: --max-length 48 is sized for its tokens (the byte-level tiny one drops every row)
-    model, tok = tiny_random_causal_lm(embedded_tokenizer)
-    model_dir = tmp_path / "tiny"
-    model.save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
+    model_dir = _tiny_model_dir(embedded_tokenizer, tmp_path)
     out = tmp_path / "result.json"
     rc = bench.main(["--model", str(model_dir), "--steps", "2", "--batch-size", "2", "--pairs", "3",
                      "--max-length", "48", "--threads", "1", "--json", str(out)])
@@ -155,23 +172,8 @@ def test_end_to_end_on_a_tiny_random_model(bench, embedded_tokenizer, tmp_path):
 
 def test_sft_benchmark_end_to_end_on_a_tiny_random_model(embedded_tokenizer, tmp_path):
     """benchmarks/sft_vs_trl.py (it shares dpo_vs_trl's helpers): same tokens on both sides, equal step-0 loss."""
-    import importlib.util
-    import sys
-
-    from alignkit.models import tiny_random_causal_lm
-
-    script = SCRIPT.with_name("sft_vs_trl.py")
-    sys.path.insert(0, str(script.parent))
-    try:
-        spec = importlib.util.spec_from_file_location("sft_vs_trl", script)
-        sft_bench = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sft_bench)
-    finally:
-        sys.path.remove(str(script.parent))
-    model, tok = tiny_random_causal_lm(embedded_tokenizer)
-    model_dir = tmp_path / "tiny"
-    model.save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
+    sft_bench = _load(SCRIPT.with_name("sft_vs_trl.py"))
+    model_dir = _tiny_model_dir(embedded_tokenizer, tmp_path)
     out = tmp_path / "result.json"
     rc = sft_bench.main(["--model", str(model_dir), "--steps", "2", "--batch-size", "2", "--rows", "3",
                          "--max-length", "64", "--threads", "1", "--json", str(out)])
