@@ -48,8 +48,16 @@ browser-deps:
 	  || echo "browser-deps: could not install chromium; the browser test will be skipped"; \
 	fi
 
+# The suite, then the fast tests that followed `precision: auto`'s hardware probe once more with the probe
+# forced the other way (ALIGNKIT_PRECISION_PROBE), so a CPU without native bf16 also runs the bf16 paths a
+# bf16 machine takes, and vice versa. tests/conftest.py records which tests consulted the probe.
+PROBED := $(VENV)/.alignkit-probed-tests.txt
 test: $(TEST_STAMP) browser-deps
-	$(PY) -m pytest -q
+	ALIGNKIT_PROBED_TESTS_OUT=$(PROBED) $(PY) -m pytest -q
+	@other=$$($(PY) -c 'from alignkit.precision import native_bf16; print("fp32" if native_bf16("cpu")[0] else "bf16")') \
+	  && n=$$(wc -l < $(PROBED)) && test "$$n" -gt 0 \
+	  && echo "== $$n precision-sensitive tests again with ALIGNKIT_PRECISION_PROBE=$$other ==" \
+	  && ALIGNKIT_PRECISION_PROBE=$$other $(PY) -m pytest -q @$(PROBED)
 
 test-fast: $(TEST_STAMP)
 	$(PY) -m pytest -q -m "not slow and not browser"

@@ -42,3 +42,36 @@ def tiny_lm(tokenizer):
     from alignkit.models import tiny_random_causal_lm
 
     return tiny_random_causal_lm(tokenizer)
+
+
+# --- precision: which tests follow the probe of `precision: auto` ---------------------------------------
+# Every test that lets `auto` consult the hardware probe is recorded; `make test` then re-runs the fast ones
+# with ALIGNKIT_PRECISION_PROBE forced the other way from this machine's answer (see the Makefile), so a CPU
+# without native bf16 also runs the bf16 paths a bf16 machine takes, and vice versa. Tests that call the
+# probe in a child process cannot be seen from here: mark them `precision_sensitive`.
+PROBED_OUT = os.environ.get("ALIGNKIT_PROBED_TESTS_OUT")
+_probed: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _watch_precision_probe(request, monkeypatch):
+    from alignkit import precision
+
+    real = precision.native_bf16
+    seen = []
+
+    def watched(*args, **kwargs):
+        seen.append(True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(precision, "native_bf16", watched)
+    yield
+    node = request.node
+    if (seen or node.get_closest_marker("precision_sensitive")) and not node.get_closest_marker("slow"):
+        _probed.append(node.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if PROBED_OUT:
+        with open(PROBED_OUT, "w") as f:
+            f.writelines(n + "\n" for n in dict.fromkeys(_probed))

@@ -9,6 +9,7 @@ import pytest
 def _flags(monkeypatch, flags):
     from alignkit import precision
 
+    monkeypatch.delenv(precision.PROBE_ENV, raising=False)  # these tests exercise the probe itself
     monkeypatch.setattr(precision, "_cpu_flags", lambda: None if flags is None else set(flags))
 
 
@@ -44,6 +45,25 @@ def test_unreadable_flags_and_explicit_requests(monkeypatch):
     assert resolve_dtype("float16", "cpu") == "float16"
     with pytest.raises(ValueError, match="auto, fp32 or bf16"):
         resolve_precision("fp16", "cpu")
+
+
+@pytest.mark.parametrize("forced, native_flags", [("bf16", ["avx2"]), ("fp32", ["amx_bf16"])])
+def test_probe_can_be_forced_either_way(monkeypatch, forced, native_flags):
+    from alignkit import precision
+    from alignkit.precision import resolve_dtype, resolve_precision
+
+    _flags(monkeypatch, native_flags)  # the machine says the opposite of what is forced
+    monkeypatch.setenv(precision.PROBE_ENV, forced)
+    choice = resolve_precision("auto", "cpu")
+    assert choice.precision == forced and precision.PROBE_ENV in choice.reason
+    assert resolve_dtype("auto", "cpu") == ("bfloat16" if forced == "bf16" else "float32")
+    other = "fp32" if forced == "bf16" else "bf16"
+    assert resolve_precision(other, "cpu").precision == other  # explicit requests are never forced
+    monkeypatch.setenv(precision.PROBE_ENV, "auto")
+    assert resolve_precision("auto", "cpu").precision == ("bf16" if "amx_bf16" in native_flags else "fp32")
+    monkeypatch.setenv(precision.PROBE_ENV, "fp16")
+    with pytest.raises(ValueError, match="ALIGNKIT_PRECISION_PROBE must be auto, fp32 or bf16"):
+        resolve_precision("auto", "cpu")
 
 
 @pytest.mark.parametrize("native", [False, True])

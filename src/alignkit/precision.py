@@ -6,10 +6,17 @@ Arm CPUs with the BF16 extension (``bf16`` in ``Features``). Elsewhere PyTorch e
 bf16 runs 3-15x *slower* than fp32 (measured: 0.05 vs 0.20 TFLOP/s on a Xeon without either flag; a DPO step ~15x slower on an AVX2-only AMD EPYC).
 ``auto`` therefore picks bf16 only where the probe finds native support and fp32 otherwise; the
 choice and its reason are printed and saved in every run summary.
+
+The probe can be forced with the environment variable ``ALIGNKIT_PRECISION_PROBE``: ``bf16`` makes
+``auto`` pick bf16 whatever the hardware, ``fp32`` makes it pick fp32, ``auto`` (or unset) probes.
+``make test`` uses it to run the precision-sensitive tests a second time the other way from the
+machine's own answer, so a CI machine without native bf16 still runs what a bf16 machine runs.
+Explicit ``fp32``/``bf16`` requests are never affected.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -20,6 +27,7 @@ Precision = Literal["auto", "fp32", "bf16"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
 _CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+PROBE_ENV = "ALIGNKIT_PRECISION_PROBE"
 
 
 @dataclass(frozen=True)
@@ -52,8 +60,21 @@ def _cpu_flags() -> set[str] | None:
     return None
 
 
+def forced_probe() -> str | None:
+    """``bf16`` or ``fp32`` when :data:`PROBE_ENV` forces the probe's answer, None when it probes."""
+    value = os.environ.get(PROBE_ENV, "auto").strip().lower() or "auto"
+    if value not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"{PROBE_ENV} must be auto, fp32 or bf16 (got {value!r})")
+    return None if value == "auto" else value
+
+
 def native_bf16(device: str | torch.device | None = None) -> tuple[bool, str]:
-    """Probe whether ``device`` (default: CUDA if visible, else CPU) multiplies bf16 natively; (yes?, why)."""
+    """Probe whether ``device`` (default: CUDA if visible, else CPU) multiplies bf16 natively; (yes?, why).
+
+    :data:`PROBE_ENV` set to ``bf16``/``fp32`` replaces the probe's answer (tests, reproductions)."""
+    forced = forced_probe()
+    if forced is not None:
+        return forced == "bf16", f"probe forced by {PROBE_ENV}={forced}"
     kind = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     if kind == "cuda":
         name = torch.cuda.get_device_name()

@@ -244,15 +244,27 @@ def test_reward_model_sum_and_critic_from_reward_model(tmp_path, rl_model_dir):
     assert s["steps"] == 1 and math.isfinite(s["last"]["loss/value"])
 
 
-def test_accumulation_invariant_micro_4_equals_micro_1(tmp_path, rl_model_dir):
+# Tolerances of the RL invariants on the final weights, per precision. fp32: exact up to summation order.
+# bf16 (autocast matmuls, fp32 master weights): other micro-batch shapes change the bf16 rounding of each
+# gradient by a few ulps (2^-8 each); one Adam step lr*m/(sqrt(v)+eps) moves by at most lr*r/4 for a
+# relative gradient error r (see tests/train/test_recipes.py), so 4 optimizer steps (2 steps x 2
+# minibatches) at lr=1e-3 with r = 32 ulps allow 4 * 1e-3 * 32 * 2^-8 / 4 = 1.25e-4.
+RL_TOL = {"fp32": 1e-6, "bf16": 4 * 1e-3 * 32 * 2**-8 / 4}
+
+
+@pytest.mark.precision_sensitive
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_accumulation_invariant_micro_4_equals_micro_1(tmp_path, rl_model_dir, precision):
     from alignkit.train.rl import train_rl
 
     outs = []
     for mbs in (4, 1):
         out = tmp_path / f"m{mbs}"
-        train_rl(_cfg(rl_model_dir, out, **{"ppo.micro_batch_size": mbs, "ppo.num_minibatches": 2}))
+        s = train_rl(_cfg(rl_model_dir, out, **{"ppo.micro_batch_size": mbs, "ppo.num_minibatches": 2,
+                                                "train.precision": precision}))
+        assert s["precision"]["precision"] == precision
         outs.append(_weights(out))
-    assert _max_diff(outs[0], outs[1]) < 1e-6
+    assert _max_diff(outs[0], outs[1]) < RL_TOL[precision]
 
 
 def _run_cli(args, env, wait=True):
@@ -266,7 +278,8 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path, rl_model_dir):
     """SIGKILL during step 2 (after the step-1 checkpoint), --resume to step 3 == 3 uninterrupted steps."""
     from alignkit.train.rl import train_rl
 
-    kw = {"train.max_steps": 3, "train.save_every": 1, "reward.reference_baseline": "true"}
+    kw = {"train.max_steps": 3, "train.save_every": 1, "reward.reference_baseline": "true",
+          "train.precision": "fp32"}  # an exact invariant: never left to `auto`
     full = train_rl(_cfg(rl_model_dir, tmp_path / "full", **kw))
     env = {**ENV, "ALIGNKIT_HOME": os.environ["ALIGNKIT_HOME"]}
     args = _overrides(rl_model_dir, tmp_path / "part", **kw)
@@ -291,28 +304,32 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path, rl_model_dir):
         assert a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-5 for k in a if isinstance(a[k], float))
 
 
-@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
-def test_two_processes_equal_one(tmp_path, rl_model_dir, launcher):
+@pytest.mark.slow  # two processes: an integration test for `make test`, not the fast tier
+@pytest.mark.precision_sensitive
+@pytest.mark.parametrize("launcher, precision", [("torchrun", "fp32"), ("accelerate", "fp32"), ("torchrun", "bf16")])
+def test_two_processes_equal_one(tmp_path, rl_model_dir, launcher, precision):
     """2 CPU processes with gloo (2 prompts each) == 1 process (4 prompts), under torchrun and under
-    ``accelerate launch`` with the shipped configs/accelerate/cpu_ddp.yaml."""
+    ``accelerate launch`` with the shipped configs/accelerate/cpu_ddp.yaml; in bf16 within RL_TOL."""
     from alignkit.train.rl import train_rl
 
-    kw = {"advantage.whiten": "true"}
+    kw = {"advantage.whiten": "true", "train.precision": precision}
     one = train_rl(_cfg(rl_model_dir, tmp_path / "one", **kw))
     env = {**ENV, "ALIGNKIT_HOME": os.environ["ALIGNKIT_HOME"]}
     bindir = os.path.dirname(sys.executable)
     root = Path(__file__).resolve().parents[2]
-    launch = ([os.path.join(bindir, "torchrun"), "--nproc_per_node", "2", "--master_port", "29537"]
+    port = {"torchrun": 29537, "accelerate": 29538}[launcher] + (10 if precision == "bf16" else 0)
+    launch = ([os.path.join(bindir, "torchrun"), "--nproc_per_node", "2", "--master_port", str(port)]
               if launcher == "torchrun" else
               [os.path.join(bindir, "accelerate"), "launch", "--config_file",
-               str(root / "configs" / "accelerate" / "cpu_ddp.yaml"), "--main_process_port", "29538"])
+               str(root / "configs" / "accelerate" / "cpu_ddp.yaml"), "--main_process_port", str(port)])
     two = subprocess.run([*launch, "-m", "alignkit", "rl", *_overrides(rl_model_dir, tmp_path / "two", **kw)],
                          capture_output=True, text=True, env=env, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert s2["processes"] == 2 and one["processes"] == 1
+    assert s2["precision"]["precision"] == one["precision"]["precision"] == precision
     assert s2["steps"] == 2 and abs(s2["last"]["reward/mean"] - one["last"]["reward/mean"]) < 1e-9
-    assert _max_diff(_weights(tmp_path / "one"), _weights(tmp_path / "two")) < 1e-6
+    assert _max_diff(_weights(tmp_path / "one"), _weights(tmp_path / "two")) < RL_TOL[precision]
 
 
 @pytest.mark.slow
