@@ -208,9 +208,9 @@ def sentences_reward(answer: str) -> dict[str, float]:
 
 
 def critique_answer(prompt: str) -> str:
-    """Scripted Math-Critique / self-reflect judge (answers our math_critique and reflect_* prompts).
+    """Scripted Math-Critique / self-reflect judge (answers our math_critique[_official] and reflect_* prompts).
 
-    Critique: overall 9 when the student's final answer equals the reference's, else 2; a student
+    Critique (either rubric): overall 9 when the student's final answer equals the reference's, else 2; a student
     answer containing NOSCORE gets a critique without any score block (a parse failure).
     Reflect judge: '1' when the solution's final answer equals the standard answer, else '0'
     (NOSCORE: an answer that is neither). CoT: always "The answer is 4.", with NOSCORE for a quarter
@@ -218,9 +218,14 @@ def critique_answer(prompt: str) -> str:
     """
     from alignkit.data.mathgen import check_answer, extract_final_answer
 
-    if "[Student answer]\n" in prompt:
-        student = _between(prompt, "[Student answer]\n", "\n[Critique]")
-        reference = _between(prompt, "[Reference answer]\n", "\n[Student answer]")
+    official = "[Assistant's answer begins]\n" in prompt
+    if "[Student answer]\n" in prompt or official:
+        if official:
+            student = _between(prompt, "[Assistant's answer begins]\n", "\n[Assistant's answer ends]")
+            reference = _between(prompt, "[Reference answer begins]\n", "\n[Reference answer ends]")
+        else:
+            student = _between(prompt, "[Student answer]\n", "\n[Critique]")
+            reference = _between(prompt, "[Reference answer]\n", "\n[Student answer]")
         if "NOSCORE" in student:
             return "The answer is unclear and I will not grade it."
         ok = check_answer(student, extract_final_answer(reference) or "")

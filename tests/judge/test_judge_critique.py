@@ -137,3 +137,103 @@ def test_critic_config_refuses_inverted_scores():
 
     with pytest.raises(ValidationError, match="must be below"):
         CriticConfig(correct_score=3, wrong_score=5)
+
+
+# ------------------------------------------------------------------------------ rubrics (issue 16)
+WRONG = CritiqueItem("w", "What is 25% of 40?", "25% of 40 = 10. The answer is 10.", "25% of 40 is 4. The answer is 4.")
+WRONG_ZH = CritiqueItem("z", "40 的 25% 是多少？", "40 × 25% = 10，答案是 10。", "40 的 25% 是 4，答案是 4。")
+
+
+@pytest.mark.parametrize("item, lang", [(WRONG, "en"), (WRONG_ZH, "zh")])
+def test_official_rubric_prompt_makes_a_wrong_result_an_essential_error(item, lang):
+    from alignkit.judge.critique import critique_prompt
+
+    prompt, got_lang = critique_prompt(CritiqueConfig(rubric="official"), item.question, item.reference, item.answer)
+    assert got_lang == lang  # language: auto
+    if lang == "en":
+        assert "contains an essential factual error, or contains harmful content, the overall score must be 1 to 2" \
+            in prompt
+        assert "no serious error and is essentially harmless, but is of low quality" in prompt  # 3-4: no wrong result
+        assert "the reference answer would score 8" in prompt and "'overall score': score}" in prompt
+        answer_block = "[Assistant's answer begins]\n" + item.answer + "\n[Assistant's answer ends]"
+    else:
+        assert "存在本质性的事实错误或含有有害内容时，综合得分必须为 1 到 2 分" in prompt
+        assert "参考答案可以得 8 分" in prompt and "'综合得分': 分数}" in prompt
+        answer_block = "[助手的答案开始]\n" + item.answer + "\n[助手的答案结束]"
+    assert prompt.rstrip().endswith(answer_block) and prompt.count(item.reference) == 1
+    # the official judge has no worked example and no partial credit for a wrong result
+    assert "Example" not in prompt and "示例" not in prompt and "above 4" not in prompt and "超过 4" not in prompt
+
+
+@pytest.mark.parametrize("item, lang", [(WRONG, "en"), (WRONG_ZH, "zh")])
+def test_partial_credit_rubric_prompt_keeps_todays_bands(item, lang):
+    from alignkit.judge.critique import critique_prompt
+
+    prompt, _ = critique_prompt(CritiqueConfig(rubric="partial_credit"), item.question, item.reference, item.answer)
+    if lang == "en":
+        assert "3-4: no serious error in the approach, but the result is wrong" in prompt
+        assert "can never score above 4" in prompt and "Example" in prompt
+        assert prompt.rstrip().endswith("[Student answer]\n" + item.answer + "\n[Critique]")
+    else:
+        assert "3-4：思路没有严重错误，但结果错误" in prompt and "示例" in prompt
+        assert prompt.rstrip().endswith("[学生回答]\n" + item.answer + "\n[评语]")
+
+
+def test_rubric_defaults_pipelines_partial_credit_mathusereval_official(tmp_path):
+    from alignkit.config import load_config
+    from alignkit.evals.mathusereval import MathUserEvalConfig
+    from alignkit.pipelines.critic_train import CriticTrainConfig
+
+    assert CritiqueConfig().rubric == "partial_credit" and CriticConfig().critique.rubric == "partial_credit"
+    assert load_config(MathUserEvalConfig, None, ["data=q.jsonl"]).critique.rubric == "official"
+    # a critique section given without a rubric keeps the evaluation's default
+    cfg_file = tmp_path / "mue.yaml"
+    cfg_file.write_text("data: q.jsonl\ncritique:\n  language: zh\n")
+    assert load_config(MathUserEvalConfig, str(cfg_file), []).critique.rubric == "official"
+    assert load_config(MathUserEvalConfig, None, ["data=q.jsonl", "critique.rubric=partial_credit"]) \
+        .critique.rubric == "partial_credit"
+    with pytest.raises(Exception, match="rubric"):
+        CriticTrainConfig(labeler=CriticConfig(kind="judge", critique=CritiqueConfig(rubric="official")))
+
+
+class RubricJudge:
+    """Answers each rubric in its own output format: official dimension keys (Chinese for Chinese prompts)."""
+
+    kind, model_id, context_window, tokenizer = "fake", "rubric-judge", 4096, None
+
+    def __init__(self):
+        self.calls = []
+
+    def call(self, messages, max_tokens, temperature, seed, stop=(), top_logprobs=0):
+        self.calls.append(messages)
+        if top_logprobs:  # expected mode: the next-token distribution after the overall-score cue
+            import math
+
+            return BackendAnswer("2", 1, 1, "stop", [{"1": math.log(0.5), "2": math.log(0.5)}])
+        if len(messages) > 1:  # direct mode: only the number after the cue
+            return BackendAnswer("2", 1, 1, "stop")
+        if "答案" in messages[0]["content"]:
+            return BackendAnswer("答案 4 错误，应为 10。事实正确性：1 分……\n"
+                                 "{'事实正确性': 1, '满足用户需求': 1, '逻辑连贯性': 4, '完备性': 3, '综合得分': 2}",
+                                 20, 20, "stop")
+        return BackendAnswer("The result 4 is wrong; it is 10. factual correctness: 1 ...\n"
+                             "{'factual correctness': 1, 'meets user needs': 1, 'logical coherence': 4, "
+                             "'completeness': 3, 'overall score': 2}", 20, 20, "stop")
+
+
+@pytest.mark.parametrize("rubric", ["official", "partial_credit"])
+@pytest.mark.parametrize("force_format, expected", [("off", 2.0), ("direct", 2.0), ("expected", 1.5)])
+def test_scores_parse_on_the_same_1_to_10_scale_under_each_rubric(rubric, force_format, expected):
+    backend = RubricJudge()
+    critic = MathCritic(Judge(backend, sleep=lambda s: None), CritiqueConfig(rubric=rubric, force_format=force_format))
+    rows = critic.critique([WRONG, WRONG_ZH])
+    assert [r["status"] for r in rows] == ["scored", "scored"] and [r["score"] for r in rows] == [expected] * 2
+    if force_format == "off":
+        dims = {"factual_correctness": 1, "user_needs": 1, "logical_coherence": 4, "completeness": 3}
+        assert rows[0]["dimensions"] == dims and rows[1]["dimensions"] == dims
+    else:  # the weak-judge modes continue from the overall-score cue of the prompt's language
+        assert sorted(c[-1]["content"] for c in backend.calls) == ["{'overall score': ", "{'综合得分': "]
+    official = {"[Assistant's answer begins]" in c[0]["content"] or "[助手的答案开始]" in c[0]["content"]
+                for c in backend.calls}
+    assert official == {rubric == "official"}
+    assert critic.identity()["critique"]["rubric"] == rubric  # the rubric is part of the critic's identity

@@ -80,3 +80,27 @@ def test_bad_rows_refused_before_any_output(tmp_path, row, where):
     with pytest.raises(DataError, match=where):
         label_steps(cfg, engine=RuleEngine(_policy))
     assert not (tmp_path / "out").exists()
+
+
+def test_unlabelled_rows_are_labelled_through_the_command(tmp_path, tokenizer):
+    """Issue 16: `source: rows` takes {prompt, answer, completions} without labels (what it exists to label);
+    rows that carry labels are relabelled, their labels kept as given_labels (still validated)."""
+    from alignkit.cli import main
+    from alignkit.data.rows import read_rows
+    from alignkit.models import tiny_random_causal_lm
+
+    model, tok = tiny_random_causal_lm(tokenizer)
+    model.save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    data = _write(tmp_path, [{"prompt": "Compute (7 + 5) × 3.", "completions": GOOD, "answer": "36"},
+                             {"prompt": "Compute (7 + 5) × 3.", "completions": BAD, "answer": "36",
+                              "labels": [True, False, False]}])
+    out = tmp_path / "out"
+    assert main(["prm", "label", f"data={data}", f"model={tmp_path / 'tiny'}", f"output_dir={out}", "rollouts=2",
+                 "sampling.max_new_tokens=4", "progress=false"]) == 0
+    rows = [json.loads(x) for x in (out / "stepwise.jsonl").read_text().splitlines()]
+    assert [r["completions"] for r in rows] == [GOOD, BAD]
+    # the last step's label is the finished solution's correctness, whatever the random model continues
+    assert [r["labels"][-1] for r in rows] == [True, False] and all(len(r["labels"]) == 3 for r in rows)
+    assert "given_labels" not in rows[0] and rows[1]["given_labels"] == [True, False, False]
+    assert len(read_rows(out / "stepwise.jsonl", "stepwise")) == 2  # ready for alignkit prm

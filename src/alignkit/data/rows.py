@@ -115,23 +115,33 @@ def _parse_stepwise(row: dict, where: str, index: int, meta: dict) -> Example:
     prompt = require(row, "prompt", where)
     if not isinstance(prompt, str) or not prompt.strip():
         raise DataError(f"{where}: field 'prompt': expected a non-empty string")
-    steps = require(row, "completions", where)
-    labels = require(row, "labels", where)
+    steps = check_steps(require(row, "completions", where), where)
+    labels = check_step_labels(require(row, "labels", where), len(steps), where)
+    return Example(index, prompt, steps, labels=labels, meta=meta)
+
+
+def check_steps(steps: Any, where: str) -> list[str]:
+    """A stepwise row's ``completions``: a non-empty list of non-empty step strings."""
     if not isinstance(steps, list) or not steps:
         raise DataError(f"{where}: field 'completions': expected a non-empty list of steps")
     for j, s in enumerate(steps):
         if not isinstance(s, str) or not s.strip():
             raise DataError(f"{where}: field 'completions[{j}]': expected a non-empty step string, got {s!r}")
-    if not isinstance(labels, list) or len(labels) != len(steps):
+    return list(steps)
+
+
+def check_step_labels(labels: Any, n_steps: int, where: str) -> list[float]:
+    """A stepwise row's ``labels``: one bool or number in [0, 1] per step, as floats."""
+    if not isinstance(labels, list) or len(labels) != n_steps:
         got = len(labels) if isinstance(labels, list) else type(labels).__name__
-        raise DataError(f"{where}: field 'labels': expected {len(steps)} labels (one per step), got {got}")
+        raise DataError(f"{where}: field 'labels': expected {n_steps} labels (one per step), got {got}")
     clean = []
     for j, x in enumerate(labels):
         ok = isinstance(x, bool) or (isinstance(x, int | float) and math.isfinite(x) and 0 <= x <= 1)
         if not ok:
             raise DataError(f"{where}: field 'labels[{j}]': expected true/false or a number in [0, 1], got {x!r}")
         clean.append(float(x))
-    return Example(index, prompt, list(steps), labels=clean, meta=meta)
+    return clean
 
 
 def _style(where: str, prompt: Text, completions: list[Text]) -> bool:

@@ -10,8 +10,9 @@ Input: a JSONL file in MathUserEval format, one question per line::
 is the evaluated answer — rows without one are answered by ``model`` greedily (temperature 0, as
 the official protocol does for every category).
 
-The judge is the Math-Critique prompt (:mod:`alignkit.judge.critique`), through any judge spec,
-with the judge layer's cache, retries and failure records. Reported (METHODS §4.5):
+The judge is the Math-Critique prompt (:mod:`alignkit.judge.critique`) under the official MathUserEval
+rubric by default (``critique.rubric``), through any judge spec, with the judge layer's cache, retries
+and failure records. Reported (METHODS §4.5):
 
 * per category: n, scored, parse failures, mean overall score, mean of each dimension, share >= 7;
 * overall: the **micro** mean over all scored questions (``show_result.py``'s ``math-user-eval``
@@ -33,10 +34,18 @@ from pydantic import Field
 
 from alignkit.config import StrictModel, dump_config
 from alignkit.judge.client import JudgeConfig
-from alignkit.judge.critique import DIMENSIONS, CritiqueConfig, CritiqueItem
+from alignkit.judge.critique import DIMENSIONS, CritiqueConfig, CritiqueItem, Rubric
 from alignkit.models import DEFAULT_MODEL
 
 HIGH = 7  # the share of answers scoring >= 7 (METHODS §4.5)
+
+
+class MathUserEvalCritique(CritiqueConfig):
+    """The Math-Critique judge's prompting and parsing; the official MathUserEval rubric by default."""
+
+    rubric: Rubric = "official"
+    """official (default here): the MathUserEval judge's rubric, so scores compare with published
+    MathUserEval numbers; partial_credit: alignkit's rubric of the pipelines (docs/self_critique.md)."""
 
 
 class MathUserEvalConfig(StrictModel):
@@ -48,8 +57,8 @@ class MathUserEvalConfig(StrictModel):
     """MathUserEval-format JSONL: question, reference, category, optional question_id, answer, response."""
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     """The Math-Critique judge (spec local:<model> or openai:<base_url>#<model>); calls cached in output_dir."""
-    critique: CritiqueConfig = Field(default_factory=CritiqueConfig)
-    """Prompting and parsing of the judge."""
+    critique: MathUserEvalCritique = Field(default_factory=MathUserEvalCritique)
+    """Prompting and parsing of the judge (rubric: official by default)."""
     model: str = DEFAULT_MODEL
     """Answers the rows that carry no 'response' (embedded name, HF dir or hub id)."""
     max_new_tokens: int = Field(default=512, ge=1)
@@ -194,7 +203,8 @@ def run_mathusereval(cfg: MathUserEvalConfig, progress: bool = True) -> dict[str
     results = {
         "data": cfg.data,
         "judge": critic.judge.model_id,
-        "protocol": "MathUserEval-style Math-Critique (reference anchored at 8; last {...} block; integer 1-10)",
+        "protocol": f"MathUserEval-style Math-Critique, rubric {cfg.critique.rubric} (reference anchored at 8; "
+                    "last {...} block; integer 1-10)",
         **summarise(scored, cfg.official_minus_one),
         "exact_answer": exact_accuracy(scored),
         "judge_usage": usage,

@@ -1,10 +1,21 @@
 """Math-Critique (ChatGLM-Math, METHODS §4.2/§4.5): question + reference answer + model answer -> critique
 and an integer score from 1 to 10.
 
-One prompt (``prompts/math_critique.<lang>.txt``, our own text) serves both the critic of the
-Self-Critique pipeline and the MathUserEval-style evaluation: the judge compares the answer with the
-reference (which is anchored at 8), writes a critique, and ends with a Python-dict-like block of four
-dimension scores and an overall score, as the official MathUserEval judge does.
+Two rubrics (``critique.rubric``), each a prompt file per language; under both the judge compares the
+answer with the reference (which is anchored at 8), writes a critique, and ends with a Python-dict-like
+block of four dimension scores and an overall score, as the official MathUserEval judge does:
+
+* ``official`` (``prompts/math_critique_official.<lang>.txt``): the official MathUserEval judge's prompt
+  (ChatGLM-Math ``judge.py`` with the math dimension set of ``config/``, METHODS §4.5), paraphrased in
+  English and Chinese: an irrelevant answer, one with an *essential factual error* (a wrong result) or
+  a harmful one scores 1-2; no serious error but low quality 3-4; basically meets the needs 5-6; close to
+  the reference 7-8; clearly better 9-10. No worked example. Scores comparable with published
+  MathUserEval numbers (given a comparable judge); the default of ``eval mathusereval``.
+* ``partial_credit`` (``prompts/math_critique.<lang>.txt``, our own text): the same bands, except that a
+  wrong result reached by a sound approach scores 3-4 (partial credit; never above 4), and a right result
+  with weak reasoning 5-6; a worked example anchors small local judges. The pipelines' default (critic,
+  ``critic train``, ``bon``): the paper's Math-Critique critic also grades partial correctness (METHODS
+  §4.2, bands unverified), and the shipped thresholds and configs were set with it.
 
 Parsing follows the official ``judge.py`` (METHODS §4.5): take the **last** ``{...}`` block and read
 its ``'key': value`` pairs; the score is ``'overall score'`` (or the official ``'综合得分'``); if the
@@ -41,7 +52,8 @@ from alignkit.judge.client import FormatForcing, Judge, JudgeConfig, Parsed, Par
 from alignkit.judge.longreward import _Stages, detect_language, expected_score
 from alignkit.judge.prompts import fill, load_prompt
 
-PROMPT = "math_critique"
+Rubric = Literal["official", "partial_credit"]
+PROMPTS: dict[str, str] = {"official": "math_critique_official", "partial_credit": "math_critique"}
 DIMENSIONS = ("factual_correctness", "user_needs", "logical_coherence", "completeness")
 # The dictionary keys of our English prompt and of the official Chinese protocol -> our names.
 KEYS = {
@@ -103,6 +115,11 @@ def expected_critique(dist: dict[str, float]) -> CritiqueScore:
 class CritiqueConfig(StrictModel):
     """How the Math-Critique judge is asked and its answers parsed."""
 
+    rubric: Rubric = "partial_credit"
+    """official: the MathUserEval judge's rubric (a wrong result is an essential error: 1-2), for scores
+    comparable with published MathUserEval numbers; partial_credit: a wrong result from a sound approach
+    scores 3-4, with a worked example for small judges (the pipelines' default; `eval mathusereval`
+    defaults to official). See docs/self_critique.md."""
     language: Literal["auto", "en", "zh"] = "auto"
     """Prompt language: auto = English iff the question has > 4x more Latin letters than CJK characters."""
     max_tokens: int = Field(default=512, ge=1)
@@ -119,6 +136,12 @@ class CritiqueConfig(StrictModel):
     """Weak-judge mode (not in the paper; as in the LongReward scorer): continue the reply from
     "{'overall score': " so the judge only picks the number; expected = the expectation of 1..10 under
     its next-token distribution (a float score; needs top log-probabilities)."""
+
+
+def critique_prompt(cfg: CritiqueConfig, question: str, reference: str, answer: str) -> tuple[str, str]:
+    """The judge's prompt under ``cfg.rubric`` and ``cfg.language``, and the language it is in."""
+    lang = detect_language(question) if cfg.language == "auto" else cfg.language
+    return fill(load_prompt(PROMPTS[cfg.rubric], lang), question=question, reference=reference, answer=answer), lang
 
 
 @dataclass
@@ -154,9 +177,7 @@ class MathCritic:
         return {"kind": self.kind, "judge": self.judge.model_id, "critique": self.cfg.model_dump()}
 
     def _one(self, item: CritiqueItem) -> dict[str, Any]:
-        lang = detect_language(item.question) if self.cfg.language == "auto" else self.cfg.language
-        prompt = fill(load_prompt(PROMPT, lang), question=item.question, reference=item.reference,
-                      answer=item.answer)
+        prompt, lang = critique_prompt(self.cfg, item.question, item.reference, item.answer)
         mode = self.cfg.force_format
         out = self.judge.complete_parsed(
             [{"role": "user", "content": prompt}], parse_critique, self.cfg.max_tokens,

@@ -28,9 +28,7 @@ from pydantic import Field, model_validator
 
 from alignkit.config import StrictModel
 from alignkit.data.tokenize import DataPolicy
-from alignkit.judge.critique import PROMPT, CriticConfig, CritiqueConfig, CritiqueItem, MathCritic
-from alignkit.judge.longreward import detect_language
-from alignkit.judge.prompts import fill, load_prompt
+from alignkit.judge.critique import CriticConfig, CritiqueConfig, CritiqueItem, MathCritic, critique_prompt
 from alignkit.models import DEFAULT_MODEL
 from alignkit.pipelines.longreward import _file_hash, _fingerprint, _read_jsonl, _Stages
 from alignkit.pipelines.self_critique import AnswerSampling, QuestionsSection, critic_scores, make_questions
@@ -80,6 +78,10 @@ class CriticTrainConfig(StrictModel):
         if self.labeler.kind == "judge" and self.labeler.critique.force_format == "expected":
             raise ValueError("labeler.critique.force_format=expected gives no critique text to train on; "
                              "use off, after_analysis or direct")
+        if self.labeler.kind == "judge" and self.labeler.critique.rubric != self.evaluation.critique.rubric:
+            raise ValueError(f"labeler.critique.rubric={self.labeler.critique.rubric} but the critic is trained and "
+                             f"asked under evaluation.critique.rubric={self.evaluation.critique.rubric}; make "
+                             "them the same")
         if "output_dir" in self.train.model_fields_set:
             raise ValueError("train.output_dir is set by the pipeline (<output_dir>/critic_model); remove it")
         return self
@@ -98,14 +100,13 @@ def synthetic_answers(rows: list[dict], seed: int) -> list[dict]:
     return out
 
 
-def critique_rows(labelled: list[dict]) -> list[dict]:
-    """SFT rows: the Math-Critique prompt -> the labeler's critique with its score block."""
+def critique_rows(labelled: list[dict], critique: CritiqueConfig) -> list[dict]:
+    """SFT rows: the Math-Critique prompt the critic is asked with (``critique``) -> the labeler's critique."""
     rows = []
     for r in labelled:
         if r["status"] != "scored":
             continue
-        lang = detect_language(r["question"])
-        prompt = fill(load_prompt(PROMPT, lang), question=r["question"], reference=r["reference"], answer=r["response"])
+        prompt, _ = critique_prompt(critique, r["question"], r["reference"], r["response"])
         text = r["critique"]
         if "{" not in text:  # the verifier's one-sentence critique: add the score block it implies
             text = f"The {text}.\n{{'overall score': {int(r['score'])}}}"
@@ -189,7 +190,7 @@ def run_critic_train(cfg: CriticTrainConfig, progress: bool = True) -> dict[str,
         return _read_jsonl(path)
 
     labelled = label(answers(train, "answers_train"), "labels_train")
-    rows = critique_rows(labelled)
+    rows = critique_rows(labelled, cfg.evaluation.critique)
     if not rows:
         raise PipelineError("no critique rows: every labeler call failed (see labels_train.jsonl)")
     write_jsonl_atomic(out / "critic_sft.jsonl", rows)

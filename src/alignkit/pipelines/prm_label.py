@@ -10,8 +10,10 @@ The step's Monte-Carlo score is the fraction of rollouts that reach the answer; 
 step needs no rollout: its score is whether the whole solution's final answer is right.
 
 Input rows need ``prompt`` (or ``question``) and ``answer``; ``source: rows`` also needs
-``completions`` (the steps). Output ``stepwise.jsonl``: TRL stepwise rows plus ``answer``, ``id`` and
-``mc`` (the scores), ready for ``alignkit prm``.
+``completions`` (the steps) and no ``labels``. A row that already carries ``labels`` (validated like a
+stepwise row's) is relabelled: its labels are kept as ``given_labels`` beside the Monte-Carlo ones, so
+the two can be compared, and the summary counts such rows (``relabelled``). Output ``stepwise.jsonl``:
+TRL stepwise rows plus ``answer``, ``id`` and ``mc`` (the scores), ready for ``alignkit prm``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from pydantic import Field
 
 from alignkit.config import StrictModel
 from alignkit.data.mathgen import INSTRUCTION, check_answer
-from alignkit.data.rows import DataError
+from alignkit.data.records import require
+from alignkit.data.rows import DataError, check_step_labels, check_steps
 from alignkit.generate.options import EngineOptions, engine_from_options
 
 
@@ -56,7 +59,8 @@ class PRMLabelConfig(PolicySampler):
     """``alignkit prm label``: Monte-Carlo step labels from policy rollouts."""
 
     data: str
-    """JSONL rows with prompt (or question) and answer; source=rows also needs completions (steps)."""
+    """JSONL rows with prompt (or question) and answer; source=rows also needs completions (steps); labels
+    already there are kept as given_labels and replaced by the Monte-Carlo ones."""
     source: Literal["rows", "policy"] = "rows"
     """rows: label the given steps; policy: label solutions the policy samples for each problem."""
     solutions_per_problem: int = 2
@@ -94,9 +98,10 @@ def read_problems(path: str, need_steps: bool) -> list[dict[str, Any]]:
             raise DataError(f"{where}: field 'answer': expected the verified final answer as a string")
         item = {"prompt": prompt, "answer": answer, "id": row.get("id", f"{Path(path).name}:{line}")}
         if need_steps:
-            from alignkit.data.rows import parse_row
-
-            item["steps"] = parse_row({**row, "prompt": prompt}, "stepwise", where, len(out)).completions
+            item["steps"] = check_steps(require(row, "completions", where), where)
+            if "labels" in row:  # relabelled; the given labels are validated and kept beside the new ones
+                check_step_labels(row["labels"], len(item["steps"]), where)
+                item["given_labels"] = row["labels"]
         out.append(item)
     return out
 
@@ -157,7 +162,9 @@ def label_steps(cfg: PRMLabelConfig, engine=None) -> dict[str, Any]:
     scores = mc_scores(engine, items, cfg)
     rows = [{"prompt": it["prompt"], "completions": it["steps"],
              "labels": [s > 0 for s in sc] if cfg.mode == "hard" else sc,
-             "answer": it["answer"], "id": it["id"], "mc": sc} for it, sc in zip(items, scores, strict=True)]
+             "answer": it["answer"], "id": it["id"], "mc": sc,
+             **({"given_labels": it["given_labels"]} if "given_labels" in it else {})}
+            for it, sc in zip(items, scores, strict=True)]
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl_atomic(out / "stepwise.jsonl", rows)
@@ -165,7 +172,8 @@ def label_steps(cfg: PRMLabelConfig, engine=None) -> dict[str, Any]:
     summary = {"command": "prm label", "problems": len(problems), "solutions": len(items), "steps": n_steps,
                "rollouts": sum(len(s) - 1 for s in scores) * cfg.rollouts,
                "positive_steps": sum(x > 0 for s in scores for x in s),
-               "solutions_correct": sum(s[-1] > 0 for s in scores), "output_dir": str(out),
+               "solutions_correct": sum(s[-1] > 0 for s in scores),
+               "relabelled": sum("given_labels" in it for it in items), "output_dir": str(out),
                "data": str(out / "stepwise.jsonl")}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -15,7 +15,8 @@ Stages (fingerprinted and resumable like ``pipeline longreward``), each writing 
 5. **recheck** — the checker judges the revised solutions the same way;
 6. **filter** (optional) — a classifier (a causal LM fine-tuned to answer ``True``/``False`` after
    ``question + "【答案】" + solution``) scores ``p(True) - p(False)`` from the softmax at the last
-   position; rows with score ``<= 0`` are dropped;
+   position (the input tokenised as ``alignkit sft`` tokenised its training prompts, its head kept when it
+   is over ``classifier.max_length``, as SciGLM does); rows with score ``<= 0`` are dropped;
 7. **rows** — SFT rows ``{"prompt", "completion", "id", "source": "cot" | "revised", ...}``: the
    provenance says which stage produced each row; ``report.md`` counts what each stage kept and the
    measured correctness of the kept rows (mathgen's exact-answer check, independent of the checker).
@@ -89,7 +90,11 @@ class ClassifierSection(StrictModel):
     false_token: str = "False"
     """The label token of a bad sample (must be one token)."""
     max_length: int = Field(default=1024, ge=16)
-    """Tokens kept from the end of the classifier input (SciGLM: 1024)."""
+    """Most tokens of a classifier input, its special tokens included (SciGLM: 1024)."""
+    overflow: Literal["keep_head", "keep_tail"] = "keep_head"
+    """An input over max_length: keep_head = its first max_length tokens (SciGLM's rm_eval.py, whose
+    tokenizer truncates on the right); keep_tail = its last ones (the question's start and the BOS are
+    lost, the solution's end is seen; what `on_long_prompt: truncate_left` does in training)."""
 
 
 class SelfReflectConfig(StrictModel):
@@ -213,25 +218,36 @@ def revise(j: _Annotators, rows: list[dict]) -> list[dict]:
 
 
 def classifier_scores(cfg: ClassifierSection, rows: list[dict]) -> list[float]:
-    """SciGLM's filter score p(True) - p(False) at the last position of question + 【答案】 + solution."""
+    """SciGLM's filter score p(True) - p(False) at the last position of question + 【答案】 + solution.
+
+    The input is tokenised as ``alignkit sft`` tokenised the classifier's training prompts (one
+    :class:`~alignkit.data.tokenize.ChatTokenizer`: a plain prompt gets the tokenizer's special tokens,
+    such as a BOS), and the label ids are the first tokens training put after them.
+    """
     import torch
 
+    from alignkit.data.tokenize import ChatTokenizer
     from alignkit.models import load_causal_lm, load_tokenizer
 
-    tok, model = load_tokenizer(cfg.model), load_causal_lm(cfg.model)
-    ids = {}
-    for name in ("true_token", "false_token"):
-        toks = tok(getattr(cfg, name), add_special_tokens=False).input_ids
-        if len(toks) != 1:
-            raise PipelineError(f"classifier.{name}={getattr(cfg, name)!r} is {len(toks)} tokens; it must be one")
-        ids[name] = toks[0]
+    chat, model = ChatTokenizer(load_tokenizer(cfg.model)), load_causal_lm(cfg.model)
+    true_id, false_id = (_label_id(chat, cfg, name) for name in ("true_token", "false_token"))
     scores = []
     with torch.no_grad():
         for r in rows:
-            x = tok(r["question"] + CLASSIFIER_SEPARATOR + r["solution"], add_special_tokens=False).input_ids
-            probs = model(torch.tensor([x[-cfg.max_length:]])).logits[0, -1].float().softmax(-1)
-            scores.append(float(probs[ids["true_token"]] - probs[ids["false_token"]]))
+            ids = chat.prompt_ids(r["question"] + CLASSIFIER_SEPARATOR + r["solution"], conversational=False)
+            ids = ids[: cfg.max_length] if cfg.overflow == "keep_head" else ids[-cfg.max_length:]
+            probs = model(torch.tensor([ids])).logits[0, -1].float().softmax(-1)
+            scores.append(float(probs[true_id] - probs[false_id]))
     return scores
+
+
+def _label_id(chat, cfg: ClassifierSection, name: str) -> int:
+    """The token training teaches for a label: its completion ids are that one token and the EOS."""
+    label = getattr(cfg, name)
+    ids = chat.completion_ids("", label, conversational=False)
+    if len(ids) != 2:
+        raise PipelineError(f"classifier.{name}={label!r} is {len(ids) - 1} tokens; it must be one")
+    return ids[0]
 
 
 # ----------------------------------------------------------------------------------------- the run

@@ -1,6 +1,9 @@
 """Judge prompt texts, stored as files beside this module (English ``.en.txt`` and Chinese ``.zh.txt``).
 
-All texts and few-shot examples are our own. Placeholders are ``<<name>>``; :func:`fill` substitutes
+All texts and few-shot examples are our own, except ``math_critique_official``: our English and Chinese
+paraphrase of the official MathUserEval judge prompt (github.com/THUDM/ChatGLM-Math, ``judge.py`` and
+``config/dimension_*.json``, MIT licence), which keeps its procedure, dimensions, score bands and output
+format. Placeholders are ``<<name>>``; :func:`fill` substitutes
 them in a single pass over the template, so user text that happens to contain ``<<answer>>`` is
 never expanded.
 """
