@@ -50,3 +50,23 @@ def test_rl_doc_reference_is_current():
     assert config_reference_markdown(("rl",)) in (ROOT / "docs" / "rl.md").read_text(), (
         "docs/rl.md is stale: regenerate its 'Config reference' from config_reference_markdown(('rl',))"
     )
+
+
+def test_tracker_install_hints_name_real_packages(monkeypatch):
+    """The refusal of a missing tracker names an install that exists: a declared extra or a dependency."""
+    import importlib.util
+    import re
+
+    from alignkit.train import trackers
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = set(project["optional-dependencies"])
+    deps = {re.split(r"[<>=!~ \[]", d, maxsplit=1)[0] for d in project["dependencies"]}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    for name in ("tensorboard", "wandb", "mlflow"):
+        with pytest.raises(ValueError) as exc:
+            trackers.check_installed([name])
+        target = re.search(r"pip install '([^']+)'", str(exc.value)).group(1)
+        extra = re.fullmatch(r"alignkit\[(\w+)\]", target)
+        assert (extra.group(1) in extras) if extra else (target in deps), f"{name}: {exc.value}"
