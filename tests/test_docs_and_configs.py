@@ -256,3 +256,17 @@ def test_documented_python_modules_exist():
     named = [(where, m) for where, m in modules if m.startswith("alignkit.")]
     for where, module in named:
         assert importlib.util.find_spec(module) is not None, f"{where}: python -m {module}: no such module"
+
+
+def test_readme_layout_names_every_package_and_folder():
+    """README's Layout block names every sub-package and module of src/alignkit and every top-level folder
+    (the old block had lost the top-level modules and experiments/)."""
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):].split("```")[1]
+    pkg = ROOT / "src" / "alignkit"
+    names = [f"{p.name}/" for p in pkg.iterdir() if (p / "__init__.py").is_file()]
+    names += [p.name for p in pkg.glob("*.py") if p.name not in ("__init__.py", "__main__.py")]
+    names += [f"{p.name}/" for p in ROOT.iterdir() if p.is_dir() and p.name in
+              {"configs", "benchmarks", "experiments", "docs", "tests"}]
+    missing = [n for n in names if not re.search(rf"(^|\s){re.escape(n)}(\s|$)", layout, re.M)]
+    assert not missing, f"README.md Layout does not mention {missing}"
