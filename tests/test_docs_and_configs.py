@@ -270,3 +270,21 @@ def test_readme_layout_names_every_package_and_folder():
               {"configs", "benchmarks", "experiments", "docs", "tests"}]
     missing = [n for n in names if not re.search(rf"(^|\s){re.escape(n)}(\s|$)", layout, re.M)]
     assert not missing, f"README.md Layout does not mention {missing}"
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "experiments" / "results").rglob("*.json")))
+def test_experiment_results_say_how_to_rerun(path):
+    """Every committed result carries the command that wrote it, the commit and the date; one that depends on
+    /tmp state (not in a clean checkout) says so in a note."""
+    import datetime
+    import json
+
+    result = json.loads((ROOT / path).read_text())
+    assert isinstance(result.get("command"), str) and "experiments/" in result["command"], path
+    assert re.fullmatch(r"[0-9a-f]{40}", result.get("commit", "")), path
+    datetime.datetime.fromisoformat(result.get("date", "").replace("Z", "+00:00"))
+    how = " ".join([result["command"], *result.get("cache_commands", [])])
+    if "/tmp/" in how.replace("/tmp/alignkit-heavy.lock", ""):
+        assert "clean checkout" in result.get("note", ""), f"{path}: depends on /tmp state without a note"
+    assert (ROOT / "experiments" / "README.md").read_text().count(path.split("/", 2)[2].split("/")[0]) > 0, (
+        f"{path} is not described in experiments/README.md")
