@@ -9,8 +9,8 @@
   unset, in a local file store ``<output_dir>/mlruns`` (MLflow 3 keeps that store in maintenance
   mode behind ``MLFLOW_ALLOW_FILE_STORE``, which alignkit sets for its own default store only).
 
-A requested tracker whose package is missing is refused when the config is loaded, naming the
-extra to install; nothing falls back silently.
+A requested tracker whose package is missing is refused when the config is loaded, naming what
+to install; nothing falls back silently.
 """
 
 from __future__ import annotations
@@ -23,16 +23,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 TrackerName = Literal["tensorboard", "wandb", "mlflow"]
-_PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"),
-             "mlflow": ("mlflow", "mlflow")}  # name -> (module to import, pip extra)
+# name -> (module to import, what to pip install: tensorboard is a dependency of alignkit itself)
+_PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "alignkit[wandb]"),
+             "mlflow": ("mlflow", "alignkit[mlflow]")}
 
 
 def check_installed(names: list[str]) -> list[str]:
     """Refuse trackers whose package is not installed (called by the config validator)."""
     for name in names:
-        module, extra = _PACKAGES[name]
+        module, requirement = _PACKAGES[name]
         if importlib.util.find_spec(module) is None:
-            raise ValueError(f"train.report_to: {name} is not installed; pip install 'alignkit[{extra}]' "
+            raise ValueError(f"train.report_to: {name} is not installed; pip install '{requirement}' "
                              f"(or remove {name} from train.report_to)")
     if len(set(names)) != len(names):
         raise ValueError(f"train.report_to: {names} names a tracker twice")
