@@ -70,7 +70,7 @@ USER_FACING_ERRORS = frozenset({
     "alignkit.generate.engine.GenerationError",
     "alignkit.generate.jsonl.RecordError",
     "alignkit.evals.longbench.DataError",
-    "alignkit.pipelines.longreward.PipelineError",
+    "alignkit.pipelines.stages.PipelineError",
     "alignkit.train.loop.NonFiniteError",
     "alignkit.annotate.db.DatabaseError",
     "alignkit.annotate.ingest.ImportFileError",
