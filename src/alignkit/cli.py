@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "alignkit.generate.cli",
     "alignkit.evals.cli",
     "alignkit.judge.cli",
+    "alignkit.data.cli",
     "alignkit.evals.config_commands",
     "alignkit.pipelines.cli",
     "alignkit.pipelines.critique_commands",
