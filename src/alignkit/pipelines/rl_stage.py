@@ -28,30 +28,20 @@ GRPO_VERIFIER: dict[str, Any] = {
 """The fixed part of the recipe (RLConfig keys); the step count, group size, budget and lr vary by caller."""
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
 def grpo_stage_overrides(model: str, prompts: str, heldout: str | None, out_dir: str, *,
                          prompts_per_step: int = 16, n: int = 4, steps: int = 3, max_new_tokens: int = 48,
                          lr: float = 2e-6, precision: str = "auto", seed: int = 0) -> list[str]:
     """The ``key=value`` settings of the stage (a GRPO run with the verifier reward)."""
     import json
 
-    settings = {
-        **_flatten(GRPO_VERIFIER),
+    settings = {  # whole sections first (a JSON mapping is a YAML value), then the keys set into them
+        **GRPO_VERIFIER,
         "model.name_or_path": model, "data.train": prompts, "data.eval": heldout,
         "rollout.prompts_per_step": prompts_per_step, "rollout.n": n, "rollout.max_new_tokens": max_new_tokens,
         "train.max_steps": steps, "train.lr": lr, "train.precision": precision, "train.seed": seed,
         "train.output_dir": out_dir,
     }
-    # JSON scalars are YAML: null, false and numbers parse back to themselves; strings stay text.
+    # JSON is YAML: sections, null, false and numbers parse back to themselves; strings stay text.
     return [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in settings.items()]
 
 
