@@ -150,7 +150,7 @@ def run_critic_train(cfg: CriticTrainConfig, progress: bool = True) -> dict[str,
     """Answers -> labels -> SFT -> before/after agreement; returns what results.json holds."""
     from alignkit.generate.jsonl import write_jsonl_atomic
     from alignkit.judge.critique import make_critic
-    from alignkit.pipelines.longreward import _engine
+    from alignkit.pipelines.longreward import sampling_engine
 
     stages, started = Stages.open(cfg), time.time()
     out = stages.out
@@ -169,7 +169,7 @@ def run_critic_train(cfg: CriticTrainConfig, progress: bool = True) -> dict[str,
                 from alignkit.judge.sampling import sample_responses
 
                 s = a.sampling
-                made = sample_responses(_engine(cfg.policy, s), rows, s.k, SamplingParams(
+                made = sample_responses(sampling_engine(cfg.policy, s), rows, s.k, SamplingParams(
                     max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p), seed=s.seed)
             write_jsonl_atomic(path, made)
             stages.finish(name, fp, t)

@@ -202,7 +202,8 @@ def load_prompt_rows(cfg: PromptsConfig, out: Path) -> tuple[list[dict], list[di
     return train, held
 
 
-def _engine(model: str, s: SamplingSection):
+def sampling_engine(model: str, s: SamplingSection):
+    """The generation engine of ``model`` with a pipeline's sampling section (dtype, batch, device, backend)."""
     from alignkit.generate.engine import make_engine
 
     kw: dict[str, Any] = {"dtype": s.dtype, "batch_size": s.batch_size}
@@ -312,7 +313,7 @@ def _stage_sample(run: _Run, fp_prompts: str, train_rows: list[dict], eval_rows:
     fp = fingerprint(fp_prompts, cfg.policy, cfg.sampling.model_dump(), cfg.evaluation.max_new_tokens, do_eval)
     if run.stages.fresh("sample", fp, [samples_path] + ([before_path] if do_eval else [])):
         t = time.time()
-        engine = _engine(cfg.policy, cfg.sampling)
+        engine = sampling_engine(cfg.policy, cfg.sampling)
         s = cfg.sampling
         params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p)
         samples = sample_responses(engine, train_rows, s.k, params, seed=s.seed, progress=run.progress)
@@ -415,7 +416,7 @@ def _judge_before_after(run: _Run, eval_rows: list[dict], model_dir: str) -> dic
 
     cfg, out = run.cfg, run.out
     evaluation: dict[str, Any] = {}
-    engine = _engine(model_dir, cfg.sampling)
+    engine = sampling_engine(model_dir, cfg.sampling)
     after = _greedy_answers(engine, eval_rows, cfg.evaluation.max_new_tokens, "after")
     write_jsonl_atomic(out / "eval_after_answers.jsonl", after)
     if cfg.evaluation.mini_suite:

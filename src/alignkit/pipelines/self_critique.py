@@ -34,7 +34,7 @@ from alignkit.config import StrictModel
 from alignkit.data.tokenize import DataPolicy
 from alignkit.judge.critique import CriticConfig, CritiqueItem
 from alignkit.models import DEFAULT_MODEL
-from alignkit.pipelines.longreward import SamplingSection, _engine
+from alignkit.pipelines.longreward import SamplingSection, sampling_engine
 from alignkit.pipelines.stages import PipelineError, Stages, file_hash, fingerprint, read_rows
 from alignkit.train.loop import TrainConfig
 from alignkit.train.preference import DPOLoss, LossConfig, ReferenceConfig
@@ -212,7 +212,7 @@ class _Run:
         fp = fingerprint(fp_in, model, s.model_dump())
         if self.stages.fresh(name, fp, [path]):
             t = time.time()
-            engine = _engine(model, s)
+            engine = sampling_engine(model, s)
             params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p)
             write_jsonl_atomic(path, sample_responses(engine, rows, s.k, params, seed=s.seed, progress=self.progress))
             del engine
@@ -266,7 +266,7 @@ def evaluate_model(run: _Run, model: str, held: list[dict], tag: str) -> dict[st
     from alignkit.generate.jsonl import write_jsonl_atomic
     from alignkit.pipelines.verifiable_prefs import pass_rate
 
-    ev, engine = run.cfg.evaluation, _engine(model, run.cfg.sampling)
+    ev, engine = run.cfg.evaluation, sampling_engine(model, run.cfg.sampling)
     res = engine.generate([r["prompt"] for r in held], SamplingParams(max_new_tokens=ev.max_new_tokens),
                           progress=run.progress)
     answers = [{**r, "id": f"{tag}-{r['prompt_id']}", "response": g.completions[0].text,
