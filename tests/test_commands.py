@@ -47,8 +47,8 @@ def test_top_level_and_group_help(capsys):
 SPELLINGS = [
     ("demo", ["--out", "o", "--n-train", "8", "--n-heldout", "4", "--k", "2", "--sft-steps", "3",
               "--precision", "fp32", "--gen-batch", "2", "--nll-weight", "0.2"],
-     {"out": "o", "n_train": 8, "n_heldout": 4, "k": 2, "sft_steps": 3, "precision": "fp32", "gen_batch": 2,
-      "nll_weight": 0.2}),
+     {"output_dir": "o", "n_train": 8, "n_heldout": 4, "k": 2, "sft.train.max_steps": 3, "sft.train.precision": "fp32",
+      "dpo.train.precision": "fp32", "rl.train.precision": "fp32", "gen_batch": 2, "dpo.nll_weight": 0.2}),
     ("generate", ["--model", "m", "--prompts", "p.jsonl", "--out", "o.jsonl", "--n", "2", "--temperature", "1",
                   "--top-p", "0.9", "--stop", "a,b", "--stop", "\\n", "--no-chat-template", "--seed", "3",
                   "--batch-size", "2"],
@@ -140,9 +140,9 @@ def test_aliases_are_declared_on_the_models_and_name_real_keys():
 
 def test_precedence_yaml_then_flags_then_overrides(tmp_path):
     f = tmp_path / "d.yaml"
-    f.write_text("k: 3\nn_train: 10\nout: from-yaml\n")
+    f.write_text("k: 3\nn_train: 10\noutput_dir: from-yaml\n")
     cfg, _ = resolve(COMMANDS["demo"], ["--config", str(f), "--k", "5", "k=7", "--out", "from-flag"])
-    assert (cfg.k, cfg.n_train, cfg.out) == (7, 10, "from-flag")
+    assert (cfg.k, cfg.n_train, cfg.output_dir) == (7, 10, "from-flag")
 
 
 def test_bad_flag_values_and_keys_exit_2(tmp_path, capsys):

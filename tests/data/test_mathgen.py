@@ -161,3 +161,20 @@ def test_sft_rows_and_writer(tmp_path):
     assert len(read_rows(tmp_path / "train_sft.jsonl", "sft")) == 12
     first = json.loads((tmp_path / "train_stepwise.jsonl").read_text().splitlines()[0])
     assert set(first) >= {"prompt", "completions", "labels"}
+
+
+def test_data_math_command_writes_the_dataset_of_its_level(tmp_path, capsys):
+    """`alignkit data math` (it replaced `python -m alignkit.data.mathgen`): level sets the difficulty and
+    is refused together with a different steps / max_operand."""
+    from alignkit.cli import main
+
+    out = tmp_path / "math"
+    assert main(["data", "math", "--out", str(out), "--n-train", "6", "--n-heldout", "2", "--level", "3",
+                 "--categories", "arithmetic,word"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {
+        "train_problems": 6, "heldout_problems": 2, "train_sft": 6, "train_stepwise": 6}
+    rows = [json.loads(x) for x in (out / "train_problems.jsonl").read_text().splitlines()]
+    assert rows == make_splits(6, 2, 0, categories=["arithmetic", "word"], steps=3, max_operand=50)[0]
+    assert main(["data", "math", "--config", str(out / "config.yaml")]) == 0  # the saved config re-runs it
+    assert main(["data", "math", "--out", str(tmp_path / "x"), "--level", "1", "--steps", "3"]) == 2
+    assert "level=1 means steps=1" in capsys.readouterr().err and not (tmp_path / "x").exists()

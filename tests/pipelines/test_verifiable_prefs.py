@@ -1,12 +1,15 @@
-"""Preference pairs from verified samples: pair rule, drop counts, K-way rows, pass rate, CLI entry."""
+"""Preference pairs from verified samples: pair rule, drop counts, K-way rows, pass rate, the command."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 
 import pytest
 
+from alignkit.cli import main, registry
+from alignkit.commands import resolve
 from alignkit.data.rows import parse_row
 from alignkit.data.verifiable import verify
 from alignkit.generate.engine import Completion, GenerationResult, SamplingParams
@@ -180,23 +183,9 @@ def test_main_writes_all_files_from_generated_prompts(tmp_path, monkeypatch):
         engine_mod.HFEngine, "from_pretrained", classmethod(lambda cls, *a, **k: RuleEngine())
     )
     out = tmp_path / "demo"
-    rc = vp.main(
-        [
-            "--out",
-            str(out),
-            "--n-prompts",
-            "30",
-            "--n-heldout",
-            "7",
-            "--k",
-            "2",
-            "--seed",
-            "3",
-            "--base-pass-rate",
-            "--samples-out",
-            str(tmp_path / "s" / "samples.jsonl"),
-        ]
-    )
+    argv = ["--out", str(out), "--n-prompts", "30", "--n-heldout", "7", "--k", "2", "--seed", "3", "--base-pass-rate",
+            "--samples-out", str(tmp_path / "s" / "samples.jsonl")]
+    rc = main(["data", "verifiable-prefs", *argv])
     assert rc == 0
     summary = json.loads((out / "verifiable_summary.json").read_text())
     pairs = [json.loads(x) for x in (out / "verifiable_prefs.jsonl").read_text().splitlines()]
@@ -214,7 +203,9 @@ def test_main_writes_all_files_from_generated_prompts(tmp_path, monkeypatch):
     n_lower = summary["by_type"].get("lowercase", {}).get("prompts", 0)
     assert summary["by_type"].get("lowercase", {}).get("pairs", 0) == n_lower
     assert 0.0 <= summary["heldout_greedy_pass_rate"]["pass_rate"] <= 1.0
-    assert "--n-prompts 30" in summary["command"]
+    assert summary["command"].startswith("alignkit data verifiable-prefs ") and "n_prompts=30" in summary["command"]
+    command = registry()["data verifiable-prefs"]  # the recorded command re-runs the same config
+    assert resolve(command, shlex.split(summary["command"])[3:])[0] == resolve(command, argv)[0]
     sft = (out / "verifiable_sft.jsonl").read_text().splitlines()
     samples = [json.loads(x) for x in (tmp_path / "s" / "samples.jsonl").read_text().splitlines()]
     assert summary["sft_rows"] == len(sft) >= summary["pairs"]
@@ -228,15 +219,13 @@ def test_main_writes_all_files_from_generated_prompts(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["--k", "1"], "--k must be >= 2"),
-        (["--temperature", "0"], "--temperature must be > 0"),
-        (["--n-heldout", "0", "--base-pass-rate"], "--base-pass-rate needs held-out prompts"),
+        (["--k", "1"], "k: Input should be greater than or equal to 2"),
+        (["--temperature", "0"], "temperature: Input should be greater than 0"),
+        (["--n-heldout", "0", "--base-pass-rate"], "base_pass_rate needs held-out prompts"),
     ],
 )
-def test_main_refuses_useless_option_combinations(tmp_path, capsys, argv, message):
-    with pytest.raises(SystemExit) as exc:
-        vp.main(["--out", str(tmp_path / "x"), *argv])
-    assert exc.value.code == 2
+def test_command_refuses_useless_option_combinations(tmp_path, capsys, argv, message):
+    assert main(["data", "verifiable-prefs", "--out", str(tmp_path / "x"), *argv]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 

@@ -39,7 +39,6 @@ text gives one, must be convertible to the reference unit (``3 km`` equals ``300
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -48,8 +47,11 @@ import re
 from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
+from pydantic import Field, model_validator
+
+from alignkit.config import StrictModel
 from alignkit.data.verifiable import is_heldout, route_split  # noqa: F401 (is_heldout: part of this module's API)
 
 CATEGORIES = ("arithmetic", "fractions", "word", "units")
@@ -513,26 +515,45 @@ def write_dataset(out_dir: str | Path, n_train: int, n_heldout: int, seed: int =
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m alignkit.data.mathgen",
-                                description="Write generated math problems, SFT rows and stepwise PRM rows.")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--n-train", type=int, default=200)
-    p.add_argument("--n-heldout", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--level", type=int, choices=sorted(LEVELS), default=None,
-                   help="difficulty preset (overrides --steps/--max-operand)")
-    p.add_argument("--steps", type=int, default=2, help="operations per problem")
-    p.add_argument("--max-operand", type=int, default=20, help="largest operand")
-    p.add_argument("--categories", default=",".join(CATEGORIES), help="comma-separated subset")
-    args = p.parse_args(argv)
-    steps, max_operand = LEVELS[args.level] if args.level else (args.steps, args.max_operand)
-    counts = write_dataset(args.out, args.n_train, args.n_heldout, args.seed,
-                           categories=[c for c in args.categories.split(",") if c], steps=steps,
-                           max_operand=max_operand)
+class MathDataConfig(StrictModel):
+    """``alignkit data math``: write generated math problems, SFT rows and stepwise PRM rows."""
+
+    cli_aliases: ClassVar[dict[str, str]] = {"--out": "output_dir"}
+
+    output_dir: str
+    """Output directory: {train,heldout}_problems.jsonl, train_sft.jsonl, train_stepwise.jsonl."""
+    n_train: int = Field(default=200, ge=0)
+    """Training problems."""
+    n_heldout: int = Field(default=50, ge=0)
+    """Held-out problems (split by a hash of the problem id)."""
+    seed: int = 0
+    """Seed of the generator (and of which stepwise rows get a slipped solution)."""
+    level: Literal[1, 2, 3, 4] | None = None
+    """Difficulty preset: sets steps and max_operand (LEVELS: 1 -> 1, 10; 2 -> 2, 20; 3 -> 3, 50; 4 -> 4, 100)."""
+    steps: int = Field(default=2, ge=1)
+    """Operations per problem."""
+    max_operand: int = Field(default=20, ge=1)
+    """Largest operand."""
+    categories: list[Literal["arithmetic", "fractions", "word", "units"]] = Field(
+        default_factory=lambda: list(CATEGORIES), min_length=1)
+    """Problem categories to generate."""
+
+    @model_validator(mode="after")
+    def _one_difficulty(self) -> MathDataConfig:
+        if self.level is None:
+            return self
+        steps, max_operand = LEVELS[self.level]
+        given = {k: getattr(self, k) for k in ("steps", "max_operand") if k in self.model_fields_set}
+        if any(given[k] != v for k, v in (("steps", steps), ("max_operand", max_operand)) if k in given):
+            raise ValueError(f"level={self.level} means steps={steps}, max_operand={max_operand} (got {given}); "
+                             "give level or steps/max_operand")
+        self.steps, self.max_operand = steps, max_operand
+        return self
+
+
+def run_math_data(cfg: MathDataConfig) -> int:
+    """Write the files ``cfg`` describes and print their row counts (JSON)."""
+    counts = write_dataset(cfg.output_dir, cfg.n_train, cfg.n_heldout, cfg.seed, categories=cfg.categories,
+                           steps=cfg.steps, max_operand=cfg.max_operand)
     print(json.dumps(counts))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -44,10 +44,14 @@ def bon(cfg) -> int:
 
 # Both pipelines save their resolved config in their output directory themselves.
 COMMANDS = [
-    Command("demo", "SFT -> preference data -> DPO on the embedded model, with a before/after report",
+    Command("demo", "SFT -> preference data -> DPO -> GRPO on the embedded model, with a before/after report",
             "alignkit.pipelines.demo:DemoConfig", "alignkit.pipelines.cli:demo",
             description="The verifiable-instruction job of configs/demo.yaml: baseline pass rate, SFT on the base "
-            "model's passing samples, verified on-policy pairs, DPO, report."),
+            "model's passing samples, verified on-policy pairs, DPO, GRPO with the verifier reward (rl: null "
+            "skips it), evaluation of every model, report. The sft / dpo / rl sections are alignkit sft / dpo / "
+            "rl configs (e.g. dpo.loss.beta=0.2 rl.rollout.n=8); their model.name_or_path, data.train and "
+            "train.output_dir are set by the demo, and their other defaults are configs/demo.yaml's. A rerun "
+            "of the same output_dir reuses the unchanged stages."),
     Command("bon", "best-of-N curve with an RM / PRM / verifier scorer, plus rejection-sampling SFT rows",
             "alignkit.pipelines.best_of_n:BoNConfig", "alignkit.pipelines.cli:bon", save_to="output_dir",
             description="Sample n_max solutions per problem once, select by the scorer for every N, write the "

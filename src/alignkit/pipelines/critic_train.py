@@ -3,7 +3,7 @@
 ChatGLM-Math trains its critic from the base LLM on (question, reference, answer) -> critique + score
 rows whose labels come from people, a stronger LLM judge or an outcome check. Here the labels come from
 the ``labeler`` (``verifier``: the exact-answer check; ``judge``: a stronger Math-Critique judge through
-any judge spec). Stages (fingerprinted and resumable like ``pipeline longreward``):
+any judge spec). Stages (fingerprinted and resumable by :mod:`alignkit.pipelines.stages`):
 
 1. **answers** — for each mathgen question, answers to criticise: ``synthetic`` = the reference
    solution and one slipped wrong solution (``mathgen.wrong_solution``: an arithmetic slip carried
@@ -30,8 +30,8 @@ from alignkit.config import StrictModel
 from alignkit.data.tokenize import DataPolicy
 from alignkit.judge.critique import CriticConfig, CritiqueConfig, CritiqueItem, MathCritic, critique_prompt
 from alignkit.models import DEFAULT_MODEL
-from alignkit.pipelines.longreward import _file_hash, _fingerprint, _read_jsonl, _Stages
 from alignkit.pipelines.self_critique import AnswerSampling, QuestionsSection, critic_scores, make_questions
+from alignkit.pipelines.stages import PipelineError, Stages, file_hash, fingerprint, read_rows
 from alignkit.train.loop import TrainConfig
 
 
@@ -151,16 +151,16 @@ def run_critic_train(cfg: CriticTrainConfig, progress: bool = True) -> dict[str,
     """Answers -> labels -> SFT -> before/after agreement; returns what results.json holds."""
     from alignkit.generate.jsonl import write_jsonl_atomic
     from alignkit.judge.critique import make_critic
-    from alignkit.pipelines.longreward import PipelineError, _engine
+    from alignkit.pipelines.longreward import sampling_engine
 
-    stages, started = _Stages.open(cfg), time.time()
+    stages, started = Stages.open(cfg), time.time()
     out = stages.out
     train, held = make_questions(cfg.questions)
 
     def answers(rows: list[dict], name: str) -> Path:
         path = out / f"{name}.jsonl"
         a = cfg.answers
-        fp = _fingerprint(rows, cfg.policy, a.model_dump())
+        fp = fingerprint(rows, cfg.policy, a.model_dump())
         if stages.fresh(name, fp, [path]):
             t = time.time()
             if a.mode == "synthetic":
@@ -170,7 +170,7 @@ def run_critic_train(cfg: CriticTrainConfig, progress: bool = True) -> dict[str,
                 from alignkit.judge.sampling import sample_responses
 
                 s = a.sampling
-                made = sample_responses(_engine(cfg.policy, s), rows, s.k, SamplingParams(
+                made = sample_responses(sampling_engine(cfg.policy, s), rows, s.k, SamplingParams(
                     max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p), seed=s.seed)
             write_jsonl_atomic(path, made)
             stages.finish(name, fp, t)
@@ -178,16 +178,16 @@ def run_critic_train(cfg: CriticTrainConfig, progress: bool = True) -> dict[str,
 
     def label(src: Path, name: str) -> list[dict]:
         path = out / f"{name}.jsonl"
-        fp = _fingerprint(_file_hash(src), cfg.labeler.model_dump())
+        fp = fingerprint(file_hash(src), cfg.labeler.model_dump())
         if stages.fresh(name, fp, [path]):
             t = time.time()
             critic = make_critic(cfg.labeler, cache_path=out / "labeler.sqlite")
             try:
-                write_jsonl_atomic(path, critic_scores(critic, _read_jsonl(src), progress))
+                write_jsonl_atomic(path, critic_scores(critic, read_rows(src), progress))
             finally:
                 critic.close()
             stages.finish(name, fp, t)
-        return _read_jsonl(path)
+        return read_rows(path)
 
     labelled = label(answers(train, "answers_train"), "labels_train")
     rows = critique_rows(labelled, cfg.evaluation.critique)
@@ -198,27 +198,13 @@ def run_critic_train(cfg: CriticTrainConfig, progress: bool = True) -> dict[str,
                                           "labeler_failures": len(labelled) - len(rows),
                                           "by_score": _histogram(r["label"] for r in rows)}}
     model_dir = out / "critic_model"
-    fp_train = _fingerprint(_file_hash(out / "critic_sft.jsonl"), cfg.policy, cfg.data_policy.model_dump(),
+    fp_train = fingerprint(file_hash(out / "critic_sft.jsonl"), cfg.policy, cfg.data_policy.model_dump(),
                             cfg.train.model_dump())
-    if stages.fresh("train", fp_train, [model_dir / "config.json"]):
-        t = time.time()
-        from alignkit.train.run import DataConfig, ModelConfig
-        from alignkit.train.sft import SFTConfig, train_sft
-
-        resume = stages.begin_training("train", fp_train, model_dir)
-        summary = train_sft(SFTConfig(model=ModelConfig(name_or_path=cfg.policy),
-                                      data=DataConfig(train=str(out / "critic_sft.jsonl"), policy=cfg.data_policy),
-                                      train=cfg.train.model_copy(update={"output_dir": str(model_dir)})),
-                            resume=resume)
-        if summary.get("interrupted"):
-            raise PipelineError(f"critic training was interrupted ({summary.get('signal')}); rerun to continue "
-                                "from its last checkpoint")
-        stages.finish("train", fp_train, t)
-    results["training"] = json.loads((model_dir / "summary.json").read_text())
+    results["training"] = stages.train("train", fp_train, model_dir, lambda resume: _train_critic(cfg, out, resume))
 
     if cfg.evaluation.enabled and held:
         held_labels = label(answers(held, "answers_heldout"), "labels_heldout")
-        fp_eval = _fingerprint(fp_train, _file_hash(out / "labels_heldout.jsonl"), cfg.evaluation.model_dump())
+        fp_eval = fingerprint(fp_train, file_hash(out / "labels_heldout.jsonl"), cfg.evaluation.model_dump())
         if stages.fresh("evaluate", fp_eval, [out / "evaluation.json"]):
             t = time.time()
             ev = {}
@@ -241,6 +227,16 @@ def run_critic_train(cfg: CriticTrainConfig, progress: bool = True) -> dict[str,
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     (out / "report.md").write_text(_report(cfg, results), encoding="utf-8")
     return results
+
+
+def _train_critic(cfg: CriticTrainConfig, out: Path, resume: bool) -> dict[str, Any]:
+    from alignkit.train.run import DataConfig, ModelConfig
+    from alignkit.train.sft import SFTConfig, train_sft
+
+    return train_sft(SFTConfig(model=ModelConfig(name_or_path=cfg.policy),
+                               data=DataConfig(train=str(out / "critic_sft.jsonl"), policy=cfg.data_policy),
+                               train=cfg.train.model_copy(update={"output_dir": str(out / "critic_model")})),
+                     resume=resume)
 
 
 def _histogram(scores) -> dict[str, int]:

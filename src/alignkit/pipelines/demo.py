@@ -1,18 +1,21 @@
-"""``alignkit demo``: SFT → on-policy preference data → DPO on the embedded model, with a before/after report.
+"""``alignkit demo``: SFT → on-policy preference data → DPO → GRPO on the embedded model, with a before/after report.
 
 1. **Baseline**: greedy verifier pass rate of the base model on held-out verifiable-instruction prompts.
 2. **SFT** (rejection-sampling fine-tuning): train on the base model's *passing* samples
-   (``alignkit/data/demo/verifiable_sft.jsonl``), response tokens only.
+   (``alignkit/data/demo/verifiable_sft.jsonl``), response tokens only (config section ``sft``).
 3. **Preference data**: sample K responses per training prompt from the SFT model, verify each,
    pair a passing with a failing one (``alignkit.pipelines.verifiable_prefs``).
 4. **DPO** from the SFT model (reference = SFT model; log-probs cached) on those pairs, with
-   held-out preference accuracy before/after.
-5. **RL** (``rl_steps > 0``): GRPO with the verifier reward from the DPO model (``alignkit rl``).
+   held-out preference accuracy before/after (section ``dpo``).
+5. **RL** (section ``rl``; ``rl: null`` skips it): GRPO with the verifier reward from the DPO model
+   (``alignkit rl``).
 6. **Evaluation** of every trained model on the held-out prompts, and the
    **report**: ``report.md`` with the before/after table, examples and plots of loss and
    reward margin, plus ``results.json``.
 
-Every number in the table is measured in the run; nothing is precomputed.
+Every number in the table is measured in the run; nothing is precomputed. The stages run on the one
+stage runner (:mod:`alignkit.pipelines.stages`): a rerun of the same ``output_dir`` reuses the stages
+whose settings and inputs are unchanged, and an interrupted training resumes from its checkpoint.
 """
 
 from __future__ import annotations
@@ -22,58 +25,199 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, model_validator
 
 from alignkit.atomic import write_atomic
-from alignkit.config import StrictModel
+from alignkit.config import StrictModel, set_dotted
+from alignkit.data.verifiable import DEMO_SFT
+from alignkit.pipelines.rl_stage import GRPO_VERIFIER
+from alignkit.pipelines.stages import Stages, file_hash, fingerprint
+from alignkit.train.preference import PreferenceConfig
+from alignkit.train.rl import RLConfig
+from alignkit.train.sft import SFTConfig
+
+
+def merge_settings(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` merged into a copy of ``defaults`` key by key; a section whose ``type`` changes (a tagged
+    union such as ``loss``) replaces the default's keys."""
+    merged = json.loads(json.dumps(defaults))
+    if "type" in given and given.get("type") != merged.get("type"):
+        return json.loads(json.dumps(given))
+    for key, value in given.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_settings(merged[key], value)
+        else:
+            merged[key] = json.loads(json.dumps(value)) if isinstance(value, dict | list) else value
+    return merged
+
+
+# The demo's settings of each recipe section (ordinary SFTConfig / PreferenceConfig / RLConfig keys), the
+# defaults that configs/demo.yaml spells out. A section given in YAML or overrides is merged into these, so
+# `dpo.loss.beta=0.2` changes one key and keeps the rest of the demo's DPO settings.
+SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sft": {
+        "data": {"eval_fraction": 0.1, "policy": {"max_length": 256, "max_prompt_length": 160}},
+        "train": {"batch_size": 8, "max_steps": 16, "lr": 1e-5, "warmup_steps": 2},
+    },
+    "dpo": {
+        "data": {"eval_fraction": 0.2, "policy": {"max_length": 256, "max_prompt_length": 160}},
+        "train": {"epochs": 2, "batch_size": 4, "grad_accum": 2, "lr": 5e-6, "warmup_steps": 1},
+        "loss": {"type": "dpo", "beta": 0.1},
+        "nll_weight": 0.1,
+    },
+    "rl": merge_settings(GRPO_VERIFIER, {
+        "rollout": {"prompts_per_step": 8, "n": 4, "max_new_tokens": 64},
+        "train": {"max_steps": 2, "lr": 2e-6},
+    }),
+}
+
+# Old top-level keys (before the recipe sections) -> the key they set now; still accepted.
+LEGACY_KEYS: dict[str, str] = {
+    "out": "output_dir",
+    "sft_lr": "sft.train.lr",
+    "dpo_epochs": "dpo.train.epochs",
+    "dpo_lr": "dpo.train.lr",
+    "beta": "dpo.loss.beta",
+    "nll_weight": "dpo.nll_weight",
+    "rl_prompts_per_step": "rl.rollout.prompts_per_step",
+    "rl_n": "rl.rollout.n",
+    "rl_lr": "rl.train.lr",
+}
+# ... and three whose meaning needs more than a new name: sft_steps / sft_epochs (sft.train.max_steps, or
+# sft.train.epochs when sft_steps is 0) and rl_steps (rl.train.max_steps; 0: rl null). See _legacy_keys.
 
 
 class DemoConfig(StrictModel):
-    """``alignkit demo`` (configs/demo.yaml): the verifiable-instruction SFT -> DPO job on the embedded model."""
+    """``alignkit demo`` (configs/demo.yaml): verifiable-instruction SFT -> DPO -> GRPO on the embedded model.
+
+    ``sft``, ``dpo`` and ``rl`` are the recipes' own configs (``alignkit sft`` / ``dpo`` / ``rl`` keys). The
+    demo wires what connects the stages, and refuses other values for them: ``model.name_or_path`` (sft: the
+    demo's ``model``; dpo: the SFT model; rl: the DPO model), ``data.train`` (sft: the shipped passing
+    samples; dpo: ``<output_dir>/dpo_pairs.jsonl``; rl: ``<output_dir>/rl_prompts.jsonl``) and
+    ``train.output_dir`` (``<output_dir>/sft``, ``/dpo``, ``/rl``). A key a section does not give takes the
+    demo's setting (SECTION_DEFAULTS, spelled out in configs/demo.yaml), else the recipe's own default.
+    """
+
+    cli_aliases: ClassVar[dict[str, str]] = {
+        "--out": "output_dir", "--sft-steps": "sft.train.max_steps", "--sft-lr": "sft.train.lr",
+        "--dpo-epochs": "dpo.train.epochs", "--dpo-lr": "dpo.train.lr", "--nll-weight": "dpo.nll_weight",
+        "--rl-prompts-per-step": "rl.rollout.prompts_per_step", "--rl-n": "rl.rollout.n", "--rl-lr": "rl.train.lr",
+    }
 
     model: str = "smollm2-135m-instruct"
     """Base model: embedded name, local HF dir or hub id."""
-    out: str = "runs/demo"
-    """Output directory (report.md, results.json, config.yaml, models)."""
+    output_dir: str = "runs/demo"
+    """Output directory (report.md, results.json, config.yaml, stages.json, the models); a rerun of the same
+    directory reuses the stages whose settings are unchanged (old spelling: ``out``)."""
     n_train: int = 96
-    """Training prompts to sample preference data on."""
+    """Training prompts to sample preference data on (and the RL stage's prompts)."""
     n_heldout: int = 48
     """Held-out prompts for the pass rate."""
     k: int = 4
     """Samples per prompt for preference data."""
     temperature: float = 0.9
     """Sampling temperature of the preference data."""
-    sft_epochs: int = 1
-    """SFT epochs (used when sft_steps is 0)."""
-    sft_steps: int = 16
-    """Cap on SFT optimizer steps of 8 rows (0: sft_epochs)."""
     min_pairs: int = 8
     """Stop if fewer verified pairs than this."""
-    sft_lr: float = 1e-5
-    """SFT learning rate."""
-    dpo_epochs: int = 2
-    """DPO epochs."""
-    dpo_lr: float = 5e-6
-    """DPO learning rate."""
-    beta: float = 0.1
-    """DPO beta."""
-    nll_weight: float = 0.1
-    """Weight of the NLL term on chosen responses during DPO."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """Training precision of SFT and DPO (auto: bf16 only where the hardware multiplies bf16 natively, else fp32)."""
-    rl_steps: int = 2
-    """GRPO steps with the verifier reward after DPO (0: no RL stage)."""
-    rl_prompts_per_step: int = 8
-    """Training prompts sampled per RL step."""
-    rl_n: int = 4
-    """Samples per prompt in each RL step (the GRPO group)."""
-    rl_lr: float = 2e-6
-    """RL learning rate."""
     gen_batch: int = 64
     """Sequences decoded together when sampling and evaluating (on CPU, decoding is bound by reading the
     weights once per step: 64 rows decode ~2.3x as many tokens/s as 16; see docs/performance.md)."""
     seed: int = 0
-    """Seed of the prompt split and of sampling."""
+    """Seed of the prompt split and of sampling; also rl.train.seed unless that is given."""
+    precision: Literal["auto", "fp32", "bf16"] | None = None
+    """Training precision of all three stages: sets sft/dpo/rl ``train.precision`` (null: each section's
+    own, whose default auto is bf16 only where the hardware multiplies bf16 natively, else fp32)."""
+    sft: SFTConfig
+    """Stage 2, SFT on the base model's passing samples (``alignkit sft`` keys; model.name_or_path,
+    data.train and train.output_dir are set by the demo). Old keys: sft_lr, sft_steps, sft_epochs."""
+    dpo: PreferenceConfig
+    """Stage 4, DPO from the SFT model on the verified pairs (``alignkit dpo`` keys; model.name_or_path,
+    data.train and train.output_dir are set by the demo). Old keys: dpo_lr, dpo_epochs, beta, nll_weight."""
+    rl: RLConfig | None
+    """Stage 5, GRPO with the verifier reward from the DPO model (``alignkit rl`` keys; model.name_or_path,
+    data.train and train.output_dir are set by the demo); null: no RL stage. Old keys: rl_steps (0: null),
+    rl_prompts_per_step, rl_n, rl_lr."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = _legacy_keys(dict(data))
+        out = Path(data.get("output_dir", cls.model_fields["output_dir"].default))
+        wired = {
+            "sft": {"model.name_or_path": data.get("model", cls.model_fields["model"].default),
+                    "data.train": str(DEMO_SFT), "train.output_dir": str(out / "sft")},
+            "dpo": {"model.name_or_path": str(out / "sft"), "data.train": str(out / "dpo_pairs.jsonl"),
+                    "train.output_dir": str(out / "dpo")},
+            "rl": {"model.name_or_path": str(out / "dpo"), "data.train": str(out / "rl_prompts.jsonl"),
+                   "train.output_dir": str(out / "rl")},
+        }
+        for name, defaults in SECTION_DEFAULTS.items():
+            given = data.get(name, {})
+            if given is None and name == "rl":
+                continue
+            if isinstance(given, BaseModel):
+                given = given.model_dump(mode="json", exclude_unset=True)
+            if not isinstance(given, dict):
+                return data  # not a section: the field's own validation names the error
+            section = merge_settings(defaults, given)
+            if name == "rl" and "seed" not in given.get("train", {}):
+                set_dotted(section, "train.seed", data.get("seed", cls.model_fields["seed"].default), name)
+            for key, value in wired[name].items():
+                mine = _get_dotted(given, key)
+                if mine is not None and mine != value:
+                    raise ValueError(f"{name}.{key} is set by the demo ({value}); remove it")
+                set_dotted(section, key, value, name)
+            data[name] = section
+        return data
+
+
+_UNSET = object()
+
+
+def _get_dotted(data: dict[str, Any], key: str, missing: Any = None) -> Any:
+    for part in key.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return missing
+        data = data[part]
+    return data
+
+
+def _legacy_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """Move the old top-level keys (LEGACY_KEYS, sft_steps/sft_epochs, rl_steps) to the keys they set now,
+    and apply ``precision`` to the three sections. An old key given together with a different value of
+    its new spelling is an error (give one of them), as for every renamed key."""
+
+    def put(old: str, key: str, value: Any) -> None:
+        if key.startswith("rl.") and "rl" in data and data["rl"] is None:
+            raise ValueError(f"{old} sets {key}, but rl is null (no RL stage)")
+        given = _get_dotted(data, key, _UNSET)
+        if given is not _UNSET and given != value:
+            raise ValueError(f"{old}={value!r} and {key}={given!r}: {old} sets {key}, give one of them")
+        set_dotted(data, key, value, old)
+
+    if data.get("rl_steps") == 0:  # no RL stage: the old rl_* keys had nothing to set
+        for old in ("rl_steps", "rl_prompts_per_step", "rl_n", "rl_lr"):
+            data.pop(old, None)
+        if data.get("rl"):
+            raise ValueError("rl_steps=0 (no RL stage) and rl settings given: set rl: null instead")
+        data["rl"] = None
+    if "rl_steps" in data:
+        put("rl_steps", "rl.train.max_steps", data.pop("rl_steps"))
+    for old, key in LEGACY_KEYS.items():
+        if old in data:
+            put(old, key, data.pop(old))
+    if "sft_steps" in data or "sft_epochs" in data:
+        steps, epochs = data.pop("sft_steps", 16), data.pop("sft_epochs", 1)  # the old defaults
+        put("sft_steps", "sft.train.max_steps", steps or None)
+        put("sft_epochs", "sft.train.epochs", None if steps else epochs)
+    if data.get("precision") is not None:
+        for name in ("sft", "dpo", *([] if "rl" in data and data["rl"] is None else ["rl"])):
+            put("precision", f"{name}.train.precision", data["precision"])
+    return data
 
 
 def _read_rows(path: Path) -> list[dict]:
@@ -123,144 +267,125 @@ def plot_training(runs: dict[str, Path], out_png: Path) -> None:
 
 @dataclass
 class _Run:
-    """What the stages share: the settings, where outputs go, the console and each stage's time."""
+    """What the stages share: the settings, the stage runner, the held-out prompts and each model's fingerprint."""
 
     cfg: DemoConfig
-    out: Path
-    console: Any
-    timings: dict[str, float] = field(default_factory=dict)
+    stages: Stages
+    heldout: list[dict]
+    title: Callable[[int, str], str]
+    models: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """name -> (model directory or name, fingerprint of what made it)."""
 
-    def stage(self, key: str, title: str, fn: Callable[[], Any]) -> Any:
-        """Run one stage under a heading; its wall time is printed and kept as ``<key>_s``."""
-        self.console.rule(f"[bold]{title}")
-        t = time.perf_counter()
-        value = fn()
-        self.timings[f"{key}_s"] = time.perf_counter() - t
-        self.console.print(f"{key}: {self.timings[key + '_s']:.0f} s")
-        return value
+    @property
+    def out(self) -> Path:
+        return self.stages.out
+
+    def evaluate(self, names: list[str], key: str, title: str) -> dict[str, dict]:
+        """Greedy held-out pass rate of each named model, one eval_<name>.json each (one stage ``key``)."""
+        paths = {name: self.out / f"eval_{name}.json" for name in names}
+        fp = fingerprint(self.heldout, self.cfg.gen_batch, [self.models[n] for n in names])
+        self.stages.run(key, fp, list(paths.values()), lambda: [
+            write_atomic(paths[n], json.dumps(_pass_rate(self.models[n][0], self.heldout, self.cfg.gen_batch)))
+            for n in names], title)
+        return {name: json.loads(path.read_text()) for name, path in paths.items()}
 
 
-def _train_sft(run: _Run, base: str) -> dict[str, Any]:
-    from alignkit.config import load_config
-    from alignkit.data.verifiable import DEMO_SFT
-    from alignkit.train.sft import SFTConfig, train_sft
+def _preference_data(run: _Run, train_prompts: list[dict]) -> dict[str, Any]:
+    """K samples per training prompt from the SFT model, verified, paired pass-vs-fail -> dpo_pairs.jsonl
+    (pair statistics: pairs.json); fewer than ``min_pairs`` pairs stops the demo."""
+    from alignkit.errors import UserError
 
     cfg = run.cfg
-    sft_cfg = load_config(SFTConfig, None, [
-        f"model.name_or_path={base}", f"data.train={DEMO_SFT}", "data.eval_fraction=0.1",
-        f"train.output_dir={run.out / 'sft'}", "train.batch_size=8",
-        f"train.max_steps={cfg.sft_steps}" if cfg.sft_steps else f"train.epochs={cfg.sft_epochs}",
-        f"train.lr={cfg.sft_lr}", "train.warmup_steps=2", f"train.precision={cfg.precision}",
-        "data.policy.max_length=256", "data.policy.max_prompt_length=160",
-    ])
-    return train_sft(sft_cfg)
+    pairs_path, stats_path = Path(cfg.dpo.data.train), run.out / "pairs.json"
+    fp = fingerprint(run.models["sft"][1], train_prompts, cfg.k, cfg.temperature, cfg.seed, cfg.gen_batch)
+    run.stages.run("sampling", fp, [pairs_path, stats_path], lambda: _sample_pairs(run, train_prompts, stats_path),
+                   run.title(3, "preference data: K samples per prompt from the SFT model, verified"))
+    stats = json.loads(stats_path.read_text())
+    if stats["pairs"] < cfg.min_pairs:
+        raise UserError(f"only {stats['pairs']} preference pairs from {len(train_prompts)} prompts: "
+                        f"raise n_train or k ({stats})")
+    run.models["pairs"] = (str(pairs_path), fingerprint(fp, file_hash(pairs_path)))
+    return stats
 
 
-def _preference_data(run: _Run, sft_dir: str, train_prompts: list[dict]) -> tuple[str, dict[str, Any]]:
-    """K samples per training prompt from the SFT model, verified, paired pass-vs-fail -> dpo_pairs.jsonl."""
+def _sample_pairs(run: _Run, train_prompts: list[dict], stats_path: Path) -> None:
     import torch
 
     from alignkit.atomic import write_jsonl_atomic
-    from alignkit.errors import UserError
     from alignkit.generate.engine import SamplingParams, make_engine
     from alignkit.pipelines.verifiable_prefs import build_pairs, score_samples
 
     cfg = run.cfg
-    engine = make_engine(sft_dir, "hf", dtype="float32", batch_size=cfg.gen_batch)
+    engine = make_engine(cfg.sft.train.output_dir, "hf", dtype="float32", batch_size=cfg.gen_batch)
     torch.manual_seed(cfg.seed)
     params = SamplingParams(max_new_tokens=64, temperature=cfg.temperature, top_p=0.95, n=cfg.k)
     pairs, _kway, stats = build_pairs(score_samples(engine, train_prompts, params, progress=True))
-    if len(pairs) < cfg.min_pairs:
-        raise UserError(f"only {len(pairs)} preference pairs from {len(train_prompts)} prompts: "
-                        f"raise n_train or k ({stats})")
-    path = run.out / "dpo_pairs.jsonl"
-    write_jsonl_atomic(path, pairs)
-    return str(path), stats
+    write_jsonl_atomic(cfg.dpo.data.train, pairs)
+    write_atomic(stats_path, json.dumps(stats, indent=1))
 
 
-def _train_dpo(run: _Run, sft_dir: str, pref_data: str) -> dict[str, Any]:
-    from alignkit.config import load_config
-    from alignkit.train.preference import PreferenceConfig, train_preference
+def _train(run: _Run, name: str, after: str, step: int, title: str) -> dict[str, Any]:
+    """Train stage ``name`` (sft, dpo or rl) from the model of stage ``after`` with its config section."""
+    from alignkit.train.preference import train_preference
+    from alignkit.train.rl import train_rl
+    from alignkit.train.sft import train_sft
 
-    cfg = run.cfg
-    dpo_cfg = load_config(PreferenceConfig, None, [
-        f"model.name_or_path={sft_dir}", f"data.train={pref_data}", "data.eval_fraction=0.2",
-        f"train.output_dir={run.out / 'dpo'}", f"train.epochs={cfg.dpo_epochs}", "train.batch_size=4",
-        "train.grad_accum=2", f"train.lr={cfg.dpo_lr}", "train.warmup_steps=1",
-        f"train.precision={cfg.precision}", f"loss.beta={cfg.beta}", f"nll_weight={cfg.nll_weight}",
-        "data.policy.max_length=256", "data.policy.max_prompt_length=160",
-    ])
-    return train_preference(dpo_cfg)
-
-
-def _train_rl(run: _Run, dpo_dir: str, train_prompts: list[dict]) -> dict[str, Any]:
-    """GRPO with the verifier reward from the DPO model (``alignkit rl``; held-out scoring is stage 6)."""
-    from alignkit.atomic import write_jsonl_atomic
-    from alignkit.pipelines.rl_stage import grpo_stage
-
-    cfg = run.cfg
-    prompts = run.out / "rl_prompts.jsonl"
-    write_jsonl_atomic(prompts, train_prompts)
-    return grpo_stage(dpo_dir, str(prompts), None, str(run.out / "rl"),
-                      prompts_per_step=cfg.rl_prompts_per_step, n=cfg.rl_n, steps=cfg.rl_steps,
-                      max_new_tokens=64, lr=cfg.rl_lr, precision=cfg.precision, seed=cfg.seed)
+    section = getattr(run.cfg, name)
+    trainer = {"sft": train_sft, "dpo": train_preference, "rl": train_rl}[name]
+    fp = fingerprint(run.models[after][1], file_hash(Path(section.data.train)), section.model_dump(mode="json"))
+    model_dir = Path(section.train.output_dir)
+    summary = run.stages.train(name, fp, model_dir, lambda resume: trainer(section, resume=resume),
+                               run.title(step, title))
+    run.models[name] = (str(model_dir), fp)
+    return summary
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
-    """Run the demo job ``cfg`` describes; returns the results also written to ``<out>/results.json``."""
+    """Run the demo job ``cfg`` describes; returns the results also written to ``<output_dir>/results.json``.
+    A rerun of the same output_dir reuses every stage whose settings and inputs are unchanged."""
     from rich.console import Console
 
-    from alignkit.config import dump_config
-    from alignkit.data.verifiable import DEMO_SFT, make_splits
-    from alignkit.models import resolve_model_path
+    from alignkit.atomic import write_jsonl_atomic
+    from alignkit.data.verifiable import make_splits
 
-    out = Path(cfg.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
-    run = _Run(cfg, out, Console())
     t_all = time.perf_counter()
-    base = resolve_model_path(cfg.model)
+    stages = Stages.open(cfg, Console())
     # Prompts are regenerated deterministically; the hash split keeps held-out prompts out of training.
     train_prompts, heldout = make_splits(cfg.n_train, cfg.n_heldout, seed=cfg.seed)
     held_ids = {r["id"] for r in heldout}
-    leaked = [r["id"] for r in _read_rows(DEMO_SFT) if r.get("id") in held_ids]
+    leaked = [r["id"] for r in _read_rows(Path(cfg.sft.data.train)) if r.get("id") in held_ids]
     if leaked:
         raise RuntimeError(f"shipped SFT rows overlap the held-out prompts: {leaked[:5]}")
-    rl = cfg.rl_steps > 0
-    last = 6 if rl else 5
+    last = 6 if cfg.rl else 5
+    run = _Run(cfg, stages, heldout, lambda i, text: f"{i if i < 5 else last}/{last} {text}")
+    run.models["base"] = (cfg.model, fingerprint(cfg.model))
 
-    def evaluate(model_dir: str) -> dict[str, Any]:
-        return _pass_rate(model_dir, heldout, cfg.gen_batch)
+    before = run.evaluate(["base"], "baseline_eval", run.title(1, "baseline: held-out verifier pass rate (greedy)"))
+    sft = _train(run, "sft", "base", 2, "SFT on the base model's passing samples")
+    pair_stats = _preference_data(run, train_prompts)
+    dpo = _train(run, "dpo", "pairs", 4, "DPO from the SFT model")
+    rl_summary = None
+    if cfg.rl:
+        write_jsonl_atomic(cfg.rl.data.train, train_prompts)
+        rl_summary = _train(run, "rl", "dpo", 5, "RL: GRPO with the verifier reward from the DPO model")
+    trained = ["sft", "dpo", *(["rl"] if cfg.rl else [])]
+    after = run.evaluate(trained, "final_eval", run.title(6, "evaluation after " + ", ".join(m.upper() for m in trained)))
+    timings = {f"{k}_s": v for k, v in stages.timings.items()} | {"total_s": time.perf_counter() - t_all}
 
-    before = run.stage("baseline_eval", f"1/{last} baseline: held-out verifier pass rate (greedy)",
-                       lambda: evaluate(base))
-    sft = run.stage("sft", f"2/{last} SFT on the base model's passing samples", lambda: _train_sft(run, base))
-    pref_data, pair_stats = run.stage(
-        "sampling", f"3/{last} preference data: K samples per prompt from the SFT model, verified",
-        lambda: _preference_data(run, sft["output_dir"], train_prompts))
-    dpo = run.stage("dpo", f"4/{last} DPO from the SFT model", lambda: _train_dpo(run, sft["output_dir"], pref_data))
-    rl_summary = run.stage("rl", f"5/{last} RL: GRPO with the verifier reward from the DPO model",
-                           lambda: _train_rl(run, dpo["output_dir"], train_prompts)) if rl else None
-    models = {"sft": sft["output_dir"], "dpo": dpo["output_dir"]}
-    if rl_summary:
-        models["rl"] = rl_summary["output_dir"]
-    after = run.stage("final_eval", f"{last}/{last} evaluation after " + ", ".join(m.upper() for m in models),
-                      lambda: {name: evaluate(path) for name, path in models.items()})
-    run.timings["total_s"] = time.perf_counter() - t_all
-
-    plot_training({"SFT": out / "sft", "DPO": out / "dpo"}, out / "training.png")
-    results = _results(run, {"base": before, **after}, sft, dpo, rl_summary, pair_stats, len(heldout))
-    write_atomic(out / "results.json", json.dumps(results, indent=1, default=str))
-    write_atomic(out / "report.md", _report_md(results))
-    _print_summary(run, results)
+    plot_training({"SFT": Path(cfg.sft.train.output_dir), "DPO": Path(cfg.dpo.train.output_dir)},
+                  run.out / "training.png")
+    results = _results(cfg, {**before, **after}, sft, dpo, rl_summary, pair_stats, len(heldout), timings,
+                       stages.reused)
+    write_atomic(run.out / "results.json", json.dumps(results, indent=1, default=str))
+    write_atomic(run.out / "report.md", _report_md(results))
+    _print_summary(stages.console, run.out, results)
     return results
 
 
-def _results(run: _Run, evals: dict[str, dict], sft: dict, dpo: dict, rl: dict | None, pair_stats: dict,
-             n_heldout: int) -> dict[str, Any]:
+def _results(cfg: DemoConfig, evals: dict[str, dict], sft: dict, dpo: dict, rl: dict | None, pair_stats: dict,
+             n_heldout: int, timings: dict[str, float], reused: list[str]) -> dict[str, Any]:
     from alignkit.models import DEFAULT_MODEL
 
-    cfg = run.cfg
     results = {
         "model": cfg.model if cfg.model != DEFAULT_MODEL else f"{DEFAULT_MODEL} (embedded)",
         "heldout_prompts": n_heldout,
@@ -270,12 +395,13 @@ def _results(run: _Run, evals: dict[str, dict], sft: dict, dpo: dict, rl: dict |
         "sft": {k: sft[k] for k in ("steps", "final_loss", "eval_before", "eval_after", "data")},
         "dpo": {k: dpo[k] for k in ("steps", "final_loss", "data", "reference_cache")},
         "pairs": pair_stats,
-        "timings_s": {k: round(v, 1) for k, v in run.timings.items()},
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "reused_stages": reused,
         "settings": cfg.model_dump(mode="json"),
         "examples": _examples(evals["base"], evals["rl" if rl else "dpo"]),
     }
     if rl:
-        results["rl"] = {"steps": rl["steps"], "train_reward": _rl_rewards(Path(rl["output_dir"]))}
+        results["rl"] = {"steps": rl["steps"], "train_reward": _rl_rewards(Path(cfg.rl.train.output_dir))}
     return results
 
 
@@ -284,7 +410,7 @@ def _rl_rewards(rl_dir: Path) -> list[float]:
     return [round(x["reward/mean"], 4) for x in _metrics(rl_dir / "metrics.jsonl") if "reward/mean" in x]
 
 
-def _print_summary(run: _Run, results: dict[str, Any]) -> None:
+def _print_summary(console: Any, out: Path, results: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title="alignkit demo: before / after (held-out, measured in this run)")
@@ -297,10 +423,10 @@ def _print_summary(run: _Run, results: dict[str, Any]) -> None:
     table.add_row("after DPO", _pct(pr["dpo"]), _pct(pa.get("pref_acc_logp")), _pct(pa.get("reward_acc")))
     if "rl" in pr:
         table.add_row("after RL (GRPO)", _pct(pr["rl"]), "", "")
-    run.console.print(table)
-    run.console.print("stage times (s): " + ", ".join(
-        f"{k.removesuffix('_s')} {v:.0f}" for k, v in run.timings.items()))
-    run.console.print(f"report: {run.out / 'report.md'}")
+    console.print(table)
+    console.print("stage times (s): " + ", ".join(
+        f"{k.removesuffix('_s')} {v:.0f}" for k, v in results["timings_s"].items()))
+    console.print(f"report: {out / 'report.md'}")
 
 
 def _pct(x: float | None) -> str:

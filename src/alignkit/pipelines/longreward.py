@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import gc
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,20 +32,15 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from alignkit.config import ConfigError, StrictModel, dump_config
-from alignkit.data.records import read_objects
+from alignkit.config import ConfigError, StrictModel
 from alignkit.data.tokenize import DataPolicy
-from alignkit.fingerprints import file_sha256, sha256_hex
 from alignkit.judge.client import JudgeConfig
 from alignkit.judge.longreward import DIMENSIONS, LongRewardConfig
 from alignkit.models import DEFAULT_MODEL
+from alignkit.pipelines.stages import PipelineError, Stages, file_hash, fingerprint, read_rows
 from alignkit.train.loop import TrainConfig
 from alignkit.train.preference import DPOLoss, LossConfig, ReferenceConfig
 from alignkit.train.run import LoraSettings
-
-
-class PipelineError(RuntimeError):
-    """A stage cannot go on (for example: no preference pair survived); the message says why."""
 
 
 class PromptsConfig(StrictModel):
@@ -183,83 +177,6 @@ class LongRewardPipelineConfig(StrictModel):
 
 
 # ----------------------------------------------------------------------------------------- helpers
-def _fingerprint(*parts: Any) -> str:
-    return sha256_hex(list(parts))[:16]
-
-
-def _file_hash(path: Path) -> str:
-    return file_sha256(path)[:16] if path.is_file() else "missing"
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    """The rows of a JSONL file a pipeline stage wrote (possibly none); a damaged file is a DataError
-    naming file:line (the pipelines built on this one read their stage files here too)."""
-    return [rec.value for rec in read_objects(path, allow_empty=True)]
-
-
-class _Stages:
-    """Fingerprinted stage bookkeeping in ``stages.json`` (reuse unchanged stages on a rerun)."""
-
-    def __init__(self, out: Path, console):
-        self.path = out / "stages.json"
-        self.done: dict[str, dict[str, Any]] = (
-            json.loads(self.path.read_text()) if self.path.is_file() else {}
-        )
-        self.console = console
-        self.timings: dict[str, float] = {}
-        self.reused: list[str] = []
-        self.out = out
-
-    @classmethod
-    def open(cls, cfg) -> _Stages:
-        """Start a pipeline run: create ``cfg.output_dir``, save the resolved config there as
-        ``config.yaml`` and load the stage bookkeeping of earlier runs (console on stderr)."""
-        from rich.console import Console
-
-        out = Path(cfg.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, out / "config.yaml")
-        return cls(out, Console(stderr=True))
-
-    def fresh(self, name: str, fingerprint: str, outputs: list[Path]) -> bool:
-        prev = self.done.get(name, {})
-        if prev.get("fingerprint") == fingerprint and all(p.exists() for p in outputs):
-            self.console.print(f"[bold]stage {name}[/]: unchanged since the last run, reused")
-            self.timings[name] = prev.get("seconds", 0.0)
-            self.reused.append(name)
-            return False
-        self.console.rule(f"[bold]stage {name}")
-        return True
-
-    def begin(self, name: str, fingerprint: str) -> bool:
-        """Record that ``name`` starts with ``fingerprint``; True when an earlier attempt with the same
-        fingerprint started and never finished (it was interrupted and may be resumed)."""
-        prev = self.done.get(name, {})
-        interrupted = prev.get("started") == fingerprint and prev.get("fingerprint") != fingerprint
-        self.done[name] = {**prev, "started": fingerprint}
-        self.path.write_text(json.dumps(self.done, indent=1))
-        return interrupted
-
-    def begin_training(self, name: str, fingerprint: str, model_dir: Path) -> bool:
-        """Start the training stage ``name`` writing to ``model_dir``: True when an interrupted attempt with
-        the same fingerprint left a checkpoint to resume from; otherwise older checkpoints are removed
-        (another config's) and the training starts over."""
-        from alignkit.train.checkpoint import CKPT_DIR, latest_checkpoint
-
-        resume = self.begin(name, fingerprint) and latest_checkpoint(model_dir) is not None
-        if resume:
-            self.console.print(f"resuming the interrupted {name} from {latest_checkpoint(model_dir)}")
-        else:
-            shutil.rmtree(model_dir / CKPT_DIR, ignore_errors=True)
-        return resume
-
-    def finish(self, name: str, fingerprint: str, started: float) -> None:
-        self.timings[name] = round(time.time() - started, 1)
-        self.console.print(f"stage {name}: {self.timings[name]:.0f} s")
-        self.done[name] = {"fingerprint": fingerprint, "started": fingerprint, "seconds": self.timings[name]}
-        self.path.write_text(json.dumps(self.done, indent=1))
-
-
 def load_prompt_rows(cfg: PromptsConfig, out: Path) -> tuple[list[dict], list[dict]]:
     """(training rows, held-out rows), validated, with prompt ids and policy prompts filled in."""
     from alignkit.generate.jsonl import write_jsonl_atomic
@@ -285,7 +202,8 @@ def load_prompt_rows(cfg: PromptsConfig, out: Path) -> tuple[list[dict], list[di
     return train, held
 
 
-def _engine(model: str, s: SamplingSection):
+def sampling_engine(model: str, s: SamplingSection):
+    """The generation engine of ``model`` with a pipeline's sampling section (dtype, batch, device, backend)."""
     from alignkit.generate.engine import make_engine
 
     kw: dict[str, Any] = {"dtype": s.dtype, "batch_size": s.batch_size}
@@ -341,7 +259,7 @@ class _Run:
 
     cfg: LongRewardPipelineConfig
     out: Path
-    stages: _Stages
+    stages: Stages
     console: Any
     progress: bool
     results: dict[str, Any]
@@ -355,7 +273,7 @@ class _Run:
 
 def run_longreward_pipeline(cfg: LongRewardPipelineConfig, progress: bool = True) -> dict[str, Any]:
     """Run every stage; returns the results written to ``<output_dir>/results.json``."""
-    stages = _Stages.open(cfg)
+    stages = Stages.open(cfg)
     run = _Run(cfg, stages.out, stages, stages.console, progress, {"config": cfg.model_dump(mode="json")})
     started_all = time.time()
     try:
@@ -376,7 +294,7 @@ def _stage_prompts(run: _Run) -> tuple[list[dict], list[dict], str]:
     """1. prompts: the training and held-out rows (always re-read; cheap)."""
     t = time.time()
     train_rows, eval_rows = load_prompt_rows(run.cfg.prompts, run.out)
-    fp = _fingerprint(_file_hash(run.out / "prompts_train.jsonl"), _file_hash(run.out / "prompts_eval.jsonl"))
+    fp = fingerprint(file_hash(run.out / "prompts_train.jsonl"), file_hash(run.out / "prompts_eval.jsonl"))
     run.stages.finish("prompts", fp, t)
     run.console.print(f"{len(train_rows)} training prompts, {len(eval_rows)} held-out prompts")
     run.results["prompts"] = {"train": len(train_rows), "eval": len(eval_rows)}
@@ -392,10 +310,10 @@ def _stage_sample(run: _Run, fp_prompts: str, train_rows: list[dict], eval_rows:
     cfg, out = run.cfg, run.out
     samples_path, before_path = out / "samples.jsonl", out / "eval_before_answers.jsonl"
     do_eval = cfg.evaluation.judge_eval and bool(eval_rows)
-    fp = _fingerprint(fp_prompts, cfg.policy, cfg.sampling.model_dump(), cfg.evaluation.max_new_tokens, do_eval)
+    fp = fingerprint(fp_prompts, cfg.policy, cfg.sampling.model_dump(), cfg.evaluation.max_new_tokens, do_eval)
     if run.stages.fresh("sample", fp, [samples_path] + ([before_path] if do_eval else [])):
         t = time.time()
-        engine = _engine(cfg.policy, cfg.sampling)
+        engine = sampling_engine(cfg.policy, cfg.sampling)
         s = cfg.sampling
         params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p)
         samples = sample_responses(engine, train_rows, s.k, params, seed=s.seed, progress=run.progress)
@@ -405,12 +323,12 @@ def _stage_sample(run: _Run, fp_prompts: str, train_rows: list[dict], eval_rows:
         del engine
         gc.collect()
         run.stages.finish("sample", fp, t)
-    samples = _read_jsonl(samples_path)
+    samples = read_rows(samples_path)
     run.results["sampling"] = {
         "responses": len(samples),
         "finish_length": sum(r["finish_reason"] == "length" for r in samples),
     }
-    return _fingerprint(fp, _file_hash(samples_path)), do_eval
+    return fingerprint(fp, file_hash(samples_path)), do_eval
 
 
 def _stage_score(run: _Run, fp_sample: str) -> tuple[str, list[dict]]:
@@ -420,18 +338,18 @@ def _stage_score(run: _Run, fp_sample: str) -> tuple[str, list[dict]]:
 
     cfg, out = run.cfg, run.out
     scored_path = out / "scored.jsonl"
-    fp = _fingerprint(fp_sample, cfg.judge.model_dump(), cfg.scorer.model_dump())
+    fp = fingerprint(fp_sample, cfg.judge.model_dump(), cfg.scorer.model_dump())
     if run.stages.fresh("score", fp, [scored_path]):
         t = time.time()
         judge = run.get_judge()
-        samples = _read_jsonl(out / "samples.jsonl")
+        samples = read_rows(out / "samples.jsonl")
         write_jsonl_atomic(scored_path, score_rows(samples, judge, cfg.scorer, progress=run.progress))
         run.results["judge_usage_scoring"] = judge.usage.as_dict()
         run.stages.finish("score", fp, t)
-    scored = _read_jsonl(scored_path)
+    scored = read_rows(scored_path)
     summary = run.results["scores"] = _summarise_scores(scored)
     run.console.print(f"scored {summary['scored']} of {len(scored)} responses ({summary['failed']} recorded as failed)")
-    return _fingerprint(fp, _file_hash(scored_path)), scored
+    return fingerprint(fp, file_hash(scored_path)), scored
 
 
 def _stage_pairs(run: _Run, fp_score: str, scored: list[dict]) -> tuple[str, Path, list[dict]]:
@@ -441,7 +359,7 @@ def _stage_pairs(run: _Run, fp_score: str, scored: list[dict]) -> tuple[str, Pat
 
     cfg, out = run.cfg, run.out
     pairs_path, kway_path = out / "pairs.jsonl", out / "kway.jsonl"
-    fp = _fingerprint(fp_score, cfg.pairs.model_dump())
+    fp = fingerprint(fp_score, cfg.pairs.model_dump())
     t = time.time()
     pairs, kway, stats = build_pairs(scored, min_scored=cfg.pairs.min_scored, prompt_format=cfg.pairs.prompt_format)
     write_jsonl_atomic(pairs_path, pairs)
@@ -464,14 +382,10 @@ def _stage_train(run: _Run, fp_pairs: str, train_file: Path) -> str:
     resumes from its last checkpoint (metrics.jsonl kept); changed inputs start over."""
     cfg = run.cfg
     model_dir = run.out / "model"
-    fp = _fingerprint(fp_pairs, _file_hash(train_file), cfg.policy, cfg.training.model_dump())
-    if run.stages.fresh("train", fp, [model_dir / "config.json"]):
-        t = time.time()
-        resume = run.stages.begin_training("train", fp, model_dir)
-        run.results["training"] = _train(cfg, train_file, model_dir, resume=resume)
-        run.stages.finish("train", fp, t)
-    elif (model_dir / "summary.json").is_file():
-        run.results["training"] = json.loads((model_dir / "summary.json").read_text())
+    fp = fingerprint(fp_pairs, file_hash(train_file), cfg.policy, cfg.training.model_dump())
+    summary = run.stages.train("train", fp, model_dir, lambda resume: _train(cfg, train_file, model_dir, resume))
+    if summary:
+        run.results["training"] = summary
     return fp
 
 
@@ -480,7 +394,7 @@ def _stage_evaluate(run: _Run, fp_train: str, eval_rows: list[dict], do_eval: bo
     optionally the offline mini suite before and after."""
     cfg, out = run.cfg, run.out
     model_dir = str(out / "model")
-    fp = _fingerprint(fp_train, cfg.evaluation.model_dump(), cfg.judge.model_dump(), cfg.scorer.model_dump())
+    fp = fingerprint(fp_train, cfg.evaluation.model_dump(), cfg.judge.model_dump(), cfg.scorer.model_dump())
     eval_path = out / "evaluation.json"
     if run.stages.fresh("evaluate", fp, [eval_path]):
         t = time.time()
@@ -502,14 +416,14 @@ def _judge_before_after(run: _Run, eval_rows: list[dict], model_dir: str) -> dic
 
     cfg, out = run.cfg, run.out
     evaluation: dict[str, Any] = {}
-    engine = _engine(model_dir, cfg.sampling)
+    engine = sampling_engine(model_dir, cfg.sampling)
     after = _greedy_answers(engine, eval_rows, cfg.evaluation.max_new_tokens, "after")
     write_jsonl_atomic(out / "eval_after_answers.jsonl", after)
     if cfg.evaluation.mini_suite:
         evaluation["mini_after"] = _mini_suite(cfg, model_dir, engine, out / "mini_after")
     del engine
     gc.collect()
-    before = _read_jsonl(out / "eval_before_answers.jsonl")
+    before = read_rows(out / "eval_before_answers.jsonl")
     judge = run.get_judge()
     usage_before = judge.usage.as_dict()
     rated = score_rows(before + after, judge, cfg.scorer, progress=run.progress)
@@ -550,12 +464,7 @@ def _train(cfg: LongRewardPipelineConfig, train_file: Path, model_dir: Path, res
         logit_temperature=tr.logit_temperature,
         train=tr.train.model_copy(update={"output_dir": str(model_dir)}),
     )
-    summary = train_preference(pcfg, resume=resume)
-    if summary.get("interrupted"):
-        raise PipelineError(
-            f"training was interrupted ({summary.get('signal')}); rerun the pipeline to resume"
-        )
-    return summary
+    return train_preference(pcfg, resume=resume)
 
 
 def _mini_suite(cfg: LongRewardPipelineConfig, model: str, engine, out: Path) -> dict[str, Any]:

@@ -1,33 +1,48 @@
-"""A demo-sized GRPO stage with the built-in verifier reward (for ``alignkit demo`` and experiments).
+"""GRPO with the built-in verifier reward: the RL recipe of ``alignkit demo`` (its ``rl`` section) and of
+``experiments/rl_verifier.py``.
 
-``grpo_stage(model, prompts, heldout, out_dir)`` runs ``alignkit rl`` from ``model`` on verifiable-
-instruction prompt rows (``{"id", "prompt", "constraint"}``), with GRPO (no critic), KL as a k3 loss term
-and the held-out greedy pass rate before/after (``summary["heldout_before" / "heldout_after"]["reward_mean"]``).
-Everything is an ordinary :class:`alignkit.train.rl.RLConfig`; ``overrides`` (``key.sub=value``) change any
-field. The equivalent command line is ``alignkit rl --config configs/rl_grpo_smollm2.yaml`` plus the
-overrides this function builds (see :func:`grpo_stage_overrides`).
+:data:`GRPO_VERIFIER` holds the recipe's fixed settings as ordinary :class:`alignkit.train.rl.RLConfig`
+keys: GRPO (no critic), the raw verifier reward on verifiable-instruction prompt rows
+(``{"id", "prompt", "constraint"}``), KL as a k3 loss term. ``configs/demo.yaml`` spells the same settings
+out in its ``rl`` section. ``grpo_stage(model, prompts, heldout, out_dir)`` runs ``alignkit rl`` with them
+from ``model``, with the held-out greedy pass rate before/after
+(``summary["heldout_before" / "heldout_after"]["reward_mean"]``); ``overrides`` (``key.sub=value``) change
+any field. The equivalent command line is ``alignkit rl --config configs/rl_grpo_smollm2.yaml`` plus the
+overrides :func:`grpo_stage_overrides` builds.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+GRPO_VERIFIER: dict[str, Any] = {
+    "data": {"eval_max_new_tokens": 64},
+    "rollout": {"temperature": 1.0, "batch_size": 64},
+    "reward": {"type": "verifier", "verifier": "verifiable", "normalize": False, "clip": None},
+    "advantage": {"type": "grpo"},
+    "critic": None,
+    "kl": {"mode": "loss", "estimator": "k3", "coef": 0.04},
+    "ppo": {"epochs": 1, "num_minibatches": 2, "micro_batch_size": 8},
+    "train": {"warmup_steps": 0, "progress": False},
+}
+"""The fixed part of the recipe (RLConfig keys); the step count, group size, budget and lr vary by caller."""
+
 
 def grpo_stage_overrides(model: str, prompts: str, heldout: str | None, out_dir: str, *,
                          prompts_per_step: int = 16, n: int = 4, steps: int = 3, max_new_tokens: int = 48,
                          lr: float = 2e-6, precision: str = "auto", seed: int = 0) -> list[str]:
     """The ``key=value`` settings of the stage (a GRPO run with the verifier reward)."""
-    settings = {
-        "model.name_or_path": model, "data.train": prompts, "data.eval": heldout if heldout else "null",
-        "data.eval_max_new_tokens": 64, "rollout.prompts_per_step": prompts_per_step, "rollout.n": n,
-        "rollout.max_new_tokens": max_new_tokens, "rollout.temperature": 1.0, "rollout.batch_size": 64,
-        "reward.type": "verifier", "reward.verifier": "verifiable", "reward.normalize": "false",
-        "reward.clip": "null", "advantage.type": "grpo", "critic": "null", "kl.mode": "loss",
-        "kl.estimator": "k3", "kl.coef": 0.04, "ppo.epochs": 1, "ppo.num_minibatches": 2,
-        "ppo.micro_batch_size": 8, "train.max_steps": steps, "train.lr": lr, "train.warmup_steps": 0,
-        "train.precision": precision, "train.seed": seed, "train.output_dir": out_dir, "train.progress": "false",
+    import json
+
+    settings = {  # whole sections first (a JSON mapping is a YAML value), then the keys set into them
+        **GRPO_VERIFIER,
+        "model.name_or_path": model, "data.train": prompts, "data.eval": heldout,
+        "rollout.prompts_per_step": prompts_per_step, "rollout.n": n, "rollout.max_new_tokens": max_new_tokens,
+        "train.max_steps": steps, "train.lr": lr, "train.precision": precision, "train.seed": seed,
+        "train.output_dir": out_dir,
     }
-    return [f"{k}={v}" for k, v in settings.items()]
+    # JSON is YAML: sections, null, false and numbers parse back to themselves; strings stay text.
+    return [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in settings.items()]
 
 
 def grpo_stage(model: str, prompts: str, heldout: str | None, out_dir: str,

@@ -1,6 +1,6 @@
 """``alignkit pipeline self-critique``: ChatGLM-Math's Critique-RFT -> Critique-DPO (METHODS §4).
 
-Stages (fingerprinted in ``stages.json`` like ``pipeline longreward``: a rerun of the same
+Stages (fingerprinted in ``stages.json`` by :mod:`alignkit.pipelines.stages`: a rerun of the same
 ``output_dir`` reuses every stage whose inputs and settings are unchanged):
 
 1. **questions** — math problems with reference solutions and checkable answers from
@@ -34,15 +34,8 @@ from alignkit.config import StrictModel
 from alignkit.data.tokenize import DataPolicy
 from alignkit.judge.critique import CriticConfig, CritiqueItem
 from alignkit.models import DEFAULT_MODEL
-from alignkit.pipelines.longreward import (
-    PipelineError,
-    SamplingSection,
-    _engine,
-    _file_hash,
-    _fingerprint,
-    _read_jsonl,
-    _Stages,
-)
+from alignkit.pipelines.longreward import SamplingSection, sampling_engine
+from alignkit.pipelines.stages import PipelineError, Stages, file_hash, fingerprint, read_rows
 from alignkit.train.loop import TrainConfig
 from alignkit.train.preference import DPOLoss, LossConfig, ReferenceConfig
 
@@ -182,7 +175,7 @@ def general_rows(cfg: RFTSection) -> list[dict]:
     from alignkit.data.verifiable import DEMO_SFT
 
     path = DEMO_SFT if cfg.general_sft == "bundled" else Path(cfg.general_sft)
-    rows = _read_jsonl(Path(path)) if Path(path).is_file() else None
+    rows = read_rows(Path(path)) if Path(path).is_file() else None
     if rows is None:
         raise PipelineError(f"rft.general_sft: {path} not found")
     rows = rows[: cfg.general_rows] if cfg.general_rows is not None else rows
@@ -194,7 +187,7 @@ class _Run:
 
     def __init__(self, cfg: SelfCritiqueConfig, progress: bool):
         self.cfg, self.progress = cfg, progress
-        self.stages = _Stages.open(cfg)
+        self.stages = Stages.open(cfg)
         self.console, self.out = self.stages.console, self.stages.out
         self._critic = None
 
@@ -216,40 +209,32 @@ class _Run:
         from alignkit.judge.sampling import sample_responses
 
         path, s = self.out / f"{name}.jsonl", self.cfg.sampling
-        fp = _fingerprint(fp_in, model, s.model_dump())
+        fp = fingerprint(fp_in, model, s.model_dump())
         if self.stages.fresh(name, fp, [path]):
             t = time.time()
-            engine = _engine(model, s)
+            engine = sampling_engine(model, s)
             params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p)
             write_jsonl_atomic(path, sample_responses(engine, rows, s.k, params, seed=s.seed, progress=self.progress))
             del engine
             gc.collect()
             self.stages.finish(name, fp, t)
-        return _read_jsonl(path), _fingerprint(fp, _file_hash(path))
+        return read_rows(path), fingerprint(fp, file_hash(path))
 
     def score(self, name: str, rows: list[dict], fp_in: str) -> tuple[list[dict], str]:
         from alignkit.generate.jsonl import write_jsonl_atomic
 
         path = self.out / f"{name}.jsonl"
-        fp = _fingerprint(fp_in, self.cfg.critic.model_dump())
+        fp = fingerprint(fp_in, self.cfg.critic.model_dump())
         if self.stages.fresh(name, fp, [path]):
             t = time.time()
             write_jsonl_atomic(path, critic_scores(self.critic, rows, self.progress))
             self.stages.finish(name, fp, t)
-        return _read_jsonl(path), _fingerprint(fp, _file_hash(path))
+        return read_rows(path), fingerprint(fp, file_hash(path))
 
     def train(self, name: str, fp_in: str, model_dir: Path, fn) -> tuple[dict, str]:
         """``fn(resume)`` trains into ``model_dir``; an interrupted training resumes from its checkpoint."""
-        fp = _fingerprint(fp_in)
-        if self.stages.fresh(name, fp, [model_dir / "config.json"]):
-            t = time.time()
-            summary = fn(self.stages.begin_training(name, fp, model_dir))
-            if summary.get("interrupted"):
-                raise PipelineError(f"{name} was interrupted ({summary.get('signal')}); rerun the pipeline to "
-                                    "continue from its last checkpoint")
-            self.stages.finish(name, fp, t)
-        summary = json.loads((model_dir / "summary.json").read_text()) if (model_dir / "summary.json").is_file() else {}
-        return summary, fp
+        fp = fingerprint(fp_in)
+        return self.stages.train(name, fp, model_dir, fn), fp
 
 
 def _train_sft(cfg: SelfCritiqueConfig, data: Path, model_dir: Path, resume: bool) -> dict:
@@ -281,7 +266,7 @@ def evaluate_model(run: _Run, model: str, held: list[dict], tag: str) -> dict[st
     from alignkit.generate.jsonl import write_jsonl_atomic
     from alignkit.pipelines.verifiable_prefs import pass_rate
 
-    ev, engine = run.cfg.evaluation, _engine(model, run.cfg.sampling)
+    ev, engine = run.cfg.evaluation, sampling_engine(model, run.cfg.sampling)
     res = engine.generate([r["prompt"] for r in held], SamplingParams(max_new_tokens=ev.max_new_tokens),
                           progress=run.progress)
     answers = [{**r, "id": f"{tag}-{r['prompt_id']}", "response": g.completions[0].text,
@@ -317,7 +302,7 @@ def run_self_critique(cfg: SelfCritiqueConfig, progress: bool = True) -> dict[st
         train, held = make_questions(cfg.questions)
         write_jsonl_atomic(run.out / "questions_train.jsonl", train)
         write_jsonl_atomic(run.out / "questions_heldout.jsonl", held)
-        fp_q = _fingerprint(_file_hash(run.out / "questions_train.jsonl"), _file_hash(run.out / "questions_heldout.jsonl"))
+        fp_q = fingerprint(file_hash(run.out / "questions_train.jsonl"), file_hash(run.out / "questions_heldout.jsonl"))
         results["questions"] = {"train": len(train), "heldout": len(held)}
 
         # 2-3. Critique-RFT
@@ -334,7 +319,7 @@ def run_self_critique(cfg: SelfCritiqueConfig, progress: bool = True) -> dict[st
         results["rft"] = {"selection": rft_stats.as_dict(), "rows": len(rows),
                           "general_rows": sum(r["source"] == "general" for r in rows), "scores": _scores(scored)}
         rft_dir = run.out / "rft_model"
-        fp_rft_data = _fingerprint(fp, _file_hash(run.out / "rft_sft.jsonl"), cfg.policy, cfg.rft.model_dump())
+        fp_rft_data = fingerprint(fp, file_hash(run.out / "rft_sft.jsonl"), cfg.policy, cfg.rft.model_dump())
         results["rft"]["training"], fp_rft = run.train(
             "rft_train", fp_rft_data, rft_dir, lambda resume: _train_sft(cfg, run.out / "rft_sft.jsonl", rft_dir, resume))
 
@@ -351,7 +336,7 @@ def run_self_critique(cfg: SelfCritiqueConfig, progress: bool = True) -> dict[st
             raise PipelineError(f"DPO: no pair ({pair_stats.as_dict()}); sample more (sampling.k), lower "
                                 f"dpo.min_gap / dpo.chosen_min, or set dpo.on_no_pairs=skip")
         if pairs:
-            fp_pairs = _fingerprint(fp, _file_hash(run.out / "dpo_pairs.jsonl"), d.model_dump())
+            fp_pairs = fingerprint(fp, file_hash(run.out / "dpo_pairs.jsonl"), d.model_dump())
             results["dpo"]["training"], fp = run.train(
                 "dpo_train", fp_pairs, dpo_dir, lambda resume: _train_dpo(cfg, run.out / "dpo_pairs.jsonl", rft_dir, dpo_dir, resume))
         else:
@@ -363,7 +348,7 @@ def run_self_critique(cfg: SelfCritiqueConfig, progress: bool = True) -> dict[st
         evaluation = {}
         for tag, (model, fp_model) in models.items():
             path = run.out / f"eval_{tag}.json"
-            fp_eval = _fingerprint(fp_q, fp_model, cfg.evaluation.model_dump(), cfg.critic.model_dump())
+            fp_eval = fingerprint(fp_q, fp_model, cfg.evaluation.model_dump(), cfg.critic.model_dump())
             if run.stages.fresh(f"evaluate_{tag}", fp_eval, [path, run.out / f"eval_{tag}.jsonl"]):
                 t = time.time()
                 path.write_text(json.dumps(evaluate_model(run, model, held, tag), indent=1))

@@ -1,6 +1,6 @@
 """``alignkit pipeline self-reflect``: SciGLM's self-reflective annotation (METHODS §10a).
 
-Stages (fingerprinted and resumable like ``pipeline longreward``), each writing a JSONL:
+Stages (fingerprinted and resumable by :mod:`alignkit.pipelines.stages`), each writing a JSONL:
 
 1. **questions** — questions with standard answers (:mod:`alignkit.data.mathgen`);
 2. **cot** — the annotator writes a step-by-step solution (``prompts/reflect_cot``: the question,
@@ -41,8 +41,8 @@ from pydantic import Field
 from alignkit.config import StrictModel
 from alignkit.judge.client import FormatForcing, Judge, JudgeConfig, Parsed, ParseError
 from alignkit.judge.prompts import fill, load_prompt
-from alignkit.pipelines.longreward import PipelineError, _file_hash, _fingerprint, _read_jsonl, _Stages
 from alignkit.pipelines.self_critique import QuestionsSection, make_questions
+from alignkit.pipelines.stages import PipelineError, Stages, file_hash, fingerprint, read_rows
 
 CLASSIFIER_SEPARATOR = "【答案】"  # SciGLM's classifier input: question + "【答案】" + answer
 
@@ -255,24 +255,24 @@ def run_self_reflect(cfg: SelfReflectConfig, progress: bool = True) -> dict[str,
     """Run every stage; returns the results written to ``<output_dir>/results.json``."""
     from alignkit.generate.jsonl import write_jsonl_atomic
 
-    stages, started = _Stages.open(cfg), time.time()
+    stages, started = Stages.open(cfg), time.time()
     out = stages.out
     questions, _ = make_questions(cfg.questions)
     write_jsonl_atomic(out / "questions.jsonl", questions)
-    fp = _fingerprint(_file_hash(out / "questions.jsonl"))
+    fp = fingerprint(file_hash(out / "questions.jsonl"))
     j = None
 
     def stage(name: str, settings: Any, make) -> list[dict]:
         nonlocal fp, j
         path = out / f"{name}.jsonl"
-        fp = _fingerprint(fp, settings)
+        fp = fingerprint(fp, settings)
         if stages.fresh(name, fp, [path]):
             t = time.time()
             j = j or _Annotators(cfg, out)
             write_jsonl_atomic(path, make())
             stages.finish(name, fp, t)
-        fp = _fingerprint(fp, _file_hash(path))
-        return _read_jsonl(path)
+        fp = fingerprint(fp, file_hash(path))
+        return read_rows(path)
 
     try:
         drafted = stage("cot", cfg.annotator.model_dump(), lambda: cot(j, questions))

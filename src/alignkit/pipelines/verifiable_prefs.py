@@ -22,25 +22,27 @@ metadata; loaders keep them out of the model input):
   prompt that has one, for rejection-sampling fine-tuning before preference training;
 * :func:`pass_rate` -- the held-out metric of the demo's before/after table (greedy by default).
 
-Run ``python -m alignkit.pipelines.verifiable_prefs --help`` for the command line; docs/demo_data.md
-gives the command that regenerates the shipped files in ``alignkit/data/demo/``.
+Run ``alignkit data verifiable-prefs --help`` for the command line (:class:`VerifiablePrefsConfig`);
+docs/demo_data.md gives the command that regenerates the shipped files in ``alignkit/data/demo/``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
 
 from alignkit.atomic import write_atomic
+from alignkit.config import StrictModel
 from alignkit.data.verifiable import CONSTRAINT_TYPES, make_splits, verify
 from alignkit.generate.engine import SamplingParams
+from alignkit.models import DEFAULT_MODEL
 
 # Greedy answers to these prompts are one or two sentences; 64 new tokens leaves room for ~45 words
 # while keeping CPU sampling affordable (generation cost grows with every extra step).
@@ -235,68 +237,77 @@ def _jsonl(rows: Sequence[Mapping[str, Any]]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m alignkit.pipelines.verifiable_prefs",
-        description="Sample K responses per verifiable-instruction prompt, verify them, and write "
-        "preference pairs, K-way rows and the held-out prompt set.",
-    )
-    p.add_argument("--model", default="smollm2-135m-instruct", help="policy to sample from (name or HF dir)")
-    p.add_argument("--out", required=True, help="output directory (created); files are replaced atomically")
-    p.add_argument("--n-prompts", type=int, default=200, help="training prompts to sample on")
-    p.add_argument("--n-heldout", type=int, default=100, help="held-out prompts written for evaluation")
-    p.add_argument("--heldout-fraction", type=float, default=0.25, help="hash-split share routed to held-out")
-    p.add_argument("--k", type=int, default=4, help="samples per training prompt")
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
-    p.add_argument("--seed", type=int, default=0, help="seeds both the prompt generator and sampling")
-    p.add_argument("--batch-size", type=int, default=8, help="generation batch (rows)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default: torch's choice); 1 is much faster on a busy machine")
-    p.add_argument("--samples-out", default=None,
-                   help="also write every verified sample (JSONL) here, e.g. to study the verifier's decisions")
-    p.add_argument("--base-pass-rate", action="store_true",
-                   help="also measure the model's greedy pass rate on the held-out prompts (slower)")
-    return p
+class VerifiablePrefsConfig(StrictModel):
+    """``alignkit data verifiable-prefs``: sample K responses per verifiable-instruction prompt, verify them,
+    and write preference pairs, K-way rows, SFT rows and the held-out prompt set."""
+
+    cli_aliases: ClassVar[dict[str, str]] = {"--out": "output_dir"}
+
+    output_dir: str
+    """Output directory (created): verifiable_{prefs,kway,sft,heldout}.jsonl and verifiable_summary.json,
+    each replaced atomically after all sampling is done."""
+    model: str = DEFAULT_MODEL
+    """Policy to sample from (embedded name, HF directory or hub id)."""
+    n_prompts: int = Field(default=200, ge=1)
+    """Training prompts to sample on."""
+    n_heldout: int = Field(default=100, ge=0)
+    """Held-out prompts written for evaluation."""
+    heldout_fraction: float = Field(default=0.25, gt=0.0, lt=1.0)
+    """Hash-split share of generated prompts routed to held-out."""
+    k: int = Field(default=4, ge=2)
+    """Samples per training prompt (a pair needs a passing and a failing sample)."""
+    temperature: float = Field(default=0.8, gt=0.0)
+    """Sampling temperature (> 0: greedy decoding gives K identical samples)."""
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    """Nucleus sampling mass."""
+    max_new_tokens: int = Field(default=DEFAULT_MAX_NEW_TOKENS, ge=1)
+    """Most new tokens per sample (a sample cut by it fails)."""
+    seed: int = 0
+    """Seeds both the prompt generator and sampling."""
+    batch_size: int = Field(default=8, ge=1)
+    """Generation batch (rows)."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Policy dtype for generation."""
+    threads: int | None = Field(default=None, ge=1)
+    """torch intra-op threads (null: torch's choice); 1 is much faster on a busy machine."""
+    samples_out: str | None = None
+    """Also write every verified sample (JSONL) here, e.g. to study the verifier's decisions."""
+    base_pass_rate: bool = False
+    """Also measure the model's greedy pass rate on the held-out prompts (slower)."""
+
+    @model_validator(mode="after")
+    def _useful(self) -> VerifiablePrefsConfig:
+        if self.base_pass_rate and self.n_heldout == 0:
+            raise ValueError("base_pass_rate needs held-out prompts (n_heldout > 0)")
+        return self
 
 
-def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse option combinations that cannot produce what was asked (exit 2, nothing written)."""
-    if args.n_prompts < 1 or args.n_heldout < 0:
-        parser.error("--n-prompts must be >= 1 and --n-heldout >= 0")
-    if args.k < 2:
-        parser.error("--k must be >= 2 (a pair needs a passing and a failing sample)")
-    if args.temperature <= 0:
-        parser.error("--temperature must be > 0: greedy decoding gives K identical samples")
-    if args.base_pass_rate and args.n_heldout == 0:
-        parser.error("--base-pass-rate needs held-out prompts (--n-heldout > 0)")
-    if args.threads is not None and args.threads < 1:
-        parser.error("--threads must be >= 1")
+def command_line(cfg: VerifiablePrefsConfig) -> str:
+    """The ``alignkit data verifiable-prefs`` command that re-runs ``cfg`` (its non-default keys)."""
+    import shlex
+
+    given = cfg.model_dump(mode="json", exclude_defaults=True)
+    return "alignkit data verifiable-prefs " + " ".join(
+        shlex.quote(f"{k}={v if isinstance(v, str) else json.dumps(v)}") for k, v in given.items())
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _check_args(parser, args)
+def run_verifiable_prefs(cfg: VerifiablePrefsConfig) -> int:
+    """Sample, verify and write the files ``cfg`` describes; prints a one-line summary."""
     import torch
 
     from alignkit.generate.engine import make_engine
 
-    if args.threads is not None:
+    if cfg.threads is not None:
         # Spinning OpenMP workers on cores other processes use cost more than they give: measured
         # 0.35 s vs 2.6 s per batch-16 decode step (1 vs 2 threads) on 2 cores under load ~6.
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(cfg.threads)
 
-    train, heldout = make_splits(args.n_prompts, args.n_heldout, seed=args.seed,
-                                 heldout_fraction=args.heldout_fraction)
-    engine = make_engine(args.model, "hf", dtype=args.dtype, batch_size=args.batch_size)
+    train, heldout = make_splits(cfg.n_prompts, cfg.n_heldout, seed=cfg.seed, heldout_fraction=cfg.heldout_fraction)
+    engine = make_engine(cfg.model, "hf", dtype=cfg.dtype, batch_size=cfg.batch_size)
     # Unseeded requests draw their seeds from torch's global RNG: one manual_seed fixes the whole run
     # while every prompt still gets its own sample stream.
-    torch.manual_seed(args.seed)
-    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                            top_p=args.top_p, n=args.k)
+    torch.manual_seed(cfg.seed)
+    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, n=cfg.k)
     t0 = time.perf_counter()
     scored = score_samples(engine, train, params, progress=True)
     elapsed = time.perf_counter() - t0
@@ -305,10 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     stats["sft_rows"] = len(sft)
     new_tokens = sum(s["tokens"] for item in scored for s in item["samples"])
     summary: dict[str, Any] = {
-        "command": "python -m alignkit.pipelines.verifiable_prefs " + " ".join(sys.argv[1:] if argv is None else argv),
-        "model": args.model,
+        "command": command_line(cfg),
+        "model": cfg.model,
         "sampling": asdict(params),
-        "seed": args.seed,
+        "seed": cfg.seed,
         "train_prompts": len(train),
         "heldout_prompts": len(heldout),
         "sampling_seconds": round(elapsed, 1),
@@ -316,31 +327,31 @@ def main(argv: list[str] | None = None) -> int:
         "tokens_per_second": round(new_tokens / elapsed, 2) if elapsed > 0 else None,
         **stats,
     }
-    if args.base_pass_rate:
+    if cfg.base_pass_rate:
         t0 = time.perf_counter()
-        base = pass_rate(engine, heldout, SamplingParams(max_new_tokens=args.max_new_tokens), progress=True)
+        base = pass_rate(engine, heldout, SamplingParams(max_new_tokens=cfg.max_new_tokens), progress=True)
         summary["heldout_greedy_pass_rate"] = {k: v for k, v in base.items() if k != "results"}
         summary["heldout_greedy_seconds"] = round(time.perf_counter() - t0, 1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    _write_outputs(cfg, pairs, kway, sft, heldout, scored, summary)
+    print(f"{len(pairs)} pairs, {len(kway)} K-way rows, {len(sft)} SFT rows from {len(train)} prompts x {cfg.k} "
+          f"samples (all pass: {stats['dropped_all_pass']}, all fail: {stats['dropped_all_fail']}); "
+          f"{new_tokens} tokens in {elapsed:.0f}s = {summary['tokens_per_second']} tok/s")
+    if cfg.base_pass_rate:
+        print(f"held-out greedy pass rate: {summary['heldout_greedy_pass_rate']['pass_rate']:.3f} "
+              f"on {len(heldout)} prompts")
+    print(f"wrote {cfg.output_dir}/verifiable_{{prefs,kway,sft,heldout}}.jsonl and verifiable_summary.json")
+    return 0
+
+
+def _write_outputs(cfg: VerifiablePrefsConfig, pairs: list[dict], kway: list[dict], sft: list[dict],
+                   heldout: list[dict], scored: list[dict], summary: dict[str, Any]) -> None:
     # Everything is computed before the first write, and each file is replaced atomically.
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "verifiable_prefs.jsonl", _jsonl(pairs))
     write_atomic(out / "verifiable_kway.jsonl", _jsonl(kway))
     write_atomic(out / "verifiable_sft.jsonl", _jsonl(sft))
     write_atomic(out / "verifiable_heldout.jsonl", _jsonl(heldout))
-    if args.samples_out:
-        Path(args.samples_out).parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(Path(args.samples_out), _jsonl(scored))
+    if cfg.samples_out:
+        write_atomic(Path(cfg.samples_out), _jsonl(scored))
     write_atomic(out / "verifiable_summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    print(f"{len(pairs)} pairs, {len(kway)} K-way rows, {len(sft)} SFT rows from {len(train)} prompts x {args.k} samples "
-          f"(all pass: {stats['dropped_all_pass']}, all fail: {stats['dropped_all_fail']}); "
-          f"{new_tokens} tokens in {elapsed:.0f}s = {summary['tokens_per_second']} tok/s")
-    if args.base_pass_rate:
-        print(f"held-out greedy pass rate: {summary['heldout_greedy_pass_rate']['pass_rate']:.3f} "
-              f"on {len(heldout)} prompts")
-    print(f"wrote {out}/verifiable_{{prefs,kway,sft,heldout}}.jsonl and verifiable_summary.json")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
