@@ -512,7 +512,7 @@ def run(a) -> int:
 def _run(a, workdir: Path, model: str) -> int:
     import trl
 
-    from alignkit.data.rows import DataError
+    from alignkit.errors import DataError
 
     if a.data:
         data = str(Path(a.data).resolve())

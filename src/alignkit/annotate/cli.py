@@ -224,14 +224,15 @@ def users_list(cfg) -> int:
 
 
 def import_items(cfg) -> int:
-    from alignkit.annotate.ingest import ImportFileError, import_file
+    from alignkit.annotate.ingest import import_file
+    from alignkit.errors import DataError
 
     db = _open(cfg)
     if cfg.redundancy is not None and cfg.redundancy < 1:
         raise _user_error(f"--redundancy {cfg.redundancy}: expected >= 1")
     try:
         r = import_file(db, cfg.file, redundancy=cfg.redundancy, pairs=cfg.pairs, degenerate=cfg.degenerate)
-    except ImportFileError as exc:
+    except DataError as exc:
         raise _user_error(f"{exc}\nnothing was imported") from None
     skipped = ", ".join(f"{v} {k}" for k, v in r.degenerate.items() if v) or "none"
     _say(f"{cfg.file}: {r.rows} rows -> {r.added} new items (redundancy {r.redundancy}); "

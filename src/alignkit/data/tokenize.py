@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from alignkit.config import StrictModel
-from alignkit.data.rows import DataError, Example, Messages, Text, text_of
+from alignkit.data.rows import Example, Messages, Text, text_of
+from alignkit.errors import DataError
 
 
 class TemplateError(DataError):

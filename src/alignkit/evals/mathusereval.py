@@ -72,7 +72,8 @@ class MathUserEvalConfig(StrictModel):
 
 def read_questions(path: str, limit: int | None = None) -> list[dict[str, Any]]:
     """Validated rows with ``id`` filled in; errors name file:line:field (nothing is written)."""
-    from alignkit.generate.jsonl import RecordError, read_jsonl, require_str
+    from alignkit.errors import DataError
+    from alignkit.generate.jsonl import read_jsonl, require_str
 
     rows, seen = [], {}
     for n, (line, row) in enumerate(read_jsonl(path)):
@@ -82,10 +83,10 @@ def read_questions(path: str, limit: int | None = None) -> list[dict[str, Any]]:
         if "response" in row:
             require_str(row, "response", where, allow_empty=True)
         if "answer" in row and (isinstance(row["answer"], bool) or not isinstance(row["answer"], str | int | float)):
-            raise RecordError(f"{where}: field 'answer': expected a string or a number")
+            raise DataError(f"{where}: field 'answer': expected a string or a number")
         qid = str(row.get("question_id", row.get("id", n)))
         if qid in seen:
-            raise RecordError(f"{where}: field 'question_id': duplicate id {qid!r} (first on line {seen[qid]})")
+            raise DataError(f"{where}: field 'question_id': duplicate id {qid!r} (first on line {seen[qid]})")
         seen[qid] = line
         rows.append({**row, "id": qid})
     return rows[:limit] if limit else rows

@@ -70,9 +70,9 @@ def generate(cfg: GenerateConfig) -> int:
 
     from rich.console import Console
 
-    from alignkit.errors import UserError
+    from alignkit.errors import DataError, UserError
     from alignkit.generate.engine import GenerationError, SamplingParams
-    from alignkit.generate.jsonl import RecordError, check_prompt, read_jsonl, write_jsonl_atomic
+    from alignkit.generate.jsonl import check_prompt, read_jsonl, write_jsonl_atomic
 
     if cfg.n > 1 and cfg.temperature == 0.0:
         raise UserError(
@@ -83,10 +83,10 @@ def generate(cfg: GenerateConfig) -> int:
     for line, row in records:
         where = f"{cfg.prompts}:{line}"
         if "prompt" not in row:
-            raise RecordError(f"{where}: field 'prompt': missing")
+            raise DataError(f"{where}: field 'prompt': missing")
         prompts.append(check_prompt(row["prompt"], where))
         if "completions" in row:
-            raise RecordError(f"{where}: field 'completions': already present; refusing to overwrite it")
+            raise DataError(f"{where}: field 'completions': already present; refusing to overwrite it")
     params = SamplingParams(
         max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,

@@ -111,17 +111,17 @@ def make_pairs(cfg: PairsConfig) -> int:
 
     from rich.console import Console
 
-    from alignkit.errors import UserError
-    from alignkit.generate.jsonl import RecordError, read_jsonl, write_jsonl_atomic
+    from alignkit.errors import DataError, UserError
+    from alignkit.generate.jsonl import read_jsonl, write_jsonl_atomic
     from alignkit.judge.pairs import build_pairs
 
     rows = []
     for line, row in read_jsonl(cfg.input):
         for key in ("id", "prompt_id", "prompt", "response", "status"):
             if key not in row:
-                raise RecordError(f"{cfg.input}:{line}: field '{key}': missing (is this `longreward score` output?)")
+                raise DataError(f"{cfg.input}:{line}: field '{key}': missing (is this `longreward score` output?)")
         if row["status"] == "scored" and not isinstance(row.get("reward"), int | float):
-            raise RecordError(f"{cfg.input}:{line}: field 'reward': a scored row needs a numeric reward")
+            raise DataError(f"{cfg.input}:{line}: field 'reward': a scored row needs a numeric reward")
         rows.append(row)
     try:
         pairs, kway, stats = build_pairs(rows, min_scored=cfg.min_scored, prompt_format=cfg.prompt_format)

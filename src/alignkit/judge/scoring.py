@@ -30,7 +30,8 @@ class LongRewardScoreConfig(StrictModel):
 
 def read_response_rows(path: str) -> list[dict]:
     """Rows to score: id, prompt_id, context, query, response (strings; the response may be empty)."""
-    from alignkit.generate.jsonl import RecordError, read_jsonl, require_str
+    from alignkit.errors import DataError
+    from alignkit.generate.jsonl import read_jsonl, require_str
 
     out, seen = [], {}
     for line, row in read_jsonl(path):
@@ -41,10 +42,10 @@ def read_response_rows(path: str) -> list[dict]:
         for key in ("id", "prompt_id"):
             value = row.get(key)
             if isinstance(value, bool) or not isinstance(value, str | int):
-                raise RecordError(f"{where}: field '{key}': expected a string or an integer")
+                raise DataError(f"{where}: field '{key}': expected a string or an integer")
         rid = str(row["id"])
         if rid in seen:
-            raise RecordError(f"{where}: field 'id': duplicate id {rid!r} (first on line {seen[rid]})")
+            raise DataError(f"{where}: field 'id': duplicate id {rid!r} (first on line {seen[rid]})")
         seen[rid] = line
         out.append(row)
     return out

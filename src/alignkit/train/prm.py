@@ -30,7 +30,8 @@ import torch
 from pydantic import Field
 
 from alignkit.config import StrictModel
-from alignkit.data.rows import DataError, Example, read_rows
+from alignkit.data.rows import Example, read_rows
+from alignkit.errors import DataError
 from alignkit.train.loop import TrainConfig, Trainer
 from alignkit.train.run import (
     DataConfig,

@@ -23,7 +23,7 @@ from pydantic import Field
 from alignkit.config import StrictModel
 from alignkit.data.batching import by_completion, collate
 from alignkit.data.length_balance import DEFAULT_EDGES, balance_by_length, check_edges
-from alignkit.data.rows import DataError
+from alignkit.errors import DataError
 from alignkit.train.loop import TrainConfig, Trainer
 from alignkit.train.reward_eval import evaluate_pairs
 from alignkit.train.run import (
@@ -122,8 +122,9 @@ def collate_mixed(examples, pad_id: int) -> dict[str, torch.Tensor]:
 
 def load_unpaired(path: str, tokenizer, policy) -> tuple[list, dict[str, Any]]:
     """Tokenised unpaired rows whose label rides in ``rewards`` (for :func:`collate_mixed`)."""
-    from alignkit.data.rows import DataError, read_rows
+    from alignkit.data.rows import read_rows
     from alignkit.data.tokenize import tokenize_examples
+    from alignkit.errors import DataError
 
     rows = read_rows(path, "unpaired")
     label = {r.index: r.labels[0] for r in rows}

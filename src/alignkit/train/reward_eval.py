@@ -143,8 +143,9 @@ class RMEvalConfig(StrictModel):
 
 def eval_rm(cfg: RMEvalConfig) -> dict[str, Any]:
     """Score ``cfg.data`` with ``cfg.model``; returns the report (see the module docstring)."""
-    from alignkit.data.rows import DataError, read_rows
+    from alignkit.data.rows import read_rows
     from alignkit.data.tokenize import tokenize_examples
+    from alignkit.errors import DataError
     from alignkit.models import load_reward_model, load_tokenizer
     from alignkit.train.run import RewardForward
 

@@ -16,8 +16,9 @@ import torch
 from pydantic import Field
 
 from alignkit.config import StrictModel, dump_config
-from alignkit.data.rows import DataError, Example, RowKind, read_rows
+from alignkit.data.rows import Example, RowKind, read_rows
 from alignkit.data.tokenize import DataPolicy, DataSummary, TokenizedExample, tokenize_examples
+from alignkit.errors import DataError
 from alignkit.models import DEFAULT_MODEL
 
 
