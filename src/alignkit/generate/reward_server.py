@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from alignkit.data.records import ChatMessage
 from alignkit.generate.server import DEFAULT_MAX_BODY_BYTES, _bearer_auth, _error, _invalid_request, _respond
 from alignkit.httpguard import BodyLimit
 
@@ -31,16 +32,10 @@ SCORE_PATH = "/v1/rewards/score"
 MAX_ROWS = 256
 
 
-class _Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    role: str
-    content: str
-
-
 class ScoreRow(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    prompt: str | list[_Message]
-    completion: str | list[_Message]
+    prompt: str | list[ChatMessage]
+    completion: str | list[ChatMessage]
 
 
 class ScoreRequest(BaseModel):

@@ -33,24 +33,18 @@ import json
 import threading
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import Request  # at module level: FastAPI resolves the routes' string annotations here
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from alignkit.data.records import ChatMessage
 from alignkit.generate.batcher import BatchingQueue
 from alignkit.generate.engine import GenerationError, SamplingParams
 from alignkit.generate.streaming import TextDeltas
 from alignkit.httpguard import BodyLimit, is_loopback, send_json  # noqa: F401  (is_loopback re-exported)
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    role: Literal["system", "user", "assistant", "tool"]
-    content: str
 
 
 class ChatRequest(BaseModel):
