@@ -69,7 +69,7 @@ SPELLINGS = [
     ("eval seqa", ["--data", "d", "--voters", "3", "--eos-counts-as-end", "--kernel-temperature", "0.2"],
      {"voters": 3, "eos_counts_as_end": True, "kernel_temperature": 0.2}),
     ("longreward sample", ["--data", "d", "--out", "o", "--k", "4", "--top-p", "0.9", "--dtype", "bfloat16"],
-     {"data": "d", "k": 4, "top_p": 0.9, "dtype": "bfloat16"}),
+     {"data": "d", "k": 4, "top_p": 0.9, "dtype": "bf16"}),  # the old spelling reads as bf16
     ("longreward score", ["--in", "s.jsonl", "--out", "o.jsonl", "--judge", "openai:http://h/v1#m", "--cache",
                           "c.sqlite", "--concurrency", "3", "scorer.top_k=3", "judge.timeout=30"],
      {"input": "s.jsonl", "judge.spec": "openai:http://h/v1#m", "judge.cache": "c.sqlite",

@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from alignkit.config import StrictModel, dump_config
+from alignkit.config import Precision, StrictModel, dump_config
 from alignkit.judge.client import JudgeConfig
 from alignkit.judge.critique import DIMENSIONS, CritiqueConfig, CritiqueItem
 from alignkit.models import DEFAULT_MODEL
@@ -56,8 +56,9 @@ class MathUserEvalConfig(StrictModel):
     """Answer budget of the evaluated model."""
     batch_size: int = Field(default=8, ge=1)
     """Prompts per generation batch of the evaluated model."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Weights dtype of the evaluated model."""
+    dtype: Precision = "auto"
+    """Weights precision of the evaluated model; auto: bf16 where the hardware multiplies bf16 natively, else fp32
+    (float32/bfloat16: old spellings of fp32/bf16)."""
     device: str | None = None
     """cpu | cuda (null: the engine's default)."""
     backend: Literal["auto", "hf", "vllm"] = "auto"

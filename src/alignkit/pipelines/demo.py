@@ -22,10 +22,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from alignkit.atomic import write_atomic
-from alignkit.config import StrictModel
+from alignkit.config import Precision, StrictModel
 
 
 class DemoConfig(StrictModel):
@@ -59,7 +59,7 @@ class DemoConfig(StrictModel):
     """DPO beta."""
     nll_weight: float = 0.1
     """Weight of the NLL term on chosen responses during DPO."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Precision = "auto"
     """Training precision of SFT and DPO (auto: bf16 only where the hardware multiplies bf16 natively, else fp32)."""
     rl_steps: int = 2
     """GRPO steps with the verifier reward after DPO (0: no RL stage)."""

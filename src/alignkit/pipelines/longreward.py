@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from alignkit.config import ConfigError, StrictModel, dump_config
+from alignkit.config import ConfigError, Precision, StrictModel, dump_config
 from alignkit.data.records import read_objects
 from alignkit.data.tokenize import DataPolicy
 from alignkit.fingerprints import file_sha256, sha256_hex
@@ -75,7 +75,7 @@ class SamplingSection(StrictModel):
     """Prompt row i is sampled with seed SEED+i."""
     batch_size: int = Field(default=8, ge=1)
     """Sequences decoded together (sampling and evaluation)."""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Precision = "auto"
     """Policy dtype for generation (auto: bfloat16 where the hardware has native bf16, else float32)."""
     device: str | None = None
     """cpu | cuda | cuda:N (null: the backend's default)."""
