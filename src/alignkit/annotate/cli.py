@@ -102,8 +102,9 @@ class AnnotateServeConfig(DbConfig):
 class ExportConfig(DbConfig):
     """``alignkit annotate export``: majority-vote preference rows."""
 
-    out: str
+    output_file: str
     """Output JSONL file."""
+    renamed = {"out": "output_file"}
     min_labels: int = 1
     """Leave out items with fewer labels."""
     min_agreement: float = 0.0
@@ -270,11 +271,11 @@ def export_rows(cfg) -> int:
 
     db = _open(cfg)
     try:
-        r = export(db, cfg.out, min_labels=cfg.min_labels, min_agreement=cfg.min_agreement, meta=cfg.meta)
+        r = export(db, cfg.output_file, min_labels=cfg.min_labels, min_agreement=cfg.min_agreement, meta=cfg.meta)
     except ValueError as exc:
         raise _user_error(str(exc)) from None
     dropped = ", ".join(f"{v} {k}" for k, v in sorted(r.dropped.items())) or "none"
-    _say(f"wrote {r.written} preference rows to {cfg.out}; items left out: {dropped}")
+    _say(f"wrote {r.written} preference rows to {cfg.output_file}; items left out: {dropped}")
     return 0
 
 

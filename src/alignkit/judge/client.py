@@ -400,7 +400,7 @@ class JudgeConfig(StrictModel):
     """local:<model> (in-process) or openai:<base_url>#<model> (any OpenAI-compatible server)."""
     cache: str | bool = True
     """Persistent SQLite call cache: true = the command's default file (pipeline: <output_dir>/judge_cache.sqlite;
-    judge score: OUT.judge_cache.sqlite), a path = that file, false = none (a rerun repeats every call)."""
+    judge score: OUTPUT_FILE.judge_cache.sqlite), a path = that file, false = none (a rerun repeats every call)."""
     concurrency: int = Field(default=8, ge=1)
     """Judge calls in flight at once (threads); also how many a local judge can batch together."""
     max_retries: int = Field(default=5, ge=0)

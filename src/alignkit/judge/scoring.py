@@ -17,10 +17,11 @@ class LongRewardScoreConfig(StrictModel):
 
     input: str
     """Response rows (output of `longreward sample`)."""
-    out: str
+    output_file: str
     """Scored rows (JSONL, written atomically)."""
+    renamed = {"out": "output_file"}
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
-    """Which judge answers, and how it is called; judge.cache null = OUT.judge_cache.sqlite."""
+    """Which judge answers, and how it is called; judge.cache null = OUTPUT_FILE.judge_cache.sqlite."""
     scorer: LongRewardConfig = Field(default_factory=LongRewardConfig)
     """LongReward scorer settings (chunk sizes, top_k, attempts, ...)."""
 

@@ -137,8 +137,9 @@ class RMEvalConfig(StrictModel):
     """Edges of the |len(chosen) - len(rejected)| buckets, in tokens."""
     batch_size: int = 8
     """Pairs per forward pass."""
-    output: str | None = None
+    output_file: str | None = None
     """Also write the report to this JSON file, the resolved config beside it (null: print only)."""
+    renamed = {"output": "output_file"}
 
 
 def eval_rm(cfg: RMEvalConfig) -> dict[str, Any]:
@@ -159,9 +160,9 @@ def eval_rm(cfg: RMEvalConfig) -> dict[str, Any]:
     model = RewardForward(load_reward_model(cfg.model, device=device))
     report = evaluate_pairs(model, examples, tok.pad_token_id, cfg.batch_size, device, cfg.length_buckets)
     payload = {"command": "rm eval", "model": cfg.model, "data": cfg.data, "rows": summary.as_dict(), **report}
-    if cfg.output:
+    if cfg.output_file:
         from alignkit.atomic import write_atomic
 
-        Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(cfg.output, json.dumps(payload, indent=1, sort_keys=True))
+        Path(cfg.output_file).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(cfg.output_file, json.dumps(payload, indent=1, sort_keys=True))
     return payload
