@@ -171,8 +171,8 @@ def common_overrides(a, model: str, data: str, output_dir: str) -> list[str]:
     """alignkit settings shared by the TRL comparisons: model, data policy, optimizer, schedule, logging."""
     return [
         f"model.name_or_path={model}", f"model.gradient_checkpointing={str(a.gradient_checkpointing).lower()}",
-        f"data.train={data}", f"data.policy.max_length={a.max_length}",
-        f"data.policy.max_prompt_length={a.max_length - 1}",  # TRL has no prompt limit: keep any prompt that fits
+        f"data.train={data}", f"data.limits.max_length={a.max_length}",
+        f"data.limits.max_prompt_length={a.max_length - 1}",  # TRL has no prompt limit: keep any prompt that fits
         f"train.output_dir={output_dir}", f"train.seed={a.seed}", f"train.max_steps={a.steps}",
         f"train.batch_size={a.batch_size}", "train.grad_accum=1", f"train.lr={a.lr}", "train.weight_decay=0.0",
         f"train.adam_betas=[{a.adam_betas[0]}, {a.adam_betas[1]}]", f"train.adam_eps={a.adam_eps}",

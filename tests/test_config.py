@@ -164,3 +164,17 @@ def test_old_spellings_appear_in_the_generated_help():
 
     epilog = keys_epilog(PreferenceConfig)
     assert "train.tensorboard" in epilog and "Old spelling of ``train.report_to``" in epilog
+
+
+def test_data_policy_is_the_old_spelling_of_data_limits():
+    """``policy`` means the model being trained; the degenerate-row settings are ``data.limits``."""
+    from alignkit.train.reward_eval import RMEvalConfig
+    from alignkit.train.sft import SFTConfig
+
+    old = load_config(SFTConfig, None, ["data.train=x.jsonl", "data.policy.max_length=64"])
+    new = load_config(SFTConfig, None, ["data.train=x.jsonl", "data.limits.max_length=64"])
+    assert old == new and new.data.limits.max_length == 64
+    with pytest.raises(ConfigError, match="'policy' is the old spelling of 'limits'"):
+        load_config(SFTConfig, None, ["data.train=x.jsonl", "data.policy.max_length=64", "data.limits.max_length=8"])
+    rm = RMEvalConfig.model_validate({"model": "m", "data": "d", "policy": {"max_length": 64}})
+    assert rm.limits.max_length == 64

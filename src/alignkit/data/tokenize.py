@@ -28,7 +28,7 @@ class TemplateError(DataError):
 
 
 class DataPolicy(StrictModel):
-    """Lengths and the policy for degenerate rows (each case is counted in the run summary)."""
+    """Lengths, and what happens to degenerate rows (each case is counted in the run summary)."""
 
     max_length: int = 1024
     """Maximum prompt + completion tokens of one sequence."""

@@ -167,7 +167,7 @@ def train_rm(cfg: RMConfig, resume: bool = False) -> dict[str, Any]:
     train, balance = balance_train_pairs(train, cfg.data, cfg.train.seed)
     if not train:
         raise DataError(f"{cfg.data.train}: length balancing kept no pairs ({balance})")
-    unpaired, unpaired_summary = load_unpaired(cfg.data.unpaired, tok, cfg.data.policy) if cfg.data.unpaired else ([], None)
+    unpaired, unpaired_summary = load_unpaired(cfg.data.unpaired, tok, cfg.data.limits) if cfg.data.unpaired else ([], None)
     out = prepare_output(acc, cfg, cfg.train.output_dir)  # only once the data is known to be valid
     fwd = RewardForward(model.to(acc.device))
     evaluate = (lambda m: evaluate_pairs(acc.unwrap_model(m), evals, tok.pad_token_id, cfg.train.batch_size,

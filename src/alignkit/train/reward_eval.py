@@ -131,15 +131,15 @@ class RMEvalConfig(StrictModel):
     """Reward-model directory (the output_dir of ``alignkit rm``)."""
     data: str
     """Preference pairs to score (prompt/chosen/rejected; any format ``alignkit rm`` reads)."""
-    policy: DataPolicy = Field(default_factory=DataPolicy)
-    """Lengths and degenerate-row policy (as in training)."""
+    limits: DataPolicy = Field(default_factory=DataPolicy)
+    """Lengths and what happens to degenerate rows (as ``data.limits`` in training)."""
     length_buckets: list[int] = Field(default_factory=lambda: list(DEFAULT_EDGES))
     """Edges of the |len(chosen) - len(rejected)| buckets, in tokens."""
     batch_size: int = 8
     """Pairs per forward pass."""
     output_file: str | None = None
     """Also write the report to this JSON file, the resolved config beside it (null: print only)."""
-    renamed = {"output": "output_file"}
+    renamed = {"policy": "limits", "output": "output_file"}
 
 
 def eval_rm(cfg: RMEvalConfig) -> dict[str, Any]:
@@ -153,7 +153,7 @@ def eval_rm(cfg: RMEvalConfig) -> dict[str, Any]:
     check_edges(cfg.length_buckets)
     rows = read_rows(cfg.data, "preference")
     tok = load_tokenizer(cfg.model)
-    examples, summary = tokenize_examples(rows, tok, cfg.policy, pairwise=True)
+    examples, summary = tokenize_examples(rows, tok, cfg.limits, pairwise=True)
     if not examples:
         raise DataError(f"{cfg.data}: no pairs left after the data policy ({summary.as_dict()})")
     device = "cuda" if torch.cuda.is_available() else "cpu"
