@@ -3,6 +3,9 @@
 Every recipe config is a :class:`StrictModel`. Unknown keys, duplicate YAML keys and wrong
 types are errors at load time (never a silent default). ``load_config`` is the one entry
 point: ``load_config(DPOConfig, "recipe.yaml", ["train.lr=1e-6", "loss.beta=0.2"])``.
+
+Also here, because every config uses them: :class:`Renamed`, the one way an old key spelling keeps
+working, and :data:`Precision`, the one type of every precision/dtype field.
 """
 
 from __future__ import annotations
