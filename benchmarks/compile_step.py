@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from common import default_pairs, dpo_overrides
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dpo_vs_trl import alignkit_overrides, default_pairs  # noqa: E402
 
 
 def main() -> None:
@@ -62,7 +61,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "pairs.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in default_pairs(4 * args.steps)))
-        overrides = alignkit_overrides(settings, resolve_model_path("smollm2-135m-instruct"), str(data), f"{tmp}/out")
+        overrides = dpo_overrides(settings, resolve_model_path("smollm2-135m-instruct"), str(data), f"{tmp}/out")
         print(f"load average {os.getloadavg()[0]:.2f}, {args.threads} threads, torch {torch.__version__}")
         preference.train_preference(load_config(preference.PreferenceConfig, None, overrides))
 

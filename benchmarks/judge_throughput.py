@@ -28,20 +28,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 DIMENSIONS = ["helpfulness", "logicality", "faithfulness", "completeness", "clarity", "relevance"]
 
 
 def judge_prompts(tok, doc_tokens: list[int], calls_per_doc: int, answer_tokens: int) -> list[list[dict]]:
     """Chat prompts: per document, ``calls_per_doc`` calls sharing instructions + document."""
-    from dpo_vs_trl import doc_text
+    from common import doc_text
 
     cut = doc_text(tok)
     out = []

@@ -5,7 +5,7 @@
 For one decoder layer's seven ``F.linear`` (q, k, v, o, gate, up, down, in the model's (out, in)
 weight layout) at 512, 1,130 and 2,330 tokens (the short-pair, packed short-pair and long-pair step
 sizes of ``dpo_vs_trl.py``), forward + backward (input and weight gradients: 6 FLOPs per
-multiply-add), as a fraction of ``dpo_vs_trl.matmul_peak`` measured in the same invocation; and the
+multiply-add), as a fraction of ``common.matmul_peak`` measured in the same invocation; and the
 lm-head + float32 log-softmax, forward + backward, at 800 response positions. This is the ceiling for
 the 6N training-throughput figure: the gap between it and a whole training step is the work and
 overhead outside the linear layers.
@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dpo_vs_trl import best_seconds, matmul_peak  # noqa: E402
+from common import best_seconds, matmul_peak
 
 HIDDEN, INTER, KV, VOCAB = 576, 1536, 192, 49152
 LINEARS = [(HIDDEN, HIDDEN), (KV, HIDDEN), (KV, HIDDEN), (HIDDEN, HIDDEN), (INTER, HIDDEN), (INTER, HIDDEN),

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import torch
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dpo_vs_trl import best_seconds  # noqa: E402
+from common import best_seconds
 
 # SmolLM2-135M: tied embedding / lm-head, then 30 layers of q, k, v, o, gate, up, down (out, in), norms.
 SHAPES = [(49152, 576)] + [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536),

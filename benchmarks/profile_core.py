@@ -23,16 +23,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dpo_vs_trl import best_seconds, matmul_peak  # noqa: E402  (one definition of the peak for every benchmark)
+from common import best_seconds, matmul_peak  # one definition of the peak for every benchmark
 
 
 def model_flops(model, tokens: int, backward: bool) -> float:

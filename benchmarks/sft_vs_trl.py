@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """alignkit SFT vs TRL's ``SFTTrainer``, side by side, in one invocation.
 
-The companion of ``dpo_vs_trl.py`` (whose helpers it reuses): same model, same rows in the same
+The companion of ``dpo_vs_trl.py`` (sharing its helpers in ``common.py``): same model, same rows in the same
 order, same batch, precision, max length and optimizer (AdamW, constant LR, no warmup, no weight
 decay, same betas/eps/clipping), the loss on completion tokens only on both sides (alignkit's only
 mode; TRL's ``completion_only_loss``), each side in its own subprocess so that peak RSS is the
@@ -32,11 +32,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dpo_vs_trl import (  # noqa: E402
+from common import (
     PARITY_TOL,
     RunFailed,
-    _pin_threads,
     add_shared_args,
     common_overrides,
     default_pairs,
@@ -44,6 +42,7 @@ from dpo_vs_trl import (  # noqa: E402
     matmul_peak,
     median_after_first,
     n_params,
+    pin_threads,
     run_worker,
     time_trainer,
     trl_common_args,
@@ -53,7 +52,7 @@ from dpo_vs_trl import (  # noqa: E402
 
 def worker_alignkit(spec: dict) -> dict:
     """Train with ``alignkit.train.sft.train_sft``; instrumentation only wraps the step."""
-    _pin_threads(spec["threads"])
+    pin_threads(spec["threads"])
     from alignkit.config import load_config
     from alignkit.train import sft
 
@@ -70,7 +69,7 @@ def worker_alignkit(spec: dict) -> dict:
 
 def worker_trl(spec: dict) -> dict:
     """Train with TRL's SFTTrainer; a callback records step-end times and RSS."""
-    _pin_threads(spec["threads"])
+    pin_threads(spec["threads"])
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer

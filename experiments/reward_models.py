@@ -36,7 +36,7 @@ def _rm(out: Path, train: str, held: str, steps: int, extra=()):
 
     over = [f"model.name_or_path={MODEL}", f"data.train={train}", f"data.eval={held}", f"train.output_dir={out}", f"train.max_steps={steps}",
             "train.batch_size=8", "train.lr=3e-4", "train.progress=false", "train.report_to=[]",
-            "model.lora.r=16", "data.policy.max_length=256", *extra]
+            "model.lora.r=16", "data.limits.max_length=256", *extra]
     return train_rm(load_config(RMConfig, None, over))
 
 
@@ -84,7 +84,7 @@ def bon_experiment(out: Path, n_train: int, n_problems: int, n: int, steps: int,
     prm = train_prm(load_config(PRMConfig, None, [
         f"model.name_or_path={MODEL}", f"data.train={stepwise_path}", "data.eval_fraction=0.1", f"train.output_dir={out / 'prm'}",
         f"train.max_steps={steps}", "train.batch_size=8", "train.lr=3e-4", "train.progress=false",
-        "train.report_to=[]", "model.lora.r=16", "data.policy.max_length=256"]))
+        "train.report_to=[]", "model.lora.r=16", "data.limits.max_length=256"]))
     train_s = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
     engine = make_engine(MODEL, backend="hf", batch_size=32)

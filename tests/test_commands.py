@@ -69,7 +69,7 @@ SPELLINGS = [
     ("eval seqa", ["--data", "d", "--voters", "3", "--eos-counts-as-end", "--kernel-temperature", "0.2"],
      {"voters": 3, "eos_counts_as_end": True, "kernel_temperature": 0.2}),
     ("longreward sample", ["--data", "d", "--out", "o", "--k", "4", "--top-p", "0.9", "--dtype", "bfloat16"],
-     {"data": "d", "k": 4, "top_p": 0.9, "dtype": "bfloat16"}),
+     {"data": "d", "k": 4, "top_p": 0.9, "dtype": "bf16"}),  # the old spelling reads as bf16
     ("longreward score", ["--in", "s.jsonl", "--out", "o.jsonl", "--judge", "openai:http://h/v1#m", "--cache",
                           "c.sqlite", "--concurrency", "3", "scorer.top_k=3", "judge.timeout=30"],
      {"input": "s.jsonl", "judge.spec": "openai:http://h/v1#m", "judge.cache": "c.sqlite",
@@ -210,3 +210,30 @@ def test_top_level_help_imports_no_torch():
     code = ("import sys\nfrom alignkit.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "assert 'torch' not in sys.modules, 'alignkit --help imported torch'")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+OUTPUT_SPELLINGS = [  # (command, other required args, old flag, new key): one vocabulary, old flags kept
+    ("generate", ["--prompts", "p.jsonl"], "--out", "output_file"),
+    ("longreward sample", ["--data", "d"], "--out", "output_file"),
+    ("longreward score", ["--in", "s.jsonl"], "--out", "output_file"),
+    ("longreward pairs", ["--in", "s"], "--out", "output_file"),
+    ("annotate export", [], "--out", "output_file"),
+    ("eval build-mini", [], "--out", "output_dir"),
+    ("eval textgen", ["--data", "d"], "--output", "output_file"),
+    ("eval wed", ["--data", "d"], "--output", "output_file"),
+    ("eval seqa", ["--data", "d"], "--output", "output_file"),
+    ("rm eval", ["--model", "m", "--data", "d"], "--output", "output_file"),
+]
+
+
+@pytest.mark.parametrize("path, args, old, key", OUTPUT_SPELLINGS, ids=[o[0] for o in OUTPUT_SPELLINGS])
+def test_output_location_is_output_dir_or_output_file_and_old_flags_still_work(path, args, old, key):
+    from alignkit.config import ConfigError
+
+    new_flag = "--" + key.replace("_", "-")
+    by_old, _ = resolve(COMMANDS[path], [*args, old, "x.out"])
+    by_new, _ = resolve(COMMANDS[path], [*args, new_flag, "x.out"])
+    assert getattr(by_old, key) == getattr(by_new, key) == "x.out" and by_old == by_new
+    with pytest.raises(ConfigError, match="old spelling of '" + key + "': give one of them, not both"):
+        resolve(COMMANDS[path], [*args, old, "a", new_flag, "b"])
+    assert COMMANDS[path].save_to in (key, None)

@@ -69,12 +69,9 @@ USER_FACING_ERRORS = frozenset({
     "alignkit.errors.DataError",
     "alignkit.models.ModelError",
     "alignkit.generate.engine.GenerationError",
-    "alignkit.generate.jsonl.RecordError",
-    "alignkit.evals.longbench.DataError",
     "alignkit.pipelines.stages.PipelineError",
     "alignkit.train.loop.NonFiniteError",
     "alignkit.annotate.db.DatabaseError",
-    "alignkit.annotate.ingest.ImportFileError",
     "builtins.FileNotFoundError",
 })
 

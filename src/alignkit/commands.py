@@ -13,6 +13,7 @@ Precedence, lowest first: model defaults < ``--config`` YAML < flags < ``key.sub
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import re
 import sys
@@ -25,7 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from alignkit.config import describe_fields, dump_config, load_config, parse_value
+from alignkit.config import StrictModel, describe_fields, dump_config, load_config, parse_value
 
 _OVERRIDE_RE = re.compile(r"^[A-Za-z_][\w.]*=")
 
@@ -153,12 +154,26 @@ def flags_of(cls: type[BaseModel], prefix: str = "") -> list[Flag]:
             choices = [str(x) for x in typing.get_args(lits[0])]
         out.append(Flag(key, [option], kind, _accepts_text(item_ann), split=name not in whole,
                         choices=choices, help=_help_text(f, default), variadic=kind == "list" and name in variadic))
+    out.extend(_renamed_flags(cls, prefix, {fl.key: fl for fl in out}))
     if not prefix:
         by_key = {fl.key: fl for fl in out}
         for alias, target in getattr(cls, "cli_aliases", {}).items():
             if target not in by_key:
                 raise TypeError(f"{cls.__name__}.cli_aliases: {alias!r} -> {target!r} is not a flag of the model")
             by_key[target].options.append(alias)
+    return out
+
+
+def _renamed_flags(cls: type[BaseModel], prefix: str, made: dict[str, Flag]) -> list[Flag]:
+    """A flag for each old spelling (``renamed``) of a flag's key; it sets the old key, so giving both
+    spellings is the config's "not both" error rather than a silent last-one-wins."""
+    out = []
+    for old, r in (cls.renamings().items() if issubclass(cls, StrictModel) else ()):
+        target = made.get(prefix + r.new)
+        if target is not None and r.values is None:
+            option = "--" + (old.replace("_", "-") if not prefix else prefix + old)
+            out.append(dataclasses.replace(target, key=prefix + old, options=[option],
+                                           help=f"old spelling of {target.options[0]}"))
     return out
 
 

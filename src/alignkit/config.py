@@ -3,23 +3,68 @@
 Every recipe config is a :class:`StrictModel`. Unknown keys, duplicate YAML keys and wrong
 types are errors at load time (never a silent default). ``load_config`` is the one entry
 point: ``load_config(DPOConfig, "recipe.yaml", ["train.lr=1e-6", "loss.beta=0.2"])``.
+
+Also here, because every config uses them: :class:`Renamed`, the one way an old key spelling keeps
+working, and :data:`Precision`, the one type of every precision/dtype field.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, model_validator
 
 from alignkit.errors import ConfigError  # noqa: F401  (re-exported: config errors are raised here)
+
+OLD_PRECISION_SPELLINGS = {"float32": "fp32", "bfloat16": "bf16"}
+"""Declared aliases: the torch dtype names that inference ``dtype`` fields used to take."""
+Precision = Annotated[Literal["auto", "fp32", "bf16", "float32", "bfloat16"],
+                      AfterValidator(lambda v: OLD_PRECISION_SPELLINGS.get(v, v))]
+"""The one precision type of every config: training ``precision`` and inference ``dtype`` fields alike.
+``auto`` resolves by capability (:func:`alignkit.precision.resolve_precision`); ``float32``/``bfloat16``
+are read as ``fp32``/``bf16``. fp16 is not offered (training in it needs loss scaling, which alignkit
+does not do; the vLLM rollout engine's own ``rollout.vllm_dtype`` still takes float16)."""
+
+
+@dataclass(frozen=True)
+class Renamed:
+    """The old spelling of a key, declared on the model that owns the key (``renamed = {"out":
+    Renamed("output_dir")}``): it keeps loading, means the same as the new key, is listed in ``--help``
+    and the docs' config tables, and giving both spellings at once is an error.
+
+    ``values`` maps old values to new ones where the meaning moved with the name (``tensorboard: true``
+    -> ``report_to: [tensorboard]``); any other old value is refused.
+    """
+
+    new: str
+    values: tuple[tuple[Any, Any], ...] | None = None
+
+    def convert(self, old: str, value: Any) -> Any:
+        if self.values is None:
+            return value
+        for before, after in self.values:
+            if type(before) is type(value) and before == value:
+                return after
+        allowed = ", ".join(json.dumps(b) for b, _ in self.values)
+        raise ValueError(f"'{old}' (the old spelling of '{self.new}'): expected one of {allowed}, got {value!r}")
+
+    def describe(self, prefix: str, old: str) -> str:
+        if self.values is None:
+            return f"Old spelling of ``{prefix}{self.new}`` (still read; give one of the two, not both)."
+        pairs = "; ".join(f"``{old}: {json.dumps(b)}`` = ``{self.new}: {json.dumps(a)}``" for b, a in self.values)
+        return f"Old spelling of ``{prefix}{self.new}`` (still read; not together with it): {pairs}."
 
 
 class StrictModel(BaseModel):
     """Base for every config section: unknown keys and type mismatches are rejected.
+
+    A model may declare ``renamed`` (old key -> :class:`Renamed` or the new key's name): the one way
+    an old spelling keeps working (see :class:`Renamed`).
 
     A model used as a command's config (see :mod:`alignkit.commands`) may declare, as class
     attributes: ``cli_aliases`` (extra flag spellings -> dotted key, e.g. ``{"--in": "input"}``),
@@ -28,10 +73,37 @@ class StrictModel(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, use_attribute_docstrings=True)
+    renamed: ClassVar[dict[str, Renamed | str]] = {}
     cli_aliases: ClassVar[dict[str, str]] = {}
     cli_positional: ClassVar[tuple[str, ...]] = ()
     cli_whole: ClassVar[tuple[str, ...]] = ()
     cli_variadic: ClassVar[tuple[str, ...]] = ()  # list fields whose flag takes several values at once
+
+    @classmethod
+    def renamings(cls) -> dict[str, Renamed]:
+        """``renamed`` with every entry as a :class:`Renamed`."""
+        return {old: r if isinstance(r, Renamed) else Renamed(r) for old, r in cls.renamed.items()}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_spellings(cls, data: Any) -> Any:
+        if not cls.renamed or not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for old, r in cls.renamings().items():
+            if old not in data:
+                continue
+            if r.new in data:
+                raise ValueError(f"'{old}' is the old spelling of '{r.new}': give one of them, not both")
+            data[r.new] = r.convert(old, data.pop(old))
+        return data
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        for old, r in cls.renamings().items():
+            if old in cls.model_fields or r.new not in cls.model_fields:
+                raise TypeError(f"{cls.__name__}.renamed: {old!r} -> {r.new!r} must map an unused key to a field")
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -178,6 +250,8 @@ def describe_fields(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, s
         if len(default) > 40:
             default = default[:37] + "..."
         rows.append((key, default, (f.description or "").strip()))
+    if issubclass(cls, StrictModel):
+        rows.extend((f"{prefix}{old}", "", r.describe(prefix, old)) for old, r in cls.renamings().items())
     return rows
 
 

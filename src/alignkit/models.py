@@ -153,17 +153,18 @@ def load_tokenizer(name_or_path: str):
 def load_causal_lm(name_or_path: str, dtype: str = "float32", device: str = "cpu", trainable: bool = False):
     """Load a causal LM in ``dtype`` on ``device``; eval mode and frozen unless ``trainable``.
 
-    ``dtype="auto"``: bfloat16 where the device multiplies bf16 natively, else float32
-    (:mod:`alignkit.precision`; the choice is printed).
+    ``dtype`` is a torch dtype name or a config precision (``auto``/``fp32``/``bf16``); ``auto``: bfloat16
+    where the device multiplies bf16 natively, else float32 (:mod:`alignkit.precision`; the choice is printed).
     """
     import torch
     from transformers import AutoModelForCausalLM
 
-    if dtype == "auto":
+    if dtype in ("auto", "fp32", "bf16"):
         from alignkit.precision import announce, resolve_precision
 
-        choice = resolve_precision("auto", device)
-        announce(choice, f"{name_or_path} weights")
+        choice = resolve_precision(dtype, device)
+        if dtype == "auto":
+            announce(choice, f"{name_or_path} weights")
         dtype = choice.dtype
 
     try:

@@ -23,8 +23,7 @@ from typing import Literal
 
 import torch
 
-Precision = Literal["auto", "fp32", "bf16"]
-DType = Literal["auto", "float32", "bfloat16", "float16"]
+from alignkit.config import Precision  # noqa: F401  (the one precision type; torch-free, so it lives in alignkit.config)
 
 _CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 PROBE_ENV = "ALIGNKIT_PRECISION_PROBE"

@@ -8,7 +8,8 @@ from sqlalchemy import func, select
 
 from alignkit.annotate import db as schema
 from alignkit.annotate.db import create_database
-from alignkit.annotate.ingest import ImportFileError, import_file
+from alignkit.annotate.ingest import import_file
+from alignkit.errors import DataError
 
 MSGS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}]
 
@@ -76,7 +77,7 @@ def test_degenerate_pairs_skip_or_error(db, tmp_path):
     assert r.degenerate == {"identical": 1, "empty": 3}
     assert r.added == 1  # the two (same, other) pairs are one pair
     assert r.duplicates == 1
-    with pytest.raises(ImportFileError, match=r"p.jsonl:1: .*identical.*degenerate"):
+    with pytest.raises(DataError, match=r"p.jsonl:1: .*identical.*degenerate"):
         import_file(db, f, degenerate="error")
 
 
@@ -105,7 +106,7 @@ def test_malformed_row_names_line_and_field_and_imports_nothing(db, tmp_path, ba
     good = json.dumps({"prompt": "fine", "responses": ["ok 1", "ok 2"]})
     f = tmp_path / "bad.jsonl"
     f.write_text(f"{good}\n\n{good.replace('fine', 'fine too')}\n{bad}\n{good}\n", encoding="utf-8")
-    with pytest.raises(ImportFileError, match=message) as err:
+    with pytest.raises(DataError, match=message) as err:
         import_file(db, f)
     assert "bad.jsonl:4:" in str(err.value)  # the blank line still counts
     with db.read() as conn:
@@ -115,11 +116,11 @@ def test_malformed_row_names_line_and_field_and_imports_nothing(db, tmp_path, ba
 def test_bad_encoding_empty_and_missing_file(db, tmp_path):
     f = tmp_path / "latin.jsonl"
     f.write_bytes(b'{"prompt": "caf\xe9", "responses": ["a", "b"]}\n')
-    with pytest.raises(ImportFileError, match="latin.jsonl:1: not valid UTF-8"):
+    with pytest.raises(DataError, match="latin.jsonl:1: not valid UTF-8"):
         import_file(db, f)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n\n")
-    with pytest.raises(ImportFileError, match="no rows"):
+    with pytest.raises(DataError, match="no rows"):
         import_file(db, empty)
-    with pytest.raises(ImportFileError, match="not found"):
+    with pytest.raises(DataError, match="not found"):
         import_file(db, tmp_path / "nope.jsonl")

@@ -14,7 +14,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "dpo_vs_trl.py"
 
 
 def _load(script: Path):
-    """Import a benchmark script as a module (its directory on sys.path, for ``from dpo_vs_trl import``)."""
+    """Import a benchmark script as a module (its directory on sys.path while it loads, as when run as a script, for ``from common import``)."""
     import sys
 
     sys.path.insert(0, str(script.parent))
@@ -183,3 +183,23 @@ def test_sft_benchmark_end_to_end_on_a_tiny_random_model(embedded_tokenizer, tmp
     ak, trl = res["alignkit"]["steps"], res["trl"]["steps"]
     assert len(ak) == len(trl) == 2 and abs(ak[0]["loss"] - trl[0]["loss"]) < 1e-3
     assert res["alignkit"]["peak_rss_kb"] > 0 and res["trl"]["peak_rss_kb"] > 0
+
+
+def test_scripts_import_the_shared_helpers_from_common_not_from_each_other():
+    """One home for the shared helpers: no script edits sys.path or imports another script."""
+    import re
+
+    for script in sorted(SCRIPT.parent.glob("*.py")):
+        text = script.read_text()
+        assert "sys.path.insert" not in text, script.name
+        assert not re.search(r"^\s*from (dpo_vs_trl|sft_vs_trl|profile_core) import", text, re.M), script.name
+
+
+def test_common_helpers(bench):
+    """``best_seconds`` takes the fastest call after a warmup; ``matmul_peak`` is a positive TFLOP/s figure."""
+    common = _load(SCRIPT.with_name("common.py"))
+    calls = []
+    assert common.best_seconds(lambda: calls.append(1), reps=3) >= 0.0 and len(calls) == 4
+    assert common.best_seconds(lambda: calls.append(1), reps=2, warmup=False) >= 0.0 and len(calls) == 6
+    assert common.matmul_peak("fp32", reps=1) > 0
+    assert bench.matmul_peak.__module__ == "common"  # dpo_vs_trl uses the shared one

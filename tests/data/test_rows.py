@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from alignkit.data.rows import DataError, read_rows
+from alignkit.data.rows import read_rows
+from alignkit.errors import DataError
 
 
 def _write(tmp_path, lines, name="d.jsonl"):

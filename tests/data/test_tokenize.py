@@ -3,7 +3,7 @@
 import pytest
 
 from alignkit.data.batching import by_completion, collate
-from alignkit.data.rows import DataError, Example
+from alignkit.data.rows import Example
 from alignkit.data.tokenize import (
     ChatTokenizer,
     DataPolicy,
@@ -11,6 +11,7 @@ from alignkit.data.tokenize import (
     template_parity_report,
     tokenize_examples,
 )
+from alignkit.errors import DataError
 
 USER = [{"role": "user", "content": "What is 2+2?"}]
 

@@ -183,7 +183,7 @@ def test_compare_marks_and_strict_refuses_incomparable_numbers(tokenizer, longbe
 def test_mini_run_on_tiny_model_and_resume(tiny_lm, tmp_path):
     model, tok = tiny_lm
     cfg = EvalConfig(model="tiny", tasks=["mini_kv_retrieval", "mini_passage_count"], lengths=["200", "300"],
-                     output_dir=str(tmp_path / "mini"))  # fmt: skip
+                     output_dir=str(tmp_path / "mini"), dtype="fp32")  # fmt: skip  (the engine here is fp32)
     res = run_eval(cfg, engine=HFEngine(model, tok, batch_size=2), progress=False)
     assert [s["length_bucket"] for s in res["samples"]] == ["200", "300", "200", "300"]
     assert set(res["aggregates"]["length_curve"]) == {"200", "300"}

@@ -89,14 +89,14 @@ def test_oversized_request_is_413(server):
 @pytest.mark.parametrize(
     "body, status, param",
     [
-        ({"model": "tiny", "messages": []}, 422, "messages"),
-        ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "n": 0}, 422, "n"),
+        ({"model": "tiny", "messages": []}, 400, "messages"),
+        ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "n": 0}, 400, "n"),
         (
             {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"},
-            422,
+            400,
             "temperature",
         ),
-        ({"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}, 422, "messages.0.role"),
+        ({"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}, 400, "messages.0.role"),
         ({"model": "other", "messages": [{"role": "user", "content": "x"}]}, 404, "model"),
         (
             {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "stream": True, "logprobs": True},
@@ -116,10 +116,13 @@ def test_oversized_request_is_413(server):
     ],
 )
 def test_invalid_requests_are_rejected(server, body, status, param):
+    """Malformed fields are 400 invalid_request_error, as OpenAI and vLLM answer them (not FastAPI's 422)."""
     with _client(server) as c:
         r = c.post("/v1/chat/completions", json=body)
         assert r.status_code == status, r.text
         assert r.json()["error"]["param"] == param
+        if status == 400:
+            assert r.json()["error"]["type"] == "invalid_request_error"
 
 
 def test_malformed_json_is_rejected(server):
@@ -129,7 +132,22 @@ def test_malformed_json_is_rejected(server):
             content=b'{"model": "tiny", "messages": [',
             headers={"content-type": "application/json"},
         )
-        assert r.status_code == 422
+        assert r.status_code == 400
+        assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_invalid_request_raises_bad_request_error_in_the_official_openai_client(server):
+    """The SDK maps status codes to exception types: a malformed field must surface as BadRequestError."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=60)
+    for bad in ({"n": 0}, {"temperature": "hot"}):
+        with pytest.raises(openai.BadRequestError) as exc:
+            client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}], **bad)
+        assert exc.value.status_code == 400 and exc.value.body["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model="tiny", messages=[{"role": "wizard", "content": "x"}])
+    assert exc.value.body["param"] == "messages.0.role"
 
 
 def test_alignkit_judge_client_talks_to_alignkit_serve(server, monkeypatch):

@@ -1,4 +1,4 @@
-"""``alignkit serve --reward-model`` as a real process, over real HTTP: scores, 401, 413, 422, client."""
+"""``alignkit serve --reward-model`` as a real process, over real HTTP: scores, 400, 401, 413, client."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def test_scores_match_the_local_scorer_and_client(server, rm_dir):
     assert httpx.get(f"{server}/health").json()["kind"] == "rm"  # health needs no key
 
 
-def test_401_413_422(server):
+def test_400_401_413(server):
     from alignkit.generate.reward_server import RemoteScoreError, score_remote
 
     for headers in ({}, {"Authorization": "Bearer wrong"}):
@@ -60,8 +60,8 @@ def test_401_413_422(server):
     big = [{"prompt": "x" * 25000, "completion": "y"}]
     auth = {"Authorization": f"Bearer {KEY}"}
     assert httpx.post(f"{server}/v1/rewards/score", json={"rows": big}, headers=auth).status_code == 413
-    assert httpx.post(f"{server}/v1/rewards/score", json={"rows": []}, headers=auth).status_code == 422
-    assert httpx.post(f"{server}/v1/rewards/score", json={"rows": [{"prompt": "q"}]}, headers=auth).status_code == 422
+    assert httpx.post(f"{server}/v1/rewards/score", json={"rows": []}, headers=auth).status_code == 400
+    assert httpx.post(f"{server}/v1/rewards/score", json={"rows": [{"prompt": "q"}]}, headers=auth).status_code == 400
     with pytest.raises(RemoteScoreError, match="HTTP 401"):
         score_remote(server, ROWS, api_key="wrong")
 

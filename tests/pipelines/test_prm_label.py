@@ -8,7 +8,7 @@ import pytest
 from reward_fakes import RuleEngine
 
 from alignkit.config import load_config
-from alignkit.data.rows import DataError
+from alignkit.errors import DataError
 from alignkit.pipelines.prm_label import PRMLabelConfig, label_steps
 
 GOOD = ["7 + 5 = 12", "12 × 3 = 36", "The answer is 36."]

@@ -63,7 +63,7 @@ def test_one_step_kway(tmp_path, tiny_model_dir, loss):
 
 
 def test_kway_rows_refused_for_pair_loss(tmp_path, tiny_model_dir):
-    from alignkit.data.rows import DataError
+    from alignkit.errors import DataError
     from alignkit.train.preference import train_preference
 
     data = write_jsonl(tmp_path / "k.jsonl", make_kway(2))
@@ -241,7 +241,7 @@ def test_reference_cache_reused_and_invalidated(tmp_path, tiny_model_dir):
 
 
 def test_everything_dropped_is_a_clear_error(tmp_path, tiny_model_dir):
-    from alignkit.data.rows import DataError
+    from alignkit.errors import DataError
 
     data = write_jsonl(tmp_path / "p.jsonl", make_pairs(3))
     with pytest.raises(DataError, match=r"no training rows left after the data policy \(\{'rows': 3, 'kept': 0, "

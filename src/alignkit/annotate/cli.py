@@ -102,8 +102,9 @@ class AnnotateServeConfig(DbConfig):
 class ExportConfig(DbConfig):
     """``alignkit annotate export``: majority-vote preference rows."""
 
-    out: str
+    output_file: str
     """Output JSONL file."""
+    renamed = {"out": "output_file"}
     min_labels: int = 1
     """Leave out items with fewer labels."""
     min_agreement: float = 0.0
@@ -224,14 +225,15 @@ def users_list(cfg) -> int:
 
 
 def import_items(cfg) -> int:
-    from alignkit.annotate.ingest import ImportFileError, import_file
+    from alignkit.annotate.ingest import import_file
+    from alignkit.errors import DataError
 
     db = _open(cfg)
     if cfg.redundancy is not None and cfg.redundancy < 1:
         raise _user_error(f"--redundancy {cfg.redundancy}: expected >= 1")
     try:
         r = import_file(db, cfg.file, redundancy=cfg.redundancy, pairs=cfg.pairs, degenerate=cfg.degenerate)
-    except ImportFileError as exc:
+    except DataError as exc:
         raise _user_error(f"{exc}\nnothing was imported") from None
     skipped = ", ".join(f"{v} {k}" for k, v in r.degenerate.items() if v) or "none"
     _say(f"{cfg.file}: {r.rows} rows -> {r.added} new items (redundancy {r.redundancy}); "
@@ -269,11 +271,11 @@ def export_rows(cfg) -> int:
 
     db = _open(cfg)
     try:
-        r = export(db, cfg.out, min_labels=cfg.min_labels, min_agreement=cfg.min_agreement, meta=cfg.meta)
+        r = export(db, cfg.output_file, min_labels=cfg.min_labels, min_agreement=cfg.min_agreement, meta=cfg.meta)
     except ValueError as exc:
         raise _user_error(str(exc)) from None
     dropped = ", ".join(f"{v} {k}" for k, v in sorted(r.dropped.items())) or "none"
-    _say(f"wrote {r.written} preference rows to {cfg.out}; items left out: {dropped}")
+    _say(f"wrote {r.written} preference rows to {cfg.output_file}; items left out: {dropped}")
     return 0
 
 

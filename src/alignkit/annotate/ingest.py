@@ -39,8 +39,6 @@ DegeneratePolicy = Literal["skip", "error"]
 _TEXT_KEYS = {"prompt", "responses", "completions", "chosen", "rejected"}
 
 
-ImportFileError = DataError  # the one bad-input error (file, line, field); the old name stays importable
-
 
 @dataclass
 class _Pair:
@@ -83,17 +81,17 @@ def pair_key(prompt: Any, first: Any, second: Any) -> str:
 def _pairs_from_row(row: Any, where: str, pairs: Pairing, policy: DegeneratePolicy,
                     report: ImportReport) -> list[_Pair]:
     if not isinstance(row, dict):
-        raise ImportFileError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
     prompt = _check_text(row, "prompt", where)
     if not text_content(prompt).strip():
-        raise ImportFileError(f"{where}: field 'prompt': empty")
+        raise DataError(f"{where}: field 'prompt': empty")
     extra = {k: v for k, v in row.items() if k not in _TEXT_KEYS}
     if "responses" in row and "completions" in row:
-        raise ImportFileError(f"{where}: field 'completions': give either 'responses' or 'completions', not both")
+        raise DataError(f"{where}: field 'completions': give either 'responses' or 'completions', not both")
     list_key = "completions" if "completions" in row else "responses"
     has_pref = "chosen" in row or "rejected" in row
     if list_key in row and has_pref:
-        raise ImportFileError(f"{where}: field '{list_key}': give either '{list_key}' or 'chosen'/'rejected', not both")
+        raise DataError(f"{where}: field '{list_key}': give either '{list_key}' or 'chosen'/'rejected', not both")
     if has_pref:
         responses = [_check_text(row, "chosen", where), _check_text(row, "rejected", where)]
         names = ["chosen", "rejected"]
@@ -102,7 +100,7 @@ def _pairs_from_row(row: Any, where: str, pairs: Pairing, policy: DegeneratePoli
     elif list_key in row:
         raw = row[list_key]
         if not isinstance(raw, list) or len(raw) < 2:
-            raise ImportFileError(f"{where}: field '{list_key}': expected a list of at least 2 responses")
+            raise DataError(f"{where}: field '{list_key}': expected a list of at least 2 responses")
         names = [f"{list_key}[{j}]" for j in range(len(raw))]
         responses = [_check_text(row, list_key, where, names[j], r) for j, r in enumerate(raw)]
         n = len(responses)
@@ -111,13 +109,13 @@ def _pairs_from_row(row: Any, where: str, pairs: Pairing, policy: DegeneratePoli
         else:
             index_pairs = [(i, i + 1) for i in range(n - 1)]
     else:
-        raise ImportFileError(f"{where}: field 'responses': missing (or give 'chosen' and 'rejected')")
+        raise DataError(f"{where}: field 'responses': missing (or give 'chosen' and 'rejected')")
     if isinstance(prompt, list):
         responses = [[{"role": "assistant", "content": r}] if isinstance(r, str) else r for r in responses]
     else:
         for k, r in enumerate(responses):
             if isinstance(r, list):
-                raise ImportFileError(f"{where}: field '{names[k]}': a message list needs a message-list prompt "
+                raise DataError(f"{where}: field '{names[k]}': a message list needs a message-list prompt "
                                       "(the prompt is a plain string)")
 
     out = []
@@ -130,7 +128,7 @@ def _pairs_from_row(row: Any, where: str, pairs: Pairing, policy: DegeneratePoli
             problem = ("identical", f"fields '{names[i]}' and '{names[j]}': identical responses")
         if problem is not None:
             if policy == "error":
-                raise ImportFileError(f"{where}: {problem[1]} (degenerate pair; use --degenerate skip to skip it)")
+                raise DataError(f"{where}: {problem[1]} (degenerate pair; use --degenerate skip to skip it)")
             report.degenerate[problem[0]] += 1
             continue
         out.append(_Pair(prompt, responses[i], responses[j], where, extra, pair_key(prompt, responses[i], responses[j])))
@@ -150,7 +148,7 @@ def read_pairs(path: str | Path, pairs: Pairing = "all", degenerate: DegenerateP
         report.rows += 1
         out.extend(_pairs_from_row(rec.value, rec.where, pairs, degenerate, report))
     if report.rows == 0:
-        raise ImportFileError(f"{path}: no rows")
+        raise DataError(f"{path}: no rows")
     return out, report
 
 

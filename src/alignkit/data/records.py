@@ -16,12 +16,29 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from alignkit.errors import DataError
 
 Messages = list[dict[str, str]]
-ROLES = {"system", "user", "assistant", "tool"}
+Role = Literal["system", "user", "assistant", "tool"]
+ROLES: tuple[str, ...] = get_args(Role)
+
+
+class ChatMessage(BaseModel):
+    """One chat message ``{role, content}``: the one message validator, used by the row reader
+    (:func:`check_messages`), the chat server's and the reward server's request models.
+
+    Other keys (OpenAI's ``name``, ``tool_call_id``, ...) are ignored; the role is one of :data:`ROLES`
+    and the content a string.
+    """
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    role: Role
+    content: str
 
 
 class Record(NamedTuple):
@@ -135,22 +152,30 @@ def require_str(row: dict[str, Any], key: str, where: str, allow_empty: bool = F
 
 
 def check_messages(value: Any, where: str, name: str) -> Messages:
-    """A non-empty list of ``{role, content}`` chat messages with known roles, in canonical form."""
+    """A non-empty list of :class:`ChatMessage` s, in canonical form ``{role, content}``; the first problem
+    raises ``where: field 'name[j].key': what is wrong``."""
     if not isinstance(value, list) or not value:
         raise DataError(f"{where}: field '{name}': expected a non-empty list of messages")
+    out = []
     for j, msg in enumerate(value):
         if not isinstance(msg, dict):
             raise DataError(f"{where}: field '{name}[{j}]': expected an object with 'role' and 'content'")
-        for key in ("role", "content"):
-            if key not in msg:
-                raise DataError(f"{where}: field '{name}[{j}].{key}': missing")
-            if not isinstance(msg[key], str):
-                raise DataError(
-                    f"{where}: field '{name}[{j}].{key}': expected a string, got {type(msg[key]).__name__}"
-                )
-        if msg["role"] not in ROLES:
-            raise DataError(f"{where}: field '{name}[{j}].role': unknown role {msg['role']!r}")
-    return [{"role": m["role"], "content": m["content"]} for m in value]
+        try:
+            out.append(ChatMessage.model_validate(msg).model_dump())
+        except ValidationError as exc:
+            raise DataError(f"{where}: field '{name}[{j}].{_message_problem(exc, msg)}") from None
+    return out
+
+
+def _message_problem(exc: ValidationError, msg: dict[str, Any]) -> str:
+    """``key': what is wrong`` for the first error of a :class:`ChatMessage` validation."""
+    err = exc.errors()[0]
+    key = str(err["loc"][0]) if err["loc"] else "role"
+    if err["type"] == "missing":
+        return f"{key}': missing"
+    if key == "role" and isinstance(msg.get("role"), str):
+        return f"role': unknown role {msg['role']!r} (expected one of {', '.join(ROLES)})"
+    return f"{key}': expected a string, got {type(msg.get(key)).__name__}"
 
 
 def check_prompt(value: Any, where: str, name: str = "prompt") -> str | Messages:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from alignkit.data.records import Messages, check_messages, check_text, iter_records, require
-from alignkit.errors import DataError  # noqa: F401  (re-exported)
+from alignkit.errors import DataError
 
 Text = str | Messages
 RowKind = Literal["sft", "preference", "kway", "unpaired", "stepwise"]

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from alignkit.config import StrictModel
-from alignkit.data.rows import DataError, Example, Messages, Text, text_of
+from alignkit.data.rows import Example, Messages, Text, text_of
+from alignkit.errors import DataError
 
 
 class TemplateError(DataError):
@@ -27,7 +28,7 @@ class TemplateError(DataError):
 
 
 class DataPolicy(StrictModel):
-    """Lengths and the policy for degenerate rows (each case is counted in the run summary)."""
+    """Lengths, and what happens to degenerate rows (each case is counted in the run summary)."""
 
     max_length: int = 1024
     """Maximum prompt + completion tokens of one sequence."""

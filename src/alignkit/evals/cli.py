@@ -33,8 +33,9 @@ class CompareConfig(StrictModel):
 class BuildMiniConfig(StrictModel):
     """``alignkit eval build-mini``: the offline mini suite as LongBench-format JSONL files."""
 
-    out: str
+    output_dir: str
     """Output folder."""
+    renamed = {"out": "output_dir"}
     tasks: list[str] | None = None
     """Task names (comma-separated on the command line); default: all mini tasks."""
     lengths: list[str] | None = None
@@ -58,8 +59,9 @@ class TextgenConfig(StrictModel):
     """BLEU order (default 4) / distinct order (default 3)."""
     model: str | None = None
     """Causal LM for perplexity (default smollm2-135m-instruct)."""
-    output: str | None = None
+    output_file: str | None = None
     """Write the results JSON here."""
+    renamed = {"output": "output_file"}
 
 
 class WedConfig(StrictModel):
@@ -81,8 +83,9 @@ class WedConfig(StrictModel):
     """Normalisation of the edit distance."""
     threshold: float | None = None
     """With labels: accuracy of similarity >= threshold."""
-    output: str | None = None
+    output_file: str | None = None
     """Write per-pair similarities (JSONL) here."""
+    renamed = {"output": "output_file"}
 
 
 class SeqaConfig(StrictModel):
@@ -108,8 +111,9 @@ class SeqaConfig(StrictModel):
     """Accept voters ending at EOS without a period (SocialIQA)."""
     seed: int = 0
     """Sampling seed."""
-    output: str | None = None
+    output_file: str | None = None
     """Write per-item scores and voters (JSON) here."""
+    renamed = {"output": "output_file"}
 
 
 # ------------------------------------------------------------------------------------ run
@@ -183,7 +187,7 @@ def build_mini(cfg: BuildMiniConfig) -> int:
         )
     except (KeyError, ValueError) as exc:
         raise UserError(str(exc).strip("'\"")) from None
-    for p in write_suite(suite, cfg.out):
+    for p in write_suite(suite, cfg.output_dir):
         print(p)
     return 0
 
@@ -256,7 +260,7 @@ def textgen(cfg: TextgenConfig) -> int:
             out["perplexity model"] = name
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    _emit(out, cfg.output)
+    _emit(out, cfg.output_file)
     return 0
 
 
@@ -296,11 +300,11 @@ def wed(cfg: WedConfig) -> int:
     if labelled and cfg.threshold is not None:
         out["threshold"] = cfg.threshold
         out["accuracy"] = sum((s >= cfg.threshold) == bool(lab) for s, lab in labelled) / len(labelled)
-    if cfg.output:
+    if cfg.output_file:
         from alignkit.evals.report import atomic_write
 
         atomic_write(
-            Path(cfg.output),
+            Path(cfg.output_file),
             "".join(
                 json.dumps({**r, "similarity": s}, ensure_ascii=False) + "\n"
                 for r, s in zip(rows, sims, strict=True)
@@ -377,7 +381,7 @@ def seqa(cfg: SeqaConfig) -> int:
         "settings": settings,
         "items": items,
     }
-    _emit(out, cfg.output)
+    _emit(out, cfg.output_file)
     return 0
 
 
@@ -392,11 +396,11 @@ COMMANDS = [
     Command("eval compare", "show two results.json side by side; mark numbers that are not comparable",
             "alignkit.evals.cli:CompareConfig", "alignkit.evals.cli:compare", echo=False),
     Command("eval build-mini", "write the offline mini suite as LongBench-format JSONL files",
-            "alignkit.evals.cli:BuildMiniConfig", "alignkit.evals.cli:build_mini", save_to="out"),
+            "alignkit.evals.cli:BuildMiniConfig", "alignkit.evals.cli:build_mini", save_to="output_dir"),
     Command("eval textgen", "CoTK-style BLEU, self-BLEU, fw/bw-BLEU, distinct-n, perplexity on a JSONL",
-            "alignkit.evals.cli:TextgenConfig", "alignkit.evals.cli:textgen", save_to="output"),
+            "alignkit.evals.cli:TextgenConfig", "alignkit.evals.cli:textgen", save_to="output_file"),
     Command("eval wed", "word-embedding edit-distance similarity of sentence pairs (JSONL {a, b[, label]})",
-            "alignkit.evals.cli:WedConfig", "alignkit.evals.cli:wed", save_to="output"),
+            "alignkit.evals.cli:WedConfig", "alignkit.evals.cli:wed", save_to="output_file"),
     Command("eval seqa", "zero-shot multiple choice by voting with sampled answers (JSONL {prompt, options, label})",
-            "alignkit.evals.cli:SeqaConfig", "alignkit.evals.cli:seqa", save_to="output"),
+            "alignkit.evals.cli:SeqaConfig", "alignkit.evals.cli:seqa", save_to="output_file"),
 ]

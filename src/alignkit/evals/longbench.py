@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from alignkit.data.records import iter_objects
-from alignkit.errors import DataError  # noqa: F401  (re-exported: bad benchmark input)
+from alignkit.errors import DataError
 from alignkit.evals.metrics import first_line, get_metric
 from alignkit.evals.registry import TaskSpec
 

@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from alignkit.config import StrictModel, dump_config
+from alignkit.config import Precision, StrictModel, dump_config
 from alignkit.judge.client import JudgeConfig
 from alignkit.judge.critique import DIMENSIONS, CritiqueConfig, CritiqueItem, Rubric
 from alignkit.models import DEFAULT_MODEL
@@ -65,8 +65,9 @@ class MathUserEvalConfig(StrictModel):
     """Answer budget of the evaluated model."""
     batch_size: int = Field(default=8, ge=1)
     """Prompts per generation batch of the evaluated model."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Weights dtype of the evaluated model."""
+    dtype: Precision = "auto"
+    """Weights precision of the evaluated model; auto: bf16 where the hardware multiplies bf16 natively, else fp32
+    (float32/bfloat16: old spellings of fp32/bf16)."""
     device: str | None = None
     """cpu | cuda (null: the engine's default)."""
     backend: Literal["auto", "hf", "vllm"] = "auto"
@@ -81,7 +82,8 @@ class MathUserEvalConfig(StrictModel):
 
 def read_questions(path: str, limit: int | None = None) -> list[dict[str, Any]]:
     """Validated rows with ``id`` filled in; errors name file:line:field (nothing is written)."""
-    from alignkit.generate.jsonl import RecordError, read_jsonl, require_str
+    from alignkit.errors import DataError
+    from alignkit.generate.jsonl import read_jsonl, require_str
 
     rows, seen = [], {}
     for n, (line, row) in enumerate(read_jsonl(path)):
@@ -91,10 +93,10 @@ def read_questions(path: str, limit: int | None = None) -> list[dict[str, Any]]:
         if "response" in row:
             require_str(row, "response", where, allow_empty=True)
         if "answer" in row and (isinstance(row["answer"], bool) or not isinstance(row["answer"], str | int | float)):
-            raise RecordError(f"{where}: field 'answer': expected a string or a number")
+            raise DataError(f"{where}: field 'answer': expected a string or a number")
         qid = str(row.get("question_id", row.get("id", n)))
         if qid in seen:
-            raise RecordError(f"{where}: field 'question_id': duplicate id {qid!r} (first on line {seen[qid]})")
+            raise DataError(f"{where}: field 'question_id': duplicate id {qid!r} (first on line {seen[qid]})")
         seen[qid] = line
         rows.append({**row, "id": qid})
     return rows[:limit] if limit else rows

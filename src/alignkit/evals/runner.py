@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from alignkit.config import ConfigError, StrictModel
+from alignkit.config import ConfigError, Precision, StrictModel
 from alignkit.evals.longbench import (
     GENERATION_SEED,
     LONGBENCH_E_BUCKETS,
@@ -72,7 +72,7 @@ class EvalConfig(StrictModel):
         description="Max prompt tokens before middle truncation; default from the context window.",
     )
     batch_size: int = Field(default=4, ge=1, description="Prompts per generation batch.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(default="float32", description="Model dtype.")
+    dtype: Precision = Field(default="auto", description="Weights precision; auto: bf16 where the hardware multiplies bf16 natively, else fp32 (float32/bfloat16: old spellings).")
     device: str = Field(default="cpu", description="torch device for the HF backend.")
     backend: Literal["auto", "hf", "vllm"] = Field(default="auto", description="Generation backend.")
     output_dir: str | None = Field(
@@ -264,16 +264,26 @@ def generate_all(
 
 
 # ----------------------------------------------------------------------------------- run
+def _weights_dtype(cfg: EvalConfig) -> str:
+    """The torch dtype the evaluated weights run in (``float32``/``bfloat16``): ``precision: auto`` resolved
+    like everywhere else; results and cache keys record it, never ``auto``."""
+    from alignkit.precision import announce, resolve_precision
+
+    choice = resolve_precision(cfg.dtype, cfg.device)
+    if cfg.dtype == "auto":
+        announce(choice, f"{cfg.model} weights")
+    return choice.dtype
+
+
 def run_eval(cfg: EvalConfig, engine: Any = None, progress: bool = True) -> dict[str, Any]:
     """Run the configured evaluation and return the results dict (see ``results.json``)."""
     from alignkit.generate.engine import SamplingParams, make_engine
 
     tasks = select_tasks(cfg.suite, cfg.tasks or None, cfg.longbench_e)
     data = load_records(cfg, tasks)
+    dtype = _weights_dtype(cfg)
     if engine is None:
-        engine = make_engine(
-            cfg.model, cfg.backend, dtype=cfg.dtype, device=cfg.device, batch_size=cfg.batch_size
-        )
+        engine = make_engine(cfg.model, cfg.backend, dtype=dtype, device=cfg.device, batch_size=cfg.batch_size)
     tokenizer = engine.tokenizer
     context_window = int(engine.max_context)
     max_length = cfg.max_length or default_max_length(context_window)
@@ -282,10 +292,10 @@ def run_eval(cfg: EvalConfig, engine: Any = None, progress: bool = True) -> dict
         raise ConfigError(
             f"max_length {max_length} must be below the model's context window {context_window}"
         )
-    subject = subject_components(cfg.model, engine, cfg.dtype)
+    subject = subject_components(cfg.model, engine, dtype)
     key_base = {
         "model": subject["model"]["sha256"],
-        "dtype": cfg.dtype,
+        "dtype": dtype,
         "tokenizer": subject["tokenizer"]["sha256"],
         "chat_template": subject["chat_template"]["sha256"],
     }

@@ -24,11 +24,11 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
-from alignkit.config import StrictModel
+from alignkit.config import Precision, StrictModel
 
 
 class TrajectoryConfig(StrictModel):
@@ -57,8 +57,9 @@ class TrajectoryConfig(StrictModel):
     """A score counts as above chance when it exceeds chance + margin (score points, 0-100)."""
     batch_size: int = Field(default=4, ge=1)
     """Sequences per batch (loss and generation)."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Weights dtype for generation."""
+    dtype: Precision = "auto"
+    """Weights precision for generation; auto: bf16 where the hardware multiplies bf16 natively, else fp32
+    (float32/bfloat16: old spellings of fp32/bf16)."""
     output_dir: str = "runs/eval/trajectory"
     """results.json, report.md, one PNG per task, and each checkpoint's eval run."""
 

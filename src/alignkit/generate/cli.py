@@ -13,8 +13,9 @@ class GenerateConfig(EngineOptions):
 
     prompts: str
     """Input JSONL; each row has 'prompt' (string or messages)."""
-    out: str
+    output_file: str
     """Output JSONL (written atomically)."""
+    renamed = {"out": "output_file"}
     n: int = 1
     """Completions per prompt."""
     temperature: float = 0.0
@@ -70,9 +71,9 @@ def generate(cfg: GenerateConfig) -> int:
 
     from rich.console import Console
 
-    from alignkit.errors import UserError
+    from alignkit.errors import DataError, UserError
     from alignkit.generate.engine import GenerationError, SamplingParams
-    from alignkit.generate.jsonl import RecordError, check_prompt, read_jsonl, write_jsonl_atomic
+    from alignkit.generate.jsonl import check_prompt, read_jsonl, write_jsonl_atomic
 
     if cfg.n > 1 and cfg.temperature == 0.0:
         raise UserError(
@@ -83,10 +84,10 @@ def generate(cfg: GenerateConfig) -> int:
     for line, row in records:
         where = f"{cfg.prompts}:{line}"
         if "prompt" not in row:
-            raise RecordError(f"{where}: field 'prompt': missing")
+            raise DataError(f"{where}: field 'prompt': missing")
         prompts.append(check_prompt(row["prompt"], where))
         if "completions" in row:
-            raise RecordError(f"{where}: field 'completions': already present; refusing to overwrite it")
+            raise DataError(f"{where}: field 'completions': already present; refusing to overwrite it")
     params = SamplingParams(
         max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,
@@ -115,9 +116,9 @@ def generate(cfg: GenerateConfig) -> int:
         out["completions"] = [c.text for c in res.completions]
         out["finish_reasons"] = [c.finish_reason for c in res.completions]
         out_rows.append(out)
-    n = write_jsonl_atomic(cfg.out, out_rows)
+    n = write_jsonl_atomic(cfg.output_file, out_rows)
     gen_tokens = sum(len(c.token_ids) for r in results for c in r.completions)
-    console.print(f"wrote {n} rows ({gen_tokens} generated tokens) to {cfg.out}")
+    console.print(f"wrote {n} rows ({gen_tokens} generated tokens) to {cfg.output_file}")
     return 0
 
 
@@ -163,7 +164,7 @@ def serve(cfg: ServeConfig) -> int:
 
 COMMANDS = [
     Command("generate", "sample completions for a JSONL of prompts (batched, seeded, stop strings)",
-            "alignkit.generate.cli:GenerateConfig", "alignkit.generate.cli:generate", save_to="out",
+            "alignkit.generate.cli:GenerateConfig", "alignkit.generate.cli:generate", save_to="output_file",
             description="Read rows with a 'prompt' (string or chat messages), write the same rows plus "
             "'completions' (n strings) and 'finish_reasons'."),
     Command("serve", "OpenAI-compatible /v1/chat/completions server for a local model",

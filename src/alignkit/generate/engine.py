@@ -598,6 +598,10 @@ class VLLMEngine:
             _engine_core_in_process()
             llm_kwargs["worker_extension_cls"] = WORKER_EXTENSION
         path = resolve_model_path(name_or_path)
+        if dtype in ("fp32", "bf16"):  # a config precision: vLLM takes torch dtype names
+            from alignkit.precision import resolve_precision
+
+            dtype = resolve_precision(dtype).dtype
         self.llm = vllm.LLM(model=path, dtype=dtype, max_num_seqs=max(batch_size, 1), **llm_kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.batch_size = batch_size

@@ -12,7 +12,6 @@ from typing import Any
 
 from alignkit.atomic import write_jsonl_atomic  # noqa: F401  (re-exported for the commands)
 from alignkit.data.records import check_prompt, read_objects, require_str  # noqa: F401  (re-exported)
-from alignkit.errors import DataError as RecordError  # noqa: F401  (the one data error; old name kept)
 
 
 def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from alignkit.config import StrictModel
+from alignkit.config import Precision, StrictModel
 from alignkit.models import DEFAULT_MODEL
 
 
@@ -15,8 +15,9 @@ class EngineOptions(StrictModel):
     """Model name or HF directory."""
     backend: Literal["auto", "hf", "vllm"] = "auto"
     """auto: vLLM when installed and a GPU is present, else HF; vllm is refused without them."""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Model dtype; auto: bfloat16 where the hardware multiplies bf16 natively (AMX, AVX512-BF16, bf16 GPUs), else float32."""
+    dtype: Precision = "auto"
+    """Weights precision; auto: bf16 where the hardware multiplies bf16 natively (AMX, AVX512-BF16, bf16 GPUs), else fp32
+    (float32/bfloat16: old spellings of fp32/bf16)."""
     device: str | None = None
     """cpu | cuda | cuda:N (default: cpu for HF)."""
     batch_size: int = 8

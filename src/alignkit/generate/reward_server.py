@@ -9,10 +9,10 @@ A row the model cannot score (a PRM solution with no step) gets ``null`` -- a fa
 
 Safety as for the chat server (DESIGN §6, :mod:`alignkit.generate.server`): a Bearer key when one
 is configured (401, constant-time comparison), the request-body limit (413) of the chat server's
-middleware, at most ``MAX_ROWS`` rows per request (422), and a loopback bind by default.
+middleware, at most ``MAX_ROWS`` rows per request (400, as for every invalid field), and a loopback bind by default.
 
 :func:`score_remote` is the client: retried with backoff on transport errors and 5xx/429, a
-timeout per request, and a clear error for answers that will not improve on retry (401/413/422).
+timeout per request, and a clear error for answers that will not improve on retry (400/401/413).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from alignkit.data.records import ChatMessage
 from alignkit.generate.server import DEFAULT_MAX_BODY_BYTES, _bearer_auth, _error, _invalid_request, _respond
 from alignkit.httpguard import BodyLimit
 
@@ -31,16 +32,10 @@ SCORE_PATH = "/v1/rewards/score"
 MAX_ROWS = 256
 
 
-class _Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    role: str
-    content: str
-
-
 class ScoreRow(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    prompt: str | list[_Message]
-    completion: str | list[_Message]
+    prompt: str | list[ChatMessage]
+    completion: str | list[ChatMessage]
 
 
 class ScoreRequest(BaseModel):
@@ -103,7 +98,7 @@ def reward_router(scorer, model_name: str):
 def create_reward_app(scorer, model_name: str, api_key: str | None = None,
                       max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
     """The scoring app with the chat server's guards: Bearer auth on ``/v1/`` (checked before the
-    body is parsed, so an unauthenticated request gets 401), 422 naming the bad field, body limit 413."""
+    body is parsed, so an unauthenticated request gets 401), 400 naming the bad field, body limit 413."""
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
 

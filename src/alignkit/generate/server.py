@@ -8,8 +8,9 @@ counts), ``GET /health``.
 
 Safety (DESIGN §6): a Bearer API key when one is configured (401 otherwise, compared in constant
 time), a request-body size limit enforced while the body streams in (413), strict validation
-(422 for malformed fields, 400 for requests the model cannot honour, such as a prompt longer than
-its context), and a loopback bind by default (the body limit and loopback check are
+(400 ``invalid_request_error`` for malformed fields and for requests the model cannot honour, such as a
+prompt longer than its context: the status OpenAI and vLLM give, which the official SDK raises as
+``BadRequestError``), and a loopback bind by default (the body limit and loopback check are
 :mod:`alignkit.httpguard`, shared with the annotation app).
 
 ``stream: true`` answers with server-sent events in OpenAI's ``chat.completion.chunk`` format (a
@@ -32,24 +33,18 @@ import json
 import threading
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import Request  # at module level: FastAPI resolves the routes' string annotations here
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from alignkit.data.records import ChatMessage
 from alignkit.generate.batcher import BatchingQueue
 from alignkit.generate.engine import GenerationError, SamplingParams
 from alignkit.generate.streaming import TextDeltas
 from alignkit.httpguard import BodyLimit, is_loopback, send_json  # noqa: F401  (is_loopback re-exported)
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    role: Literal["system", "user", "assistant", "tool"]
-    content: str
 
 
 class ChatRequest(BaseModel):
@@ -155,10 +150,11 @@ def _bearer_auth(api_key: str | None):
 
 
 async def _invalid_request(_request, exc):
-    """422 in OpenAI's error format, naming the first invalid field."""
+    """400 in OpenAI's error format, naming the first invalid field (OpenAI and vLLM answer 400, not
+    FastAPI's default 422, and clients map the status to the exception they raise)."""
     first = exc.errors()[0] if exc.errors() else {}
     loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-    return _error(422, f"{loc}: {first.get('msg', 'invalid')}", param=loc or None)
+    return _error(400, f"{loc}: {first.get('msg', 'invalid')}", param=loc or None)
 
 
 def _routes(tokenizer):

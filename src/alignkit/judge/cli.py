@@ -19,8 +19,9 @@ class SampleConfig(EngineOptions):
 
     data: str
     """JSONL rows with 'context' and 'query' (optional 'id', 'prompt')."""
-    out: str
+    output_file: str
     """Response rows (JSONL, one row per response)."""
+    renamed = {"out": "output_file"}
     k: int = 10
     """Responses per prompt (official example: 10)."""
     temperature: float = 0.8
@@ -38,8 +39,9 @@ class PairsConfig(StrictModel):
 
     input: str
     """Scored rows (output of `longreward score`)."""
-    out: str
+    output_file: str
     """Pair rows {prompt, chosen, rejected}."""
+    renamed = {"out": "output_file"}
     kway_out: str | None = None
     """Also write K-way rows {prompt, completions, rewards}."""
     min_scored: int = 5
@@ -68,8 +70,8 @@ def sample(cfg: SampleConfig) -> int:
         out = sample_responses(engine_from_options(cfg), rows, cfg.k, params, seed=cfg.seed)
     except (GenerationError, ModelError) as exc:
         raise UserError(f"{cfg.data}: {exc}") from None
-    n = write_jsonl_atomic(cfg.out, out)
-    Console(stderr=True).print(f"wrote {n} responses ({len(rows)} prompts x {cfg.k}) to {cfg.out}")
+    n = write_jsonl_atomic(cfg.output_file, out)
+    Console(stderr=True).print(f"wrote {n} responses ({len(rows)} prompts x {cfg.k}) to {cfg.output_file}")
     return 0
 
 
@@ -86,7 +88,7 @@ def score(cfg) -> int:
     from alignkit.models import ModelError
 
     rows = read_response_rows(cfg.input)
-    default_cache = f"{cfg.out}.judge_cache.sqlite"  # what judge.cache: true means here
+    default_cache = f"{cfg.output_file}.judge_cache.sqlite"  # what judge.cache: true means here
     cache = judge_cache_file(cfg.judge, default_cache) or "none (judge.cache: false)"
     console = Console(stderr=True)
     try:
@@ -99,9 +101,9 @@ def score(cfg) -> int:
     finally:
         usage = judge.usage.as_dict()
         judge.close()
-    write_jsonl_atomic(cfg.out, scored)
+    write_jsonl_atomic(cfg.output_file, scored)
     ok = sum(r["status"] == "scored" for r in scored)
-    console.print(f"wrote {len(scored)} rows to {cfg.out}: {ok} scored, {len(scored) - ok} failed")
+    console.print(f"wrote {len(scored)} rows to {cfg.output_file}: {ok} scored, {len(scored) - ok} failed")
     console.print("judge usage: " + json.dumps(usage))
     return 0
 
@@ -111,28 +113,28 @@ def make_pairs(cfg: PairsConfig) -> int:
 
     from rich.console import Console
 
-    from alignkit.errors import UserError
-    from alignkit.generate.jsonl import RecordError, read_jsonl, write_jsonl_atomic
+    from alignkit.errors import DataError, UserError
+    from alignkit.generate.jsonl import read_jsonl, write_jsonl_atomic
     from alignkit.judge.pairs import build_pairs
 
     rows = []
     for line, row in read_jsonl(cfg.input):
         for key in ("id", "prompt_id", "prompt", "response", "status"):
             if key not in row:
-                raise RecordError(f"{cfg.input}:{line}: field '{key}': missing (is this `longreward score` output?)")
+                raise DataError(f"{cfg.input}:{line}: field '{key}': missing (is this `longreward score` output?)")
         if row["status"] == "scored" and not isinstance(row.get("reward"), int | float):
-            raise RecordError(f"{cfg.input}:{line}: field 'reward': a scored row needs a numeric reward")
+            raise DataError(f"{cfg.input}:{line}: field 'reward': a scored row needs a numeric reward")
         rows.append(row)
     try:
         pairs, kway, stats = build_pairs(rows, min_scored=cfg.min_scored, prompt_format=cfg.prompt_format)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    write_jsonl_atomic(cfg.out, pairs)
+    write_jsonl_atomic(cfg.output_file, pairs)
     if cfg.kway_out:
         write_jsonl_atomic(cfg.kway_out, kway)
     console = Console(stderr=True)
     console.print(
-        f"wrote {len(pairs)} pairs to {cfg.out}"
+        f"wrote {len(pairs)} pairs to {cfg.output_file}"
         + (f" and {len(kway)} K-way rows to {cfg.kway_out}" if cfg.kway_out else "")
     )
     console.print("pair statistics: " + json.dumps(stats.as_dict()))
@@ -142,12 +144,12 @@ def make_pairs(cfg: PairsConfig) -> int:
 COMMANDS = [
     Group("longreward", "LongReward stages: sample K responses, score them, build pairs"),
     Command("longreward sample", "sample K responses per (context, query) prompt row",
-            "alignkit.judge.cli:SampleConfig", "alignkit.judge.cli:sample", save_to="out"),
+            "alignkit.judge.cli:SampleConfig", "alignkit.judge.cli:sample", save_to="output_file"),
     Command("longreward score", "score responses on helpfulness, logicality, faithfulness, completeness with a judge",
-            "alignkit.judge.scoring:LongRewardScoreConfig", "alignkit.judge.cli:score", save_to="out",
+            "alignkit.judge.scoring:LongRewardScoreConfig", "alignkit.judge.cli:score", save_to="output_file",
             description="Config sections: judge (spec, cache, concurrency, retries, timeout, api_key_env) and scorer "
             "(chunk sizes, top_k, language, max_tokens, attempts, no_statements). Calls are cached in SQLite so a "
             "rerun after a crash repeats no answered call."),
     Command("longreward pairs", "best-vs-worst preference pairs (+ K-way reward rows) from scored responses",
-            "alignkit.judge.cli:PairsConfig", "alignkit.judge.cli:make_pairs", save_to="out"),
+            "alignkit.judge.cli:PairsConfig", "alignkit.judge.cli:make_pairs", save_to="output_file"),
 ]

@@ -33,7 +33,7 @@ from typing import Any
 
 from pydantic import Field
 
-from alignkit.config import StrictModel
+from alignkit.config import Precision, StrictModel
 from alignkit.judge.backends import (
     DEFAULT_API_KEY_ENV,
     LocalBackend,
@@ -400,7 +400,7 @@ class JudgeConfig(StrictModel):
     """local:<model> (in-process) or openai:<base_url>#<model> (any OpenAI-compatible server)."""
     cache: str | bool = True
     """Persistent SQLite call cache: true = the command's default file (pipeline: <output_dir>/judge_cache.sqlite;
-    judge score: OUT.judge_cache.sqlite), a path = that file, false = none (a rerun repeats every call)."""
+    judge score: OUTPUT_FILE.judge_cache.sqlite), a path = that file, false = none (a rerun repeats every call)."""
     concurrency: int = Field(default=8, ge=1)
     """Judge calls in flight at once (threads); also how many a local judge can batch together."""
     max_retries: int = Field(default=5, ge=0)
@@ -413,8 +413,9 @@ class JudgeConfig(StrictModel):
     """Environment variable holding the HTTP judge's API key."""
     send_seed: bool = True
     """Send a per-request seed (derived from the cache key) to HTTP judges."""
-    dtype: str = "auto"
-    """Local judge only: weights dtype (auto: bfloat16 where the hardware has native bf16, else float32)."""
+    dtype: Precision = "auto"
+    """Local judge only: weights precision (auto: bf16 where the hardware has native bf16, else fp32; float32/bfloat16:
+    old spellings of fp32/bf16)."""
     device: str | None = None
     """Local judge only: cpu | cuda (null: the backend's default)."""
     batch_size: int = Field(default=8, ge=1)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from alignkit.errors import DataError
 from alignkit.generate.engine import SamplingParams
-from alignkit.generate.jsonl import RecordError, check_prompt, read_jsonl, require_str
+from alignkit.generate.jsonl import check_prompt, read_jsonl, require_str
 from alignkit.judge.longreward import detect_language
 from alignkit.judge.prompts import fill, load_prompt
 
@@ -34,14 +35,14 @@ def read_prompt_rows(path: str) -> list[dict[str, Any]]:
         query = require_str(row, "query", where)
         pid = row.get("id", n)
         if not isinstance(pid, str | int) or isinstance(pid, bool):
-            raise RecordError(f"{where}: field 'id': expected a string or an integer")
+            raise DataError(f"{where}: field 'id': expected a string or an integer")
         pid = str(pid)
         if pid in seen:
-            raise RecordError(f"{where}: field 'id': duplicate id {pid!r} (first on line {seen[pid]})")
+            raise DataError(f"{where}: field 'id': duplicate id {pid!r} (first on line {seen[pid]})")
         seen[pid] = line
         prompt = check_prompt(row["prompt"], where) if "prompt" in row else policy_prompt(context, query)
         if not isinstance(prompt, list) or len(prompt) != 1 or prompt[0]["role"] != "user":
-            raise RecordError(
+            raise DataError(
                 f"{where}: field 'prompt': must be one user message holding the context and question"
             )
         out.append({**row, "prompt_id": pid, "context": context, "query": query, "prompt": prompt})

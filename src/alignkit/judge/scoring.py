@@ -17,10 +17,11 @@ class LongRewardScoreConfig(StrictModel):
 
     input: str
     """Response rows (output of `longreward sample`)."""
-    out: str
+    output_file: str
     """Scored rows (JSONL, written atomically)."""
+    renamed = {"out": "output_file"}
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
-    """Which judge answers, and how it is called; judge.cache null = OUT.judge_cache.sqlite."""
+    """Which judge answers, and how it is called; judge.cache null = OUTPUT_FILE.judge_cache.sqlite."""
     scorer: LongRewardConfig = Field(default_factory=LongRewardConfig)
     """LongReward scorer settings (chunk sizes, top_k, attempts, ...)."""
 
@@ -30,7 +31,8 @@ class LongRewardScoreConfig(StrictModel):
 
 def read_response_rows(path: str) -> list[dict]:
     """Rows to score: id, prompt_id, context, query, response (strings; the response may be empty)."""
-    from alignkit.generate.jsonl import RecordError, read_jsonl, require_str
+    from alignkit.errors import DataError
+    from alignkit.generate.jsonl import read_jsonl, require_str
 
     out, seen = [], {}
     for line, row in read_jsonl(path):
@@ -41,10 +43,10 @@ def read_response_rows(path: str) -> list[dict]:
         for key in ("id", "prompt_id"):
             value = row.get(key)
             if isinstance(value, bool) or not isinstance(value, str | int):
-                raise RecordError(f"{where}: field '{key}': expected a string or an integer")
+                raise DataError(f"{where}: field '{key}': expected a string or an integer")
         rid = str(row["id"])
         if rid in seen:
-            raise RecordError(f"{where}: field 'id': duplicate id {rid!r} (first on line {seen[rid]})")
+            raise DataError(f"{where}: field 'id': duplicate id {rid!r} (first on line {seen[rid]})")
         seen[rid] = line
         out.append(row)
     return out

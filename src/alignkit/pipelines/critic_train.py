@@ -68,7 +68,8 @@ class CriticTrainConfig(StrictModel):
     answers: AnswersSection = Field(default_factory=AnswersSection)
     labeler: CriticConfig = Field(default_factory=CriticConfig)
     """Where the labels come from: verifier (exact-answer check) or a stronger judge (kind=judge)."""
-    data_policy: DataPolicy = Field(default_factory=lambda: DataPolicy(max_length=1024, max_prompt_length=896))
+    renamed = {"data_policy": "data_limits"}  # "policy" is the model being trained
+    data_limits: DataPolicy = Field(default_factory=lambda: DataPolicy(max_length=1024, max_prompt_length=896))
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(lr=1e-5, batch_size=4, epochs=1))
     """Loop settings; output_dir is set by the pipeline (<output_dir>/critic_model)."""
     evaluation: CriticEvalSection = Field(default_factory=CriticEvalSection)
@@ -198,7 +199,7 @@ def run_critic_train(cfg: CriticTrainConfig, progress: bool = True) -> dict[str,
                                           "labeler_failures": len(labelled) - len(rows),
                                           "by_score": _histogram(r["label"] for r in rows)}}
     model_dir = out / "critic_model"
-    fp_train = fingerprint(file_hash(out / "critic_sft.jsonl"), cfg.policy, cfg.data_policy.model_dump(),
+    fp_train = fingerprint(file_hash(out / "critic_sft.jsonl"), cfg.policy, cfg.data_limits.model_dump(),
                             cfg.train.model_dump())
     results["training"] = stages.train("train", fp_train, model_dir, lambda resume: _train_critic(cfg, out, resume))
 
@@ -234,7 +235,7 @@ def _train_critic(cfg: CriticTrainConfig, out: Path, resume: bool) -> dict[str, 
     from alignkit.train.sft import SFTConfig, train_sft
 
     return train_sft(SFTConfig(model=ModelConfig(name_or_path=cfg.policy),
-                               data=DataConfig(train=str(out / "critic_sft.jsonl"), policy=cfg.data_policy),
+                               data=DataConfig(train=str(out / "critic_sft.jsonl"), limits=cfg.data_limits),
                                train=cfg.train.model_copy(update={"output_dir": str(out / "critic_model")})),
                      resume=resume)
 

@@ -25,12 +25,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, model_validator
 
 from alignkit.atomic import write_atomic
-from alignkit.config import StrictModel, set_dotted
+from alignkit.config import Precision, StrictModel, set_dotted
 from alignkit.data.verifiable import DEMO_SFT
 from alignkit.pipelines.rl_stage import GRPO_VERIFIER
 from alignkit.pipelines.stages import Stages, file_hash, fingerprint
@@ -58,11 +58,11 @@ def merge_settings(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str,
 # `dpo.loss.beta=0.2` changes one key and keeps the rest of the demo's DPO settings.
 SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
     "sft": {
-        "data": {"eval_fraction": 0.1, "policy": {"max_length": 256, "max_prompt_length": 160}},
+        "data": {"eval_fraction": 0.1, "limits": {"max_length": 256, "max_prompt_length": 160}},
         "train": {"batch_size": 8, "max_steps": 16, "lr": 1e-5, "warmup_steps": 2},
     },
     "dpo": {
-        "data": {"eval_fraction": 0.2, "policy": {"max_length": 256, "max_prompt_length": 160}},
+        "data": {"eval_fraction": 0.2, "limits": {"max_length": 256, "max_prompt_length": 160}},
         "train": {"epochs": 2, "batch_size": 4, "grad_accum": 2, "lr": 5e-6, "warmup_steps": 1},
         "loss": {"type": "dpo", "beta": 0.1},
         "nll_weight": 0.1,
@@ -126,7 +126,7 @@ class DemoConfig(StrictModel):
     weights once per step: 64 rows decode ~2.3x as many tokens/s as 16; see docs/performance.md)."""
     seed: int = 0
     """Seed of the prompt split and of sampling; also rl.train.seed unless that is given."""
-    precision: Literal["auto", "fp32", "bf16"] | None = None
+    precision: Precision | None = None
     """Training precision of all three stages: sets sft/dpo/rl ``train.precision`` (null: each section's
     own, whose default auto is bf16 only where the hardware multiplies bf16 natively, else fp32)."""
     sft: SFTConfig

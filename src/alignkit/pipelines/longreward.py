@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from alignkit.config import ConfigError, StrictModel
+from alignkit.config import ConfigError, Precision, StrictModel
 from alignkit.data.tokenize import DataPolicy
 from alignkit.judge.client import JudgeConfig
 from alignkit.judge.longreward import DIMENSIONS, LongRewardConfig
@@ -69,7 +69,7 @@ class SamplingSection(StrictModel):
     """Prompt row i is sampled with seed SEED+i."""
     batch_size: int = Field(default=8, ge=1)
     """Sequences decoded together (sampling and evaluation)."""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Precision = "auto"
     """Policy dtype for generation (auto: bfloat16 where the hardware has native bf16, else float32)."""
     device: str | None = None
     """cpu | cuda | cuda:N (null: the backend's default)."""
@@ -103,7 +103,8 @@ class TrainingSection(StrictModel):
     """Train LoRA adapters instead of all weights (null: full fine-tuning)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward: less memory, more compute."""
-    data_policy: DataPolicy = Field(
+    renamed = {"data_policy": "data_limits"}  # "policy" is the model being trained
+    data_limits: DataPolicy = Field(
         default_factory=lambda: DataPolicy(max_length=4096, max_prompt_length=3584)
     )
     """Sequence limits for the long prompts (the bundled ones are up to ~2.8k tokens)."""
@@ -458,7 +459,7 @@ def _train(cfg: LongRewardPipelineConfig, train_file: Path, model_dir: Path, res
             name_or_path=cfg.policy, gradient_checkpointing=tr.gradient_checkpointing, lora=tr.lora
         ),
         reference=tr.reference,
-        data=DataConfig(train=str(train_file), policy=tr.data_policy),
+        data=DataConfig(train=str(train_file), limits=tr.data_limits),
         loss=tr.loss,
         nll_weight=tr.nll_weight,
         logit_temperature=tr.logit_temperature,

@@ -28,7 +28,8 @@ from pydantic import Field
 from alignkit.config import StrictModel
 from alignkit.data.mathgen import INSTRUCTION, check_answer
 from alignkit.data.records import require
-from alignkit.data.rows import DataError, check_step_labels, check_steps
+from alignkit.data.rows import check_step_labels, check_steps
+from alignkit.errors import DataError
 from alignkit.generate.options import EngineOptions, engine_from_options
 
 
@@ -79,12 +80,12 @@ class PRMLabelConfig(PolicySampler):
 
 def read_problems(path: str, need_steps: bool) -> list[dict[str, Any]]:
     """``{"prompt", "answer", "id", "steps"?}`` per row; a bad row names file:line:field."""
-    from alignkit.generate.jsonl import RecordError, read_jsonl
+    from alignkit.generate.jsonl import read_jsonl
 
     out = []
     try:
         records = read_jsonl(path)
-    except RecordError as exc:
+    except DataError as exc:
         raise DataError(str(exc)) from None
     for line, row in records:
         where = f"{path}:{line}"

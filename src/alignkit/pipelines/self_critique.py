@@ -81,7 +81,8 @@ class RFTSection(StrictModel):
     """General (non-math) SFT rows mixed in: 'bundled' (the verifiable-instruction SFT rows), a file, or null."""
     general_rows: int | None = Field(default=40, ge=0)
     """Use the first N general rows (null: all)."""
-    data_policy: DataPolicy = Field(default_factory=lambda: DataPolicy(max_length=512, max_prompt_length=256))
+    renamed = {"data_policy": "data_limits"}  # "policy" is the model being trained
+    data_limits: DataPolicy = Field(default_factory=lambda: DataPolicy(max_length=512, max_prompt_length=256))
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(lr=1e-5, batch_size=4, epochs=1))
     """Loop settings; output_dir is set by the pipeline (<output_dir>/rft_model)."""
 
@@ -101,7 +102,8 @@ class DPOSection(StrictModel):
     nll_weight: float = 0.1
     """Auxiliary per-token NLL on the chosen answer (L = L_DPO + lambda * NLL(y_w))."""
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
-    data_policy: DataPolicy = Field(default_factory=lambda: DataPolicy(max_length=512, max_prompt_length=256))
+    renamed = {"data_policy": "data_limits"}  # "policy" is the model being trained
+    data_limits: DataPolicy = Field(default_factory=lambda: DataPolicy(max_length=512, max_prompt_length=256))
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(lr=1e-6, batch_size=2))
     """Loop settings; output_dir is set by the pipeline (<output_dir>/dpo_model)."""
 
@@ -242,7 +244,7 @@ def _train_sft(cfg: SelfCritiqueConfig, data: Path, model_dir: Path, resume: boo
     from alignkit.train.sft import SFTConfig, train_sft
 
     return train_sft(SFTConfig(model=ModelConfig(name_or_path=cfg.policy),
-                               data=DataConfig(train=str(data), policy=cfg.rft.data_policy),
+                               data=DataConfig(train=str(data), limits=cfg.rft.data_limits),
                                train=cfg.rft.train.model_copy(update={"output_dir": str(model_dir)})),
                      resume=resume)
 
@@ -254,7 +256,7 @@ def _train_dpo(cfg: SelfCritiqueConfig, data: Path, start: Path, model_dir: Path
     d = cfg.dpo
     return train_preference(PreferenceConfig(
         model=ModelConfig(name_or_path=str(start)), reference=d.reference,
-        data=DataConfig(train=str(data), policy=d.data_policy), loss=d.loss, nll_weight=d.nll_weight,
+        data=DataConfig(train=str(data), limits=d.data_limits), loss=d.loss, nll_weight=d.nll_weight,
         train=d.train.model_copy(update={"output_dir": str(model_dir)})), resume=resume)
 
 

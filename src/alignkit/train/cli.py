@@ -92,7 +92,7 @@ COMMANDS = [
     Command("check-template", "prove the training render of prompts equals the inference render",
             "alignkit.train.cli:CheckTemplateConfig", "alignkit.train.cli:check_template", echo=False),
     Command("rm eval", "score preference pairs with a reward model: accuracy by length bucket, length bias",
-            "alignkit.train.reward_eval:RMEvalConfig", "alignkit.train.cli:rm_eval", save_to="output"),
+            "alignkit.train.reward_eval:RMEvalConfig", "alignkit.train.cli:rm_eval", save_to="output_file"),
     Command("prm label", "Monte-Carlo step labels (Math-Shepherd) from policy rollouts",
             "alignkit.pipelines.prm_label:PRMLabelConfig", "alignkit.train.cli:prm_label", save_to="output_dir"),
 ]

@@ -26,7 +26,7 @@ from typing import Any, Literal, Protocol
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from alignkit.config import StrictModel
+from alignkit.config import Precision, Renamed, StrictModel
 from alignkit.data.tokenize import TokenizedExample
 from alignkit.progress import ProgressBar
 from alignkit.train import checkpoint as ckpt
@@ -62,7 +62,7 @@ class TrainConfig(StrictModel):
     """Linear warmup steps."""
     max_grad_norm: float | None = 1.0
     """Clip the global gradient norm to this value (null: no clipping)."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Precision = "auto"
     """auto: bf16 where the hardware multiplies bf16 natively (AMX/AVX512-BF16 CPUs, bf16 GPUs), else fp32 (the
     choice and its reason are printed and saved in summary.json). bf16: autocast matmuls to bfloat16;
     weights and optimizer stay fp32."""
@@ -79,6 +79,7 @@ class TrainConfig(StrictModel):
     (optional extras alignkit[wandb] / alignkit[mlflow]; see docs/training.md); [] for none."""
     progress: bool = True
     """Show a progress bar."""
+    renamed = {"tensorboard": Renamed("report_to", ((True, ["tensorboard"]), (False, [])))}  # removed in 02f58cb
 
     @field_validator("report_to")
     @classmethod

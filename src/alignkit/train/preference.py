@@ -18,9 +18,8 @@ from torch import Tensor
 
 from alignkit.config import StrictModel
 from alignkit.data.batching import collate, collate_segments
-from alignkit.data.rows import DataError
 from alignkit.data.tokenize import TokenizedExample
-from alignkit.errors import ConfigError
+from alignkit.errors import ConfigError, DataError
 from alignkit.losses import preference as L
 from alignkit.train.loop import TrainConfig, Trainer, epoch_micro_batches
 from alignkit.train.run import (

@@ -30,7 +30,8 @@ import torch
 from pydantic import Field
 
 from alignkit.config import StrictModel
-from alignkit.data.rows import DataError, Example, read_rows
+from alignkit.data.rows import Example, read_rows
+from alignkit.errors import DataError
 from alignkit.train.loop import TrainConfig, Trainer
 from alignkit.train.run import (
     DataConfig,
@@ -88,19 +89,19 @@ def encode_steps(tokenizer, prompt: str, steps: list[str], separator: str, chat_
 
 
 def tokenize_stepwise(rows: list[Example], tokenizer, cfg: PRMConfig) -> tuple[list[StepExample], dict[str, int]]:
-    """Tokenise stepwise rows; a row over ``data.policy.max_length`` is cut after its last whole
+    """Tokenise stepwise rows; a row over ``data.limits.max_length`` is cut after its last whole
     step (``on_long_completion: truncate``), dropped, or refused, and counted."""
-    policy = cfg.data.policy
+    limits = cfg.data.limits
     events: Counter = Counter()
     out = []
     for ex in rows:
         ids, pos = encode_steps(tokenizer, ex.prompt, ex.completions, cfg.step_separator, cfg.chat_template)
         labels = list(ex.labels)
-        if len(ids) > policy.max_length:
-            fits = sum(p < policy.max_length for p in pos)
-            if policy.on_long_completion == "error":
-                raise DataError(f"row {ex.index + 1}: {len(ids)} tokens > max_length {policy.max_length} (policy: error)")
-            if policy.on_long_completion == "drop" or fits == 0:
+        if len(ids) > limits.max_length:
+            fits = sum(p < limits.max_length for p in pos)
+            if limits.on_long_completion == "error":
+                raise DataError(f"row {ex.index + 1}: {len(ids)} tokens > max_length {limits.max_length} (policy: error)")
+            if limits.on_long_completion == "drop" or fits == 0:
                 events["dropped_long_sequence"] += 1
                 continue
             events["truncated_steps"] += 1

@@ -23,7 +23,7 @@ from pydantic import Field
 from alignkit.config import StrictModel
 from alignkit.data.batching import by_completion, collate
 from alignkit.data.length_balance import DEFAULT_EDGES, balance_by_length, check_edges
-from alignkit.data.rows import DataError
+from alignkit.errors import DataError
 from alignkit.train.loop import TrainConfig, Trainer
 from alignkit.train.reward_eval import evaluate_pairs
 from alignkit.train.run import (
@@ -122,8 +122,9 @@ def collate_mixed(examples, pad_id: int) -> dict[str, torch.Tensor]:
 
 def load_unpaired(path: str, tokenizer, policy) -> tuple[list, dict[str, Any]]:
     """Tokenised unpaired rows whose label rides in ``rewards`` (for :func:`collate_mixed`)."""
-    from alignkit.data.rows import DataError, read_rows
+    from alignkit.data.rows import read_rows
     from alignkit.data.tokenize import tokenize_examples
+    from alignkit.errors import DataError
 
     rows = read_rows(path, "unpaired")
     label = {r.index: r.labels[0] for r in rows}
@@ -166,7 +167,7 @@ def train_rm(cfg: RMConfig, resume: bool = False) -> dict[str, Any]:
     train, balance = balance_train_pairs(train, cfg.data, cfg.train.seed)
     if not train:
         raise DataError(f"{cfg.data.train}: length balancing kept no pairs ({balance})")
-    unpaired, unpaired_summary = load_unpaired(cfg.data.unpaired, tok, cfg.data.policy) if cfg.data.unpaired else ([], None)
+    unpaired, unpaired_summary = load_unpaired(cfg.data.unpaired, tok, cfg.data.limits) if cfg.data.unpaired else ([], None)
     out = prepare_output(acc, cfg, cfg.train.output_dir)  # only once the data is known to be valid
     fwd = RewardForward(model.to(acc.device))
     evaluate = (lambda m: evaluate_pairs(acc.unwrap_model(m), evals, tok.pad_token_id, cfg.train.batch_size,

@@ -131,36 +131,38 @@ class RMEvalConfig(StrictModel):
     """Reward-model directory (the output_dir of ``alignkit rm``)."""
     data: str
     """Preference pairs to score (prompt/chosen/rejected; any format ``alignkit rm`` reads)."""
-    policy: DataPolicy = Field(default_factory=DataPolicy)
-    """Lengths and degenerate-row policy (as in training)."""
+    limits: DataPolicy = Field(default_factory=DataPolicy)
+    """Lengths and what happens to degenerate rows (as ``data.limits`` in training)."""
     length_buckets: list[int] = Field(default_factory=lambda: list(DEFAULT_EDGES))
     """Edges of the |len(chosen) - len(rejected)| buckets, in tokens."""
     batch_size: int = 8
     """Pairs per forward pass."""
-    output: str | None = None
+    output_file: str | None = None
     """Also write the report to this JSON file, the resolved config beside it (null: print only)."""
+    renamed = {"policy": "limits", "output": "output_file"}
 
 
 def eval_rm(cfg: RMEvalConfig) -> dict[str, Any]:
     """Score ``cfg.data`` with ``cfg.model``; returns the report (see the module docstring)."""
-    from alignkit.data.rows import DataError, read_rows
+    from alignkit.data.rows import read_rows
     from alignkit.data.tokenize import tokenize_examples
+    from alignkit.errors import DataError
     from alignkit.models import load_reward_model, load_tokenizer
     from alignkit.train.run import RewardForward
 
     check_edges(cfg.length_buckets)
     rows = read_rows(cfg.data, "preference")
     tok = load_tokenizer(cfg.model)
-    examples, summary = tokenize_examples(rows, tok, cfg.policy, pairwise=True)
+    examples, summary = tokenize_examples(rows, tok, cfg.limits, pairwise=True)
     if not examples:
         raise DataError(f"{cfg.data}: no pairs left after the data policy ({summary.as_dict()})")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = RewardForward(load_reward_model(cfg.model, device=device))
     report = evaluate_pairs(model, examples, tok.pad_token_id, cfg.batch_size, device, cfg.length_buckets)
     payload = {"command": "rm eval", "model": cfg.model, "data": cfg.data, "rows": summary.as_dict(), **report}
-    if cfg.output:
+    if cfg.output_file:
         from alignkit.atomic import write_atomic
 
-        Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(cfg.output, json.dumps(payload, indent=1, sort_keys=True))
+        Path(cfg.output_file).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(cfg.output_file, json.dumps(payload, indent=1, sort_keys=True))
     return payload

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from alignkit.data.rows import DataError
+from alignkit.errors import DataError
 
 
 @dataclass
@@ -42,7 +42,7 @@ def read_prompt_rows(path: str, needs_constraint: bool = False) -> list[dict[str
     """Validated prompt rows; errors name ``file:line: field``. ``needs_constraint``: the built-in
     verifier is the reward, so every row must carry a valid verifiable-instruction ``constraint``."""
     from alignkit.data.verifiable import verify
-    from alignkit.generate.jsonl import RecordError, check_prompt, read_jsonl
+    from alignkit.generate.jsonl import check_prompt, read_jsonl
 
     rows = []
     try:
@@ -57,7 +57,7 @@ def read_prompt_rows(path: str, needs_constraint: bool = False) -> list[dict[str
                 except (ValueError, TypeError, AttributeError) as exc:
                     raise DataError(f"{where}: field 'constraint': {exc}") from None
             rows.append(row)
-    except RecordError as exc:
+    except DataError as exc:
         raise DataError(str(exc)) from None
     return rows
 

@@ -16,8 +16,9 @@ import torch
 from pydantic import Field
 
 from alignkit.config import StrictModel, dump_config
-from alignkit.data.rows import DataError, Example, RowKind, read_rows
+from alignkit.data.rows import Example, RowKind, read_rows
 from alignkit.data.tokenize import DataPolicy, DataSummary, TokenizedExample, tokenize_examples
+from alignkit.errors import DataError
 from alignkit.models import DEFAULT_MODEL
 
 
@@ -48,7 +49,7 @@ class ModelConfig(StrictModel):
 
 
 class DataConfig(StrictModel):
-    """Training data and the degenerate-row policy."""
+    """Training data, its lengths and what happens to degenerate rows."""
 
     train: str
     """JSONL/JSON/Parquet file or saved HF dataset directory."""
@@ -56,7 +57,8 @@ class DataConfig(StrictModel):
     """Held-out file in the same format (optional)."""
     eval_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
     """If no eval file: hold out this fraction of train rows, 0 <= f < 1 (deterministic by seed)."""
-    policy: DataPolicy = Field(default_factory=DataPolicy)
+    limits: DataPolicy = Field(default_factory=DataPolicy)
+    renamed = {"policy": "limits"}  # "policy" is the model being trained everywhere else
 
 
 def resolve_run_precision(requested: str):
@@ -113,10 +115,10 @@ def load_data(
         rows, eval_rows = split_rows(rows, data.eval_fraction, seed)
     else:
         eval_rows = []
-    train, summary = tokenize_examples(rows, tokenizer, data.policy, pairwise=pairwise)
+    train, summary = tokenize_examples(rows, tokenizer, data.limits, pairwise=pairwise)
     if not train:
         raise DataError(f"{data.train}: no training rows left after the data policy ({summary.as_dict()})")
-    evals, _ = tokenize_examples(eval_rows, tokenizer, data.policy, pairwise=pairwise) if eval_rows else ([], None)
+    evals, _ = tokenize_examples(eval_rows, tokenizer, data.limits, pairwise=pairwise) if eval_rows else ([], None)
     return train, evals, summary
 
 
