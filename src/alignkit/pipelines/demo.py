@@ -128,7 +128,8 @@ class DemoConfig(StrictModel):
     """Seed of the prompt split and of sampling; also rl.train.seed unless that is given."""
     precision: Precision | None = None
     """Training precision of all three stages: sets sft/dpo/rl ``train.precision`` (null: each section's
-    own, whose default auto is bf16 only where the hardware multiplies bf16 natively, else fp32)."""
+    own, whose default auto is bf16 only where the hardware multiplies bf16 natively, else fp32). Sampling
+    and evaluation generate in this precision too (null: auto); the eval results record the dtype."""
     sft: SFTConfig
     """Stage 2, SFT on the base model's passing samples (``alignkit sft`` keys; model.name_or_path,
     data.train and train.output_dir are set by the demo). Old keys: sft_lr, sft_steps, sft_epochs."""
@@ -226,13 +227,22 @@ def _read_rows(path: Path) -> list[dict]:
     return [rec.value for rec in read_objects(path)]
 
 
-def _pass_rate(model_path: str, rows: list[dict], batch_size: int) -> dict[str, Any]:
-    """Greedy held-out verifier pass rate of ``model_path`` (generation in fp32: decoding is not trained)."""
+def generation_dtype(cfg: DemoConfig) -> str:
+    """The torch dtype of the demo's sampling and evaluation: ``precision`` resolved like training's
+    (``auto``/unset: bf16 only where the hardware multiplies bf16 natively), so evaluation follows the
+    same capability rule as everything else; the resolved dtype is part of the stages' fingerprints."""
+    from alignkit.precision import resolve_precision
+
+    return resolve_precision(cfg.precision or "auto").dtype
+
+
+def _pass_rate(model_path: str, rows: list[dict], batch_size: int, dtype: str) -> dict[str, Any]:
+    """Greedy held-out verifier pass rate of ``model_path``, generated in ``dtype`` (recorded in the result)."""
     from alignkit.generate.engine import make_engine
     from alignkit.pipelines.verifiable_prefs import pass_rate
 
-    engine = make_engine(model_path, "hf", dtype="float32", batch_size=batch_size)
-    return pass_rate(engine, rows, progress=True)
+    engine = make_engine(model_path, "hf", dtype=dtype, batch_size=batch_size)
+    return {**pass_rate(engine, rows, progress=True), "dtype": dtype}
 
 
 def _metrics(path: Path) -> list[dict]:
@@ -283,9 +293,10 @@ class _Run:
     def evaluate(self, names: list[str], key: str, title: str) -> dict[str, dict]:
         """Greedy held-out pass rate of each named model, one eval_<name>.json each (one stage ``key``)."""
         paths = {name: self.out / f"eval_{name}.json" for name in names}
-        fp = fingerprint(self.heldout, self.cfg.gen_batch, [self.models[n] for n in names])
+        dtype = generation_dtype(self.cfg)
+        fp = fingerprint(self.heldout, self.cfg.gen_batch, [self.models[n] for n in names], dtype)
         self.stages.run(key, fp, list(paths.values()), lambda: [
-            write_atomic(paths[n], json.dumps(_pass_rate(self.models[n][0], self.heldout, self.cfg.gen_batch)))
+            write_atomic(paths[n], json.dumps(_pass_rate(self.models[n][0], self.heldout, self.cfg.gen_batch, dtype)))
             for n in names], title)
         return {name: json.loads(path.read_text()) for name, path in paths.items()}
 
@@ -297,7 +308,8 @@ def _preference_data(run: _Run, train_prompts: list[dict]) -> dict[str, Any]:
 
     cfg = run.cfg
     pairs_path, stats_path = Path(cfg.dpo.data.train), run.out / "pairs.json"
-    fp = fingerprint(run.models["sft"][1], train_prompts, cfg.k, cfg.temperature, cfg.seed, cfg.gen_batch)
+    fp = fingerprint(run.models["sft"][1], train_prompts, cfg.k, cfg.temperature, cfg.seed, cfg.gen_batch,
+                     generation_dtype(cfg))
     run.stages.run("sampling", fp, [pairs_path, stats_path], lambda: _sample_pairs(run, train_prompts, stats_path),
                    run.title(3, "preference data: K samples per prompt from the SFT model, verified"))
     stats = json.loads(stats_path.read_text())
@@ -316,7 +328,7 @@ def _sample_pairs(run: _Run, train_prompts: list[dict], stats_path: Path) -> Non
     from alignkit.pipelines.verifiable_prefs import build_pairs, score_samples
 
     cfg = run.cfg
-    engine = make_engine(cfg.sft.train.output_dir, "hf", dtype="float32", batch_size=cfg.gen_batch)
+    engine = make_engine(cfg.sft.train.output_dir, "hf", dtype=generation_dtype(cfg), batch_size=cfg.gen_batch)
     torch.manual_seed(cfg.seed)
     params = SamplingParams(max_new_tokens=64, temperature=cfg.temperature, top_p=0.95, n=cfg.k)
     pairs, _kway, stats = build_pairs(score_samples(engine, train_prompts, params, progress=True))

@@ -34,12 +34,12 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
 from alignkit.atomic import write_atomic
-from alignkit.config import StrictModel
+from alignkit.config import Precision, StrictModel
 from alignkit.data.verifiable import CONSTRAINT_TYPES, make_splits, verify
 from alignkit.generate.engine import SamplingParams
 from alignkit.models import DEFAULT_MODEL
@@ -266,8 +266,9 @@ class VerifiablePrefsConfig(StrictModel):
     """Seeds both the prompt generator and sampling."""
     batch_size: int = Field(default=8, ge=1)
     """Generation batch (rows)."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Policy dtype for generation."""
+    dtype: Precision = "auto"
+    """Policy precision for generation (auto: bf16 only where the hardware multiplies bf16 natively, else
+    fp32; the resolved dtype is recorded in the summary)."""
     threads: int | None = Field(default=None, ge=1)
     """torch intra-op threads (null: torch's choice); 1 is much faster on a busy machine."""
     samples_out: str | None = None
@@ -296,6 +297,7 @@ def run_verifiable_prefs(cfg: VerifiablePrefsConfig) -> int:
     import torch
 
     from alignkit.generate.engine import make_engine
+    from alignkit.precision import resolve_precision
 
     if cfg.threads is not None:
         # Spinning OpenMP workers on cores other processes use cost more than they give: measured
@@ -318,6 +320,7 @@ def run_verifiable_prefs(cfg: VerifiablePrefsConfig) -> int:
     summary: dict[str, Any] = {
         "command": command_line(cfg),
         "model": cfg.model,
+        "dtype": resolve_precision(cfg.dtype).dtype,
         "sampling": asdict(params),
         "seed": cfg.seed,
         "train_prompts": len(train),
