@@ -300,6 +300,16 @@ def test_bf16_reference_matches_initial_policy_exactly(tmp_path, tiny_model_dir,
     assert out["batching"] == {"pack": fast, "shared_prompt": fast}
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_eval_before_training_has_zero_implicit_reward(tmp_path, tiny_model_dir, precision):
+    """Before the first step the policy is the reference: the held-out implicit reward margin is exactly 0
+    in either precision (the eval pass runs under the same autocast as the reference's)."""
+    data = write_jsonl(tmp_path / "p.jsonl", make_pairs(12, seed=5))
+    out = _run_dpo(tmp_path, tiny_model_dir, data, "ev", **{"train.max_steps": 1, "train.batch_size": 3,
+                                                            "data.eval_fraction": 0.5, "train.precision": precision})
+    assert out["eval_before"]["n"] == 6 and out["eval_before"]["reward_margin"] == 0.0
+
+
 def test_kway_rows_with_unequal_k_train_with_masked_candidates(tmp_path, tiny_model_dir):
     """Some responses failed judging: K differs per prompt; missing candidates are masked and counted."""
     from alignkit.train.preference import train_preference

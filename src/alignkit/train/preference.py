@@ -337,7 +337,10 @@ def train_preference(cfg: PreferenceConfig, resume: bool = False) -> dict[str, A
     fwd = LogpsForward(model, temperature=cfg.logit_temperature)
 
     def evaluate(m):
-        return evaluate_pairs(acc.unwrap_model(m), evals, ref_eval, collate_fn, cfg.train.batch_size, acc.device)
+        # under the training precision, as the reference's eval log-probs were: in bf16 an fp32 policy pass
+        # against a bf16 reference showed a nonzero implicit reward margin at step 0 (policy == reference)
+        with acc.autocast():
+            return evaluate_pairs(acc.unwrap_model(m), evals, ref_eval, collate_fn, cfg.train.batch_size, acc.device)
 
     before = evaluate(fwd) if evals else {}
     trainer = Trainer(cfg.train, acc, fwd, train, PreferenceObjective(cfg, pairs),
