@@ -1,6 +1,7 @@
-"""``alignkit eval mathusereval`` and ``alignkit eval trajectory``, registered through
+"""``alignkit eval mathusereval``, ``alignkit eval alignbench`` and ``alignkit eval trajectory``, registered through
 :mod:`alignkit.commands` like every command (flags and ``--help`` generated from the config models).
-Import-light: the work happens in :mod:`alignkit.evals.mathusereval` and :mod:`alignkit.evals.trajectory`.
+Import-light: the work happens in :mod:`alignkit.evals.mathusereval`, :mod:`alignkit.evals.alignbench` and
+:mod:`alignkit.evals.trajectory`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,22 @@ def mathusereval(cfg) -> int:
     ex = res["exact_answer"]
     print(json.dumps({k: res[k] for k in ("n", "scored", "parse_failures", "micro_mean", "macro_mean",
                                          "share_ge_7")} | {"exact_answer": ex}, indent=1))
+    Console(stderr=True).print(f"results: {cfg.output_dir}/results.json")
+    return 0
+
+
+def alignbench(cfg) -> int:
+    from rich.console import Console
+
+    from alignkit.errors import UserError
+    from alignkit.evals.alignbench import run_alignbench
+
+    try:
+        res = run_alignbench(cfg)
+    except ValueError as exc:  # bad question rows or judge settings found while running
+        raise UserError(str(exc)) from None
+    keys = ("n", "scored", "failures", "overall", "overall_interval", "groups", "micro_mean")
+    print(json.dumps({k: res[k] for k in keys}, indent=1, ensure_ascii=False))
     Console(stderr=True).print(f"results: {cfg.output_dir}/results.json")
     return 0
 
@@ -52,6 +69,12 @@ COMMANDS = [
             description="Judge answers against reference answers with the Math-Critique prompt (any judge spec); "
             "per-category dimensions, micro/macro means, share >= 7, parse failures separately. "
             "See docs/self_critique.md."),
+    Command("eval alignbench",
+            "AlignBench by its official protocol on your copy of the data (multi-dimensional judge, 1-10)",
+            "alignkit.evals.alignbench:AlignBenchConfig", "alignkit.evals.config_commands:alignbench",
+            description="Judge answers against reference answers with the AlignBench prompt of each question "
+            "type (any judge spec); per-category, 中文推理/中文语言 and overall scores as show_result.py, "
+            "per-dimension means, failures separately. See docs/evals.md."),
     Command("eval trajectory",
             "held-out LM loss and mini-suite scores per checkpoint; score-vs-loss plot and emergence threshold",
             "alignkit.evals.trajectory:TrajectoryConfig", "alignkit.evals.config_commands:trajectory",

@@ -3,9 +3,11 @@
 All texts and few-shot examples are our own, except ``math_critique_official``: our English and Chinese
 paraphrase of the official MathUserEval judge prompt (github.com/THUDM/ChatGLM-Math, ``judge.py`` and
 ``config/dimension_*.json``, MIT licence), which keeps its procedure, dimensions, score bands and output
-format. Placeholders are ``<<name>>``; :func:`fill` substitutes
-them in a single pass over the template, so user text that happens to contain ``<<answer>>`` is
-never expanded.
+format; and ``alignbench``: our Chinese paraphrase of the AlignBench judge prompt (github.com/THUDM/AlignBench,
+``judge.py``; the repository has no licence, so nothing is copied), same structure, scale and output format,
+the dimension list filled in per question type by :mod:`alignkit.evals.alignbench`. Placeholders are
+``<<name>>``; :func:`fill` substitutes them in a single pass over the template, so user text that happens to
+contain ``<<answer>>`` is never expanded.
 """
 
 from __future__ import annotations
