@@ -55,7 +55,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from alignkit.config import StrictModel, dump_config
+from alignkit.config import Precision, StrictModel, dump_config
+from alignkit.errors import DataError
 from alignkit.judge.client import JudgeConfig, ParseError
 from alignkit.judge.critique import _score  # the Math-Critique rule: an integer 1-10, else ParseError
 
@@ -123,8 +124,9 @@ class AlignBenchConfig(StrictModel):
     """Answer budget of the evaluated model."""
     batch_size: int = Field(default=8, ge=1)
     """Prompts per generation batch of the evaluated model."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Weights dtype of the evaluated model."""
+    dtype: Precision = "auto"
+    """Precision of the evaluated model's weights (auto: bf16 only where the hardware multiplies bf16
+    natively, else fp32; the signature records the resolved dtype, never auto)."""
     device: str | None = None
     """cpu | cuda (null: the engine's default)."""
     backend: Literal["auto", "hf", "vllm"] = "auto"
@@ -146,7 +148,7 @@ class AlignBenchConfig(StrictModel):
 # ----------------------------------------------------------------------------------- input
 def read_questions(path: str, limit: int | None = None) -> list[dict[str, Any]]:
     """Validated rows with ``id`` (the question_id as a string) and ``question_type``; errors name file:line:field."""
-    from alignkit.generate.jsonl import RecordError, read_jsonl, require_str
+    from alignkit.generate.jsonl import read_jsonl, require_str
 
     rows, seen = [], {}
     for line, row in read_jsonl(path):
@@ -155,12 +157,12 @@ def read_questions(path: str, limit: int | None = None) -> list[dict[str, Any]]:
             require_str(row, key, where)
         qid = row.get("question_id")
         if isinstance(qid, bool) or not isinstance(qid, int | str) or qid == "":
-            raise RecordError(f"{where}: field 'question_id': expected an integer or a non-empty string")
+            raise DataError(f"{where}: field 'question_id': expected an integer or a non-empty string")
         if str(qid) in seen:
-            raise RecordError(f"{where}: field 'question_id': duplicate id {qid!r} (first on line {seen[str(qid)]})")
+            raise DataError(f"{where}: field 'question_id': duplicate id {qid!r} (first on line {seen[str(qid)]})")
         seen[str(qid)] = line
         if row["subcategory"] not in QUESTION_TYPES:
-            raise RecordError(f"{where}: field 'subcategory': {row['subcategory']!r} is not an AlignBench "
+            raise DataError(f"{where}: field 'subcategory': {row['subcategory']!r} is not an AlignBench "
                               f"subcategory (its dimension set is unknown); known: {', '.join(QUESTION_TYPES)}")
         if row.get("answer") is not None:
             require_str(row, "answer", where, allow_empty=True)
@@ -448,7 +450,9 @@ def signature(cfg: AlignBenchConfig, rows: list[dict[str, Any]], judge_id: str, 
                                                                                              for r in generated})},
                              "seed": cfg.seed if cfg.decoding == "official" else None,
                              "chat_template": True, "answered": len(generated), "given": len(rows) - len(generated)}
-        comps.update(subject_components(cfg.model, engine, cfg.dtype))
+        from alignkit.precision import resolve_precision
+
+        comps.update(subject_components(cfg.model, engine, resolve_precision(cfg.dtype, cfg.device).dtype))
         if len(generated) < len(rows):
             comps["model"] = {**comps["model"], "given_answers_sha256": sha256_hex(
                 [r["answer"] for r in rows if not r.get("answered_by")])}
