@@ -177,3 +177,14 @@ def test_explained_variance():
     m = torch.ones(1, 3, dtype=torch.bool)
     assert P.explained_variance(ret, ret, m).item() == pytest.approx(1.0)
     assert P.explained_variance(torch.full((1, 3), 2.0), ret, m).item() == pytest.approx(0.0)
+
+
+def test_group_advantages_with_kl_adds_the_kl_return_to_go_after_the_group_normalisation():
+    """A_t = A_seq - beta * sum_{s >= t} kl_s on the masked-in prefix, 0 off-mask (hand-computed)."""
+    seq_adv = torch.tensor([1.0, -1.0])
+    kl = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 9.0]])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    adv = P.group_advantages_with_kl(seq_adv, kl, mask, kl_coef=0.5)
+    expected = torch.tensor([[1.0 - 0.5 * 0.6, 1.0 - 0.5 * 0.5, 1.0 - 0.5 * 0.3],
+                             [-1.0 - 0.5 * 0.9, -1.0 - 0.5 * 0.5, 0.0]])
+    assert torch.allclose(adv, expected, atol=1e-6)

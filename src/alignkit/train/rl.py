@@ -141,14 +141,15 @@ def advantages(ctx: Ctx, t: dict[str, torch.Tensor], used: torch.Tensor) -> dict
             mean, std = P.moments(torch.tensor(s), torch.tensor(s2), torch.tensor(n))
             adv = P.whiten(adv, mask, mean.float(), std.float())
     else:
-        seq = scores - beta * kl_tok.sum(-1)
-        groups, ok = seq.view(-1, cfg.rollout.n), valid.view(-1, cfg.rollout.n)
+        # the scores are normalised within their group first; the KL penalty is added per token afterwards,
+        # so it is never divided by the group's reward spread (an all-pass group keeps |A| ~ beta * KL)
+        groups, ok = scores.view(-1, cfg.rollout.n), valid.view(-1, cfg.rollout.n)
         fn = P.rloo_advantages if cfg.advantage.type == "rloo" else (
             lambda s, v: P.group_advantages(s, v, scale=cfg.advantage.scale_std))
         per_seq = fn(groups, ok).flatten()
         usable = (ok.sum(-1, keepdim=True) >= 2).expand_as(ok).flatten()  # a lone valid sample has no baseline
         mask = mask & usable[:, None]
-        adv = per_seq[:, None] * mask
+        adv = P.group_advantages_with_kl(per_seq, kl_tok, mask, beta)
     t["mask"], t["adv"] = mask, adv
     kl_sum, n_valid, masked = gsum(acc, float(kl_tok.sum()), float(valid.sum()), float((~mask.any(-1)).sum()))
     return {"kl/ref_k1_per_sample": kl_sum / max(n_valid, 1), "samples/masked": masked}
