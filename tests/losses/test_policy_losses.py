@@ -188,3 +188,28 @@ def test_group_advantages_with_kl_adds_the_kl_return_to_go_after_the_group_norma
     expected = torch.tensor([[1.0 - 0.5 * 0.6, 1.0 - 0.5 * 0.5, 1.0 - 0.5 * 0.3],
                              [-1.0 - 0.5 * 0.9, -1.0 - 0.5 * 0.5, 0.0]])
     assert torch.allclose(adv, expected, atol=1e-6)
+
+
+def test_kl_loss_term_gradients_on_policy():
+    """What each estimator's gradient descends when differentiated as a loss on samples of pi (exact
+    expectation over a 6-token categorical, Tang & Munos 2025, arXiv 2506.09477): k1 -> 0 (E_pi[grad log pi]
+    = 0, why ``kl.mode: loss`` refuses it), k2 -> grad KL(pi || ref), k3 -> grad KL(ref || pi)."""
+    torch.manual_seed(0)
+    theta = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    ref = torch.log_softmax(torch.randn(6, dtype=torch.float64), -1)
+
+    def expected_grad(estimator):
+        logp = torch.log_softmax(theta, -1)
+        (g,) = torch.autograd.grad((logp.exp().detach() * P.kl_penalty(logp, ref, estimator)).sum(), theta)
+        return g
+
+    def grad_of(divergence):
+        (g,) = torch.autograd.grad(divergence(torch.log_softmax(theta, -1)), theta)
+        return g
+
+    reverse = grad_of(lambda lp: (lp.exp() * (lp - ref)).sum())
+    forward = grad_of(lambda lp: (ref.exp() * (ref - lp)).sum())
+    assert expected_grad("k1").abs().max() < 1e-12 and reverse.abs().max() > 1e-2
+    assert torch.allclose(expected_grad("k2"), reverse, atol=1e-12)
+    assert torch.allclose(expected_grad("k3"), forward, atol=1e-12)
+    assert not torch.allclose(forward, reverse, atol=1e-3)

@@ -42,3 +42,17 @@ def test_kl_in_reward_is_not_divided_by_the_group_spread(adv):
     assert t["adv"].abs().max() <= beta * kl_tok.sum(-1).max() + 1e-7
     assert torch.allclose(t["adv"], -beta * to_go, atol=1e-7)
     assert t["mask"].all()
+
+
+def test_kl_estimator_default_follows_the_mode_and_k1_loss_is_refused():
+    """kl.mode=loss defaults to k3 (k1 as a loss has zero expected gradient on-policy); reward keeps k1;
+    an estimator the mode would not use is refused."""
+    from alignkit.errors import ConfigError
+
+    assert _rl_cfg(**{"kl.mode": "loss"}).kl.estimator == "k3"
+    assert _rl_cfg(**{"kl.mode": "reward"}).kl.estimator == "k1"
+    assert _rl_cfg(**{"kl.mode": "loss", "kl.estimator": "k2"}).kl.estimator == "k2"
+    with pytest.raises(ConfigError, match="zero expected gradient"):
+        _rl_cfg(**{"kl.mode": "loss", "kl.estimator": "k1"})
+    with pytest.raises(ConfigError, match="in-reward penalty is k1"):
+        _rl_cfg(**{"kl.mode": "reward", "kl.estimator": "k3"})

@@ -1,7 +1,7 @@
 """The ``alignkit rl`` config: one strict section per concern, and the refused combinations.
 
 Defaults follow common practice (InstructGPT / ChatGLM-RLHF PPO: KL in the reward, k1; GRPO: set
-``kl.mode: loss`` and ``kl.estimator: k3``); each field's docstring becomes ``alignkit rl --help``.
+``kl.mode: loss``, whose estimator defaults to k3); each field's docstring becomes ``alignkit rl --help``.
 """
 
 from __future__ import annotations
@@ -79,8 +79,22 @@ class KLConfig(StrictModel):
     """beta. 0 disables the penalty (KL is still measured)."""
     mode: Literal["reward", "loss"] = "reward"
     """reward: -beta * k1 per token in the reward (InstructGPT / ChatGLM-RLHF); loss: beta * estimator as a loss term (GRPO)."""
-    estimator: Literal["k1", "k2", "k3"] = "k1"
-    """Estimator of the loss term (mode=loss); the in-reward penalty is always k1."""
+    estimator: Literal["k1", "k2", "k3"] | None = None
+    """null: k3 for mode=loss (GRPO's; its gradient descends KL(ref || pi) per token), k1 for mode=reward (the
+    in-reward penalty is always k1). mode=loss also takes k2 (descends KL(pi || ref) per token); k1 as a loss is
+    refused: its expected gradient on-policy is zero. See docs/rl.md, "Which KL the gradient descends"."""
+
+    @model_validator(mode="after")
+    def _estimator_of_the_mode(self) -> KLConfig:
+        if self.estimator is None:
+            self.estimator = "k3" if self.mode == "loss" else "k1"
+        elif self.mode == "loss" and self.estimator == "k1":
+            raise ValueError("kl.mode=loss with kl.estimator=k1 has zero expected gradient on-policy "
+                             "(E_pi[grad log pi] = 0): it regularises nothing; use k3 (the default) or k2")
+        elif self.mode == "reward" and self.estimator != "k1":
+            raise ValueError(f"kl.estimator={self.estimator} is only used by kl.mode=loss; the in-reward penalty is "
+                             "k1 (its policy gradient descends KL(pi || ref)); drop kl.estimator or set kl.mode=loss")
+        return self
 
 
 class RewardConfig(StrictModel):
