@@ -56,3 +56,49 @@ def test_kl_estimator_default_follows_the_mode_and_k1_loss_is_refused():
         _rl_cfg(**{"kl.mode": "loss", "kl.estimator": "k1"})
     with pytest.raises(ConfigError, match="in-reward penalty is k1"):
         _rl_cfg(**{"kl.mode": "reward", "kl.estimator": "k3"})
+
+
+def _ctx(tmp_path, model_dir, **kw):
+    from alignkit.generate.engine import HFEngine
+    from alignkit.train.rl_rollout import Sample
+    from alignkit.train.rl_setup import build_run
+    from alignkit.train.run import make_accelerator
+
+    from alignkit.data.verifiable import DEMO_HELDOUT
+
+    base = {"model.name_or_path": model_dir, "data.train": str(DEMO_HELDOUT), "rollout.n": 2,
+            "rollout.prompts_per_step": 2, "reward.verifier": "tests.train.rl_fakes:varied",
+            "train.output_dir": str(tmp_path / "run"), "train.progress": "false", "train.report": "false"}
+    ctx = build_run(_rl_cfg(**{**base, **kw}), make_accelerator("fp32"))
+    engine = HFEngine(ctx.acc.unwrap_model(ctx.policy).model, ctx.tok)
+    samples = [Sample(i, engine.encode(ctx.rows[i]["prompt"]),
+                      ctx.tok(text, add_special_tokens=False).input_ids + [ctx.tok.eos_token_id], text, "stop")
+               for i in (0, 1) for text in ("a b", "hello there")]
+    return ctx, samples
+
+
+def test_failed_reference_reward_is_retried_not_cached(tmp_path, tiny_model_dir):
+    """r(x, y_ref) that could not be computed (NaN) masks that prompt's samples for this step only: it is not
+    cached, the next step that meets the prompt computes it again (counted in reward/ref_retries)."""
+    import math
+
+    from alignkit.train import rl
+
+    ctx, samples = _ctx(tmp_path, tiny_model_dir, **{"advantage.type": "grpo", "critic": "null",
+                                                       "reward.reference_baseline": "true", "reward.normalize": "false",
+                                                       "reward.clip": "null", "reward.max_failure_fraction": 1.0})
+    reward, calls = ctx.reward_fn, []
+
+    def ref_fails_once(rows, batch):
+        calls.append(len(batch))
+        out = reward(rows, batch)
+        return [math.nan, *out[1:]] if len(calls) == 2 else out  # call 2: the reference answers of step 1
+
+    ctx.reward_fn = ref_fails_once
+    raw, used, m1 = rl.score(ctx, samples)
+    assert torch.isfinite(raw).all() and torch.isnan(used[:2]).all() and torch.isfinite(used[2:]).all()
+    assert "0" not in ctx.state.ref_rewards and m1["reward/failed"] == 2 and m1["reward/ref_retries"] == 0
+    _, used2, m2 = rl.score(ctx, samples)
+    assert calls == [4, 2, 4, 1]  # step 2 re-answers and re-scores prompt 0 only
+    assert torch.isfinite(used2).all() and math.isfinite(ctx.state.ref_rewards["0"])
+    assert m2["reward/ref_retries"] == 1 and m2["reward/failed"] == 0 and ctx.state.ref_retries == 1

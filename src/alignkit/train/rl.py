@@ -59,8 +59,10 @@ def score(ctx: Ctx, samples) -> tuple[torch.Tensor, torch.Tensor, dict[str, floa
     rows = [ctx.rows[s.prompt_index] for s in samples]
     raw = torch.tensor(ctx.reward_fn(rows, samples), dtype=torch.float64)
     used = raw.clone()
+    retried = 0
     if cfg.reference_baseline:
-        used = used - torch.tensor(_ref_rewards(ctx, [s.prompt_index for s in samples]), dtype=torch.float64)
+        ref, retried = _ref_rewards(ctx, [s.prompt_index for s in samples])
+        used = used - torch.tensor(ref, dtype=torch.float64)
     everything = gather(ctx.acc, used)
     failed = int((~torch.isfinite(everything)).sum())
     st.failures += failed
@@ -84,23 +86,36 @@ def score(ctx: Ctx, samples) -> tuple[torch.Tensor, torch.Tensor, dict[str, floa
     metrics = {"reward/mean": float(raw_ok.mean()) if raw_ok.numel() else math.nan,
                "reward/failed": failed,
                "reward/used_mean": float(ok.mean()) if ok.numel() else math.nan}
+    if cfg.reference_baseline:
+        (metrics["reward/ref_retries"],) = gsum(ctx.acc, float(retried))
     return raw, used.float(), metrics
 
 
-def _ref_rewards(ctx: Ctx, indices: list[int]) -> list[float]:
-    """r(x, y_ref) per prompt index, y_ref the reference policy's greedy answer: the prompts not seen
-    before are answered in one batch (with vLLM: after loading the reference's weights into the engine)
-    and scored once; the cache is part of the run state."""
+def _ref_rewards(ctx: Ctx, indices: list[int]) -> tuple[list[float], int]:
+    """r(x, y_ref) per prompt index, y_ref the reference policy's greedy answer, and how many prompts were
+    retried. The prompts without a cached value are answered in one batch (with vLLM: after loading the
+    reference's weights into the engine) and scored; a finite score is cached for the run (the cache is part
+    of the run state), a failed one (NaN) is not: it masks the prompt's samples of this step only, and the
+    next step that meets the prompt answers and scores it again (a retry)."""
     from alignkit.generate.engine import SamplingParams
 
-    new = sorted({i for i in indices if str(i) not in ctx.state.ref_rewards})
+    st = ctx.state
+    new = sorted({i for i in indices if str(i) not in st.ref_rewards})
+    now: dict[int, float] = {}
+    retried = sum(str(i) in st.ref_failures for i in new)
     if new:
         engine = policy_engine(ctx, ctx.reference.model)
         params = SamplingParams(max_new_tokens=ctx.cfg.rollout.max_new_tokens, temperature=0.0)
         y_ref = rollout(engine, ctx.rows, new, [0] * len(new), params, 0, 0)
         for i, r in zip(new, ctx.reward_fn([ctx.rows[i] for i in new], y_ref), strict=True):
-            ctx.state.ref_rewards[str(i)] = r
-    return [ctx.state.ref_rewards[str(i)] for i in indices]
+            now[i] = r
+            if math.isfinite(r):
+                st.ref_rewards[str(i)] = r
+                st.ref_failures.pop(str(i), None)
+            else:
+                st.ref_failures[str(i)] = st.ref_failures.get(str(i), 0) + 1
+    st.ref_retries += retried
+    return [st.ref_rewards.get(str(i), now.get(i, math.nan)) for i in indices], retried
 
 
 # --------------------------------------------------------------- 3. old / reference log-probs, values
@@ -276,6 +291,7 @@ def train_rl(cfg: RLConfig, resume: bool = False) -> dict[str, Any]:
                "reward": cfg.reward.type, "steps": ctx.state.step, "processes": acc.num_processes,
                "optimizer_steps": ctx.state.opt_steps, "interrupted": stop.signal is not None,
                "signal": stop.signal, "reward_failures": ctx.state.failures,
+               "reference_baseline_retries": ctx.state.ref_retries,
                "heldout_before": ctx.state.heldout_before, "heldout_after": after,
                "last": history[-1] if history else {}, "output_dir": str(out)}
     write_summary(acc, out, payload)

@@ -120,7 +120,8 @@ class RewardConfig(StrictModel):
     max_failure_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
     """Stop with a diagnostic when more than this fraction of a step's samples have no reward."""
     reference_baseline: bool = False
-    """Subtract r(x, y_ref), y_ref = the reference policy's greedy answer (once per prompt, cached)."""
+    """Subtract r(x, y_ref), y_ref = the reference policy's greedy answer (once per prompt, cached; a failed
+    r(x, y_ref) masks the prompt's samples of that step and is computed again the next time the prompt comes)."""
     normalize: bool = True
     """Running reward normalisation (r - mean) / std over all rewards seen so far."""
     clip: float | None = 5.0

@@ -33,7 +33,9 @@ class RunState:
     step: int = 0
     opt_steps: int = 0
     reward_moments: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # count, mean, M2
-    ref_rewards: dict[str, float] = field(default_factory=dict)  # prompt index -> r(x, y_ref)
+    ref_rewards: dict[str, float] = field(default_factory=dict)  # prompt index -> r(x, y_ref), finite only
+    ref_failures: dict[str, int] = field(default_factory=dict)  # prompt index -> failed r(x, y_ref) so far
+    ref_retries: int = 0  # r(x, y_ref) computed again after a failure
     failures: int = 0
     heldout_before: dict[str, Any] = field(default_factory=dict)
 
