@@ -102,3 +102,20 @@ def test_failed_reference_reward_is_retried_not_cached(tmp_path, tiny_model_dir)
     assert calls == [4, 2, 4, 1]  # step 2 re-answers and re-scores prompt 0 only
     assert torch.isfinite(used2).all() and math.isfinite(ctx.state.ref_rewards["0"])
     assert m2["reward/ref_retries"] == 1 and m2["reward/failed"] == 0 and ctx.state.ref_retries == 1
+
+
+def test_running_reward_std_has_a_floor(tmp_path, tiny_model_dir):
+    """A constant first batch with the reference baseline and no clipping: the running std is 0, and the
+    rewards are divided by reward.std_floor (0.01), not by 1e-8 (rewards of 1e8 before the fix)."""
+    from alignkit.train import rl
+
+    kw = {"advantage.type": "grpo", "critic": "null", "reward.reference_baseline": "true",
+          "reward.normalize": "true", "reward.clip": "null"}
+    ctx, samples = _ctx(tmp_path, tiny_model_dir, **kw)
+    ctx.reward_fn = lambda rows, batch: [1.0 if len(batch) == len(samples) else 0.0] * len(batch)  # y_ref: 0
+    _, used, _ = rl.score(ctx, samples)
+    assert torch.allclose(used, torch.full((4,), 100.0)), used
+    assert ctx.state.reward_moments[2] == 0.0 and ctx.cfg.reward.std_floor == 0.01
+    ctx.cfg.reward.std_floor = 0.5
+    _, used, _ = rl.score(ctx, samples)
+    assert torch.allclose(used, torch.full((4,), 2.0))

@@ -77,8 +77,8 @@ def score(ctx: Ctx, samples) -> tuple[torch.Tensor, torch.Tensor, dict[str, floa
     if cfg.normalize:
         st.reward_moments = list(P.update_running_moments(*st.reward_moments, ok))
         count, mean, m2 = st.reward_moments
-        used = P.normalize_rewards(used, mean, math.sqrt(m2 / count) if count else 1.0, cfg.clip,
-                                   shift_mean=not cfg.reference_baseline)
+        std = max(math.sqrt(m2 / count), cfg.std_floor) if count else 1.0
+        used = P.normalize_rewards(used, mean, std, cfg.clip, shift_mean=not cfg.reference_baseline)
     elif cfg.clip is not None:
         used = used.clamp(-cfg.clip, cfg.clip)
     raw_all = gather(ctx.acc, raw)
