@@ -59,12 +59,11 @@ def test_kl_estimator_default_follows_the_mode_and_k1_loss_is_refused():
 
 
 def _ctx(tmp_path, model_dir, **kw):
+    from alignkit.data.verifiable import DEMO_HELDOUT
     from alignkit.generate.engine import HFEngine
     from alignkit.train.rl_rollout import Sample
     from alignkit.train.rl_setup import build_run
     from alignkit.train.run import make_accelerator
-
-    from alignkit.data.verifiable import DEMO_HELDOUT
 
     base = {"model.name_or_path": model_dir, "data.train": str(DEMO_HELDOUT), "rollout.n": 2,
             "rollout.prompts_per_step": 2, "reward.verifier": "tests.train.rl_fakes:varied",
@@ -119,3 +118,88 @@ def test_running_reward_std_has_a_floor(tmp_path, tiny_model_dir):
     ctx.cfg.reward.std_floor = 0.5
     _, used, _ = rl.score(ctx, samples)
     assert torch.allclose(used, torch.full((4,), 2.0))
+
+
+def _rl_run(tmp_path, model_dir, out, **kw):
+    from alignkit.data.verifiable import DEMO_HELDOUT
+
+    base = {"model.name_or_path": model_dir, "data.train": str(DEMO_HELDOUT), "rollout.prompts_per_step": 2,
+            "rollout.n": 2, "rollout.max_new_tokens": 4, "train.max_steps": 3, "train.save_every": 1,
+            "train.keep_checkpoints": 5, "train.lr": 1e-3, "critic.lr": 1e-3, "ppo.micro_batch_size": 2,
+            "reward.verifier": "tests.train.rl_fakes:varied", "train.output_dir": str(out),
+            "train.progress": "false", "train.report": "false"}
+    return _rl_cfg(**{**base, **kw})
+
+
+def _simulate_kill_after_logging_step_3(out) -> list[str]:
+    """As if SIGKILL came after step 3 was logged and while a line was being written, before the step-3
+    checkpoint: the last checkpoint is step 2, metrics.jsonl holds steps 1-3 and a torn line."""
+    import shutil
+
+    shutil.rmtree(out / "checkpoints" / "step-0000003")
+    lines = (out / "metrics.jsonl").read_text().splitlines(keepends=True)
+    with open(out / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 4, "loss": 0.1')
+    return lines
+
+
+def _without_times(line: str) -> dict:
+    import json
+
+    return {k: v for k, v in json.loads(line).items() if not k.startswith(("time/", "elapsed"))}
+
+
+def test_rl_resume_keeps_metrics_and_appends(tmp_path, tiny_model_dir):
+    """--resume keeps metrics.jsonl up to the checkpoint it resumes from (those lines untouched), drops what the
+    killed run logged after it (a torn last line included) and appends: the log equals the uninterrupted run's.
+    Before, a torn line stopped the resume (JSONDecodeError)."""
+    from alignkit.train.rl import train_rl
+
+    out = tmp_path / "rl"
+    cfg = _rl_run(tmp_path, tiny_model_dir, out)
+    train_rl(cfg)
+    lines = _simulate_kill_after_logging_step_3(out)
+    assert len(lines) == 3
+    summary = train_rl(cfg, resume=True)
+    after = (out / "metrics.jsonl").read_text().splitlines(keepends=True)
+    assert summary["steps"] == 3 and after[:2] == lines[:2] and len(after) == 3
+    assert _without_times(after[2]) == _without_times(lines[2])
+
+
+def test_shared_loop_resume_keeps_metrics_like_rl(tmp_path, tiny_model_dir):
+    """The offline recipes resume through the same code: no duplicate step-3 line (before: steps 1, 2, 3, 3)."""
+    from tests.train.conftest import make_sft, write_jsonl
+
+    from alignkit.config import load_config
+    from alignkit.train.sft import SFTConfig, train_sft
+
+    out = tmp_path / "sft"
+    data = write_jsonl(tmp_path / "s.jsonl", make_sft(8))
+    cfg = load_config(SFTConfig, None, [f"model.name_or_path={tiny_model_dir}", f"data.train={data}",
+                                        f"train.output_dir={out}", "train.progress=false", "train.report_to=[]",
+                                        "train.precision=fp32", "train.max_steps=3", "train.save_every=1",
+                                        "train.keep_checkpoints=5", "train.batch_size=2"])
+    train_sft(cfg)
+    lines = _simulate_kill_after_logging_step_3(out)
+    train_sft(cfg, resume=True)
+    after = (out / "metrics.jsonl").read_text().splitlines(keepends=True)
+    assert after[:2] == lines[:2] and len(after) == 3
+    assert _without_times(after[2]) == _without_times(lines[2])
+
+
+def test_rl_optimizer_step_when_deepspeed_reports_no_norm():
+    """Under DeepSpeed ``accelerator.clip_grad_norm_`` clips inside the engine and returns None: the RL update
+    steps like the shared loop does (before: ``float(None)``, TypeError)."""
+    from alignkit.train.rl_update import _optimizer_step
+
+    model = torch.nn.Linear(2, 1)
+    model(torch.ones(1, 2)).sum().backward()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    before = model.weight.detach().clone()
+    acc = SimpleNamespace(clip_grad_norm_=lambda params, max_norm: None, num_processes=1,
+                          device=torch.device("cpu"))
+    ctx = SimpleNamespace(acc=acc, policy=model, opt=opt, sched=sched, critic=None, critic_opt=None,
+                          critic_sched=None, cfg=_rl_cfg(), state=SimpleNamespace(step=0, opt_steps=0))
+    _optimizer_step(ctx)
+    assert ctx.state.opt_steps == 1 and not torch.equal(model.weight, before)

@@ -40,7 +40,6 @@ from alignkit.train.rl_rollout import (
 from alignkit.train.rl_setup import (
     Ctx,
     RewardFailureError,
-    StopSignals,
     build_run,
     check_runtime,
     gather,
@@ -237,8 +236,8 @@ def heldout_reward(ctx: Ctx, rows: list[dict]) -> dict[str, Any]:
 
 def train_rl(cfg: RLConfig, resume: bool = False) -> dict[str, Any]:
     """Run the recipe; returns the run summary (also written to ``output_dir/summary.json``)."""
-    from alignkit.progress import ProgressBar
     from alignkit.train.checkpoint import export_model
+    from alignkit.train.loop import drive
     from alignkit.train.run import (
         make_accelerator,
         prepare_output,
@@ -258,44 +257,22 @@ def train_rl(cfg: RLConfig, resume: bool = False) -> dict[str, Any]:
     if resume:
         resume_run(ctx, out)
     else:
-        if acc.is_main_process and (out / "metrics.jsonl").exists():
-            (out / "metrics.jsonl").unlink()
         ctx.state.heldout_before = heldout_reward(ctx, eval_rows)
-    from alignkit.train.trackers import Trackers, log_metrics
-
-    trackers = None
-    if cfg.train.report_to and acc.is_main_process:
-        trackers = Trackers(cfg.train.report_to, out, cfg.model_dump(mode="json"))
-    history = []
-    bar_enabled = cfg.train.progress and acc.is_main_process
-    with StopSignals() as stop, ProgressBar("rl", cfg.train.max_steps, bar_enabled, completed=ctx.state.step) as bar:
-        while ctx.state.step < cfg.train.max_steps:
-            logs = rl_step(ctx)
-            history.append(logs)
-            if acc.is_main_process and (logs["step"] % cfg.train.log_every == 0 or logs["step"] == cfg.train.max_steps):
-                log_metrics(out, logs, trackers)
-            bar.advance(info=f"reward {logs.get('reward/mean', math.nan):.3f}")
-            if cfg.train.save_every and ctx.state.step % cfg.train.save_every == 0:
-                save(ctx, out)
-            if stop.signal:
-                break
-    if trackers is not None:
-        trackers.close()
-    if stop.signal or ctx.state.step == cfg.train.max_steps:
-        save(ctx, out)
+    result = drive(cfg.train, acc, out, cfg.train.max_steps, ctx.state.step, resume, lambda: rl_step(ctx),
+                   lambda: save(ctx, out), "rl", lambda logs: f"reward {logs.get('reward/mean', math.nan):.3f}")
     after = {}
-    if not stop.signal:
+    if not result.interrupted:
         export_model(acc, ctx.policy, ctx.tok, out)
         after = heldout_reward(ctx, eval_rows)
     payload = {"recipe": "rl", "precision": prec.as_dict(), "advantage": cfg.advantage.type,
                "reward": cfg.reward.type, "steps": ctx.state.step, "processes": acc.num_processes,
-               "optimizer_steps": ctx.state.opt_steps, "interrupted": stop.signal is not None,
-               "signal": stop.signal, "reward_failures": ctx.state.failures,
+               "optimizer_steps": ctx.state.opt_steps, "interrupted": result.interrupted,
+               "signal": result.signal, "reward_failures": ctx.state.failures,
                "reference_baseline_retries": ctx.state.ref_retries,
                "heldout_before": ctx.state.heldout_before, "heldout_after": after,
-               "last": history[-1] if history else {}, "output_dir": str(out)}
+               "last": result.history[-1] if result.history else {}, "output_dir": str(out)}
     write_summary(acc, out, payload)
-    if cfg.train.report and not stop.signal and acc.is_main_process:
+    if cfg.train.report and not result.interrupted and acc.is_main_process:
         from alignkit.train.rl_report import write_report
 
         payload["report"] = str(write_report(out, payload))
