@@ -203,3 +203,32 @@ def test_rl_optimizer_step_when_deepspeed_reports_no_norm():
                           critic_sched=None, cfg=_rl_cfg(), state=SimpleNamespace(step=0, opt_steps=0))
     _optimizer_step(ctx)
     assert ctx.state.opt_steps == 1 and not torch.equal(model.weight, before)
+
+
+def test_rl_train_section_is_the_shared_train_config(tmp_path):
+    """One declaration of the train keys: RLTrainConfig is TrainConfig with RL's defaults (every key a config
+    or override used before still loads); the offline data-loop keys are refused, and the resolved config saved
+    in a run directory loads again."""
+    from alignkit.config import dump_config, load_config
+    from alignkit.errors import ConfigError
+    from alignkit.train.loop import TrainConfig
+    from alignkit.train.rl import RLConfig
+    from alignkit.train.rl_config import RLTrainConfig
+
+    assert issubclass(RLTrainConfig, TrainConfig)
+    own = set(vars(RLTrainConfig).get("__annotations__", {}))  # the fields its class body declares
+    assert own <= {"output_dir", "max_steps", "lr", "schedule", "max_grad_norm", "report",
+                   "epochs", "batch_size", "grad_accum", "eval_every"}
+    keys = {"output_dir": "o", "seed": 1, "max_steps": 3, "lr": 1e-5, "weight_decay": 0.1, "adam_betas": "[0.9,0.95]",
+            "adam_eps": 1e-6, "schedule": "cosine", "warmup_steps": 1, "max_grad_norm": "null", "precision": "fp32",
+            "log_every": 2, "save_every": 1, "keep_checkpoints": 1, "report_to": "[]", "progress": "false",
+            "report": "false"}
+    cfg = _rl_cfg(**{f"train.{k}": v for k, v in keys.items()})
+    assert cfg.train.max_steps == 3 and cfg.train.adam_betas == [0.9, 0.95] and cfg.train.report is False
+    default = _rl_cfg().train
+    assert (default.output_dir, default.max_steps, default.lr, default.schedule) == ("runs/rl", 10, 1e-6, "constant")
+    for key in ("batch_size", "grad_accum", "epochs", "eval_every"):
+        with pytest.raises(ConfigError, match=f"train.{key} is not used by alignkit rl"):
+            _rl_cfg(**{f"train.{key}": 2})
+    dump_config(cfg, tmp_path / "config.yaml")
+    assert load_config(RLConfig, tmp_path / "config.yaml") == cfg
