@@ -9,15 +9,18 @@ One RL step, top to bottom (:func:`rl_step`):
 2. **score** -- the reward (verifier | model | judge | sum). A reward that cannot be computed is NaN:
    the sample is masked and counted, never scored 0; a step with too many fails stops. Optional
    ChatGLM-RLHF stabilisers: reference baseline ``r(x,y) - r(x,y_ref)`` (``y_ref`` = the reference
-   policy's greedy answer, computed once per prompt) and running normalisation + clipping;
+   policy's greedy answer, computed once per prompt; a failed one is retried the next time) and running
+   normalisation (std floored at ``reward.std_floor``) + clipping;
 3. **old log-probs, reference log-probs, values** (no gradient);
 4. **advantages** -- ``gae`` (per-token rewards with the KL penalty, critic), ``grpo`` (group mean/std
-   over the n samples of a prompt) or ``rloo`` (leave-one-out); KL either in the reward or a loss term;
+   over the n samples of a prompt) or ``rloo`` (leave-one-out), the KL penalty added per token after the
+   group baseline; KL either in the reward or a loss term;
 5. **PPO** -- ``ppo.epochs`` passes over ``ppo.num_minibatches`` minibatches, one optimizer step each;
    token sums divided by the token (or sequence) count of the whole minibatch over accumulation and
    processes (``alignkit.losses.policy``); optional PTX loss on SFT rows with weight ``ptx.coef``;
-6. **log / checkpoint** -- metrics.jsonl + TensorBoard; atomic checkpoints holding policy, critic,
-   optimizers, schedulers, RNG, running reward statistics, reference-baseline cache and step.
+6. **log / checkpoint** -- through the shared loop (``alignkit.train.loop.drive``): metrics.jsonl + trackers;
+   atomic checkpoints holding policy, critic, optimizers, schedulers, RNG, running reward statistics,
+   reference-baseline cache and step.
 """
 
 from __future__ import annotations
