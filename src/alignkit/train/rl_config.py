@@ -126,9 +126,9 @@ class RewardConfig(StrictModel):
     clip: float | None = 5.0
     """Clip normalised rewards to [-clip, clip] (null: no clipping)."""
     std_floor: float = Field(default=0.01, gt=0.0)
-    """normalize: the running std divides as at least this (reward units), so a run whose rewards so far are all
-    equal (std 0) scales them by at most 1/std_floor instead of 1e8. For rewards in [0, 1] (verifier, judge) a
-    std below 0.01 means fewer than 1 in 10,000 rewards differ from the rest."""
+    """normalize: the running std is floored at this value (reward units) before dividing, so a run whose
+    rewards so far are all equal (std 0) scales them by at most 1/std_floor instead of 1e8. For rewards in
+    [0, 1] (verifier, judge) a std below 0.01 means fewer than 1 in 10,000 rewards differ from the rest."""
 
 
 class CriticConfig(StrictModel):
