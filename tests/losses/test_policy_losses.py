@@ -177,3 +177,39 @@ def test_explained_variance():
     m = torch.ones(1, 3, dtype=torch.bool)
     assert P.explained_variance(ret, ret, m).item() == pytest.approx(1.0)
     assert P.explained_variance(torch.full((1, 3), 2.0), ret, m).item() == pytest.approx(0.0)
+
+
+def test_group_advantages_with_kl_adds_the_kl_return_to_go_after_the_group_normalisation():
+    """A_t = A_seq - beta * sum_{s >= t} kl_s on the masked-in prefix, 0 off-mask (hand-computed)."""
+    seq_adv = torch.tensor([1.0, -1.0])
+    kl = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 9.0]])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    adv = P.group_advantages_with_kl(seq_adv, kl, mask, kl_coef=0.5)
+    expected = torch.tensor([[1.0 - 0.5 * 0.6, 1.0 - 0.5 * 0.5, 1.0 - 0.5 * 0.3],
+                             [-1.0 - 0.5 * 0.9, -1.0 - 0.5 * 0.5, 0.0]])
+    assert torch.allclose(adv, expected, atol=1e-6)
+
+
+def test_kl_loss_term_gradients_on_policy():
+    """What each estimator's gradient descends when differentiated as a loss on samples of pi (exact
+    expectation over a 6-token categorical, Tang & Munos 2025, arXiv 2506.09477): k1 -> 0 (E_pi[grad log pi]
+    = 0, why ``kl.mode: loss`` refuses it), k2 -> grad KL(pi || ref), k3 -> grad KL(ref || pi)."""
+    torch.manual_seed(0)
+    theta = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    ref = torch.log_softmax(torch.randn(6, dtype=torch.float64), -1)
+
+    def expected_grad(estimator):
+        logp = torch.log_softmax(theta, -1)
+        (g,) = torch.autograd.grad((logp.exp().detach() * P.kl_penalty(logp, ref, estimator)).sum(), theta)
+        return g
+
+    def grad_of(divergence):
+        (g,) = torch.autograd.grad(divergence(torch.log_softmax(theta, -1)), theta)
+        return g
+
+    reverse = grad_of(lambda lp: (lp.exp() * (lp - ref)).sum())
+    forward = grad_of(lambda lp: (ref.exp() * (ref - lp)).sum())
+    assert expected_grad("k1").abs().max() < 1e-12 and reverse.abs().max() > 1e-2
+    assert torch.allclose(expected_grad("k2"), reverse, atol=1e-12)
+    assert torch.allclose(expected_grad("k3"), forward, atol=1e-12)
+    assert not torch.allclose(forward, reverse, atol=1e-3)

@@ -232,6 +232,20 @@ def shaped_token_rewards(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: floa
     return rewards + bonus
 
 
+def group_advantages_with_kl(seq_adv: Tensor, kl: Tensor, mask: Tensor, kl_coef: float) -> Tensor:
+    """Per-token advantages of a group baseline (GRPO / RLOO) with the KL penalty in the reward.
+
+    ``A_t = A_seq - beta * sum_{s >= t} kl_s``: the sequence advantage ``seq_adv`` ``(B,)`` (already
+    normalised within its group, so the KL is *not* divided by the group's reward spread) plus the return-to-go
+    (gamma = 1) of the per-token rewards ``-beta * kl_t``, as OpenRLHF's ``group_norm`` / ``rloo`` estimators
+    do (``compute_reward`` after the group normalisation, then cumulative returns). ``kl``/``mask`` ``(B, L)``,
+    left-aligned prefix mask; returns ``(B, L)``, 0 off-mask, no gradient.
+    """
+    rewards = shaped_token_rewards(seq_adv, kl, mask, kl_coef)
+    adv, _ = gae(rewards, torch.zeros_like(rewards), mask, gamma=1.0, lam=1.0)
+    return adv
+
+
 def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
     """``1 - Var[R - V] / Var[R]`` over masked-in tokens (1: perfect critic, <= 0: no better than a constant)."""
     m = mask.to(values.dtype)

@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from alignkit.atomic import fsync_tree, replace_dir
+from alignkit.atomic import fsync_tree, replace_dir, write_atomic
 
 CKPT_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -57,6 +57,43 @@ def load_checkpoint(accelerator, path: Path) -> dict:
     """Restore model/optimizer/scheduler/RNG from ``path``; return its trainer state."""
     accelerator.load_state(str(path))
     return json.loads((path / STATE_FILE).read_text())
+
+
+def resume_checkpoint(accelerator, output_dir: str | Path, path: Path | None = None) -> dict:
+    """``--resume``: restore the newest complete checkpoint under ``output_dir`` (or ``path``); its trainer state."""
+    path = path or latest_checkpoint(output_dir)
+    if path is None:
+        raise FileNotFoundError(f"--resume: no checkpoint under {Path(output_dir) / CKPT_DIR}")
+    return load_checkpoint(accelerator, path)
+
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def start_metrics(accelerator, output_dir: str | Path, resumed_step: int | None) -> None:
+    """Start a run's ``metrics.jsonl`` (main process): a fresh run (``resumed_step`` None) starts an empty log; a
+    resumed one keeps the lines of steps up to ``resumed_step`` as they are and appends after them. Lines the
+    interrupted run logged after that checkpoint are dropped (the resumed run logs those steps again), and so is
+    a line torn by a kill in mid-write, so the log ends equal to an uninterrupted run's."""
+    path = Path(output_dir) / METRICS_FILE
+    if not accelerator.is_main_process or not path.exists():
+        return
+    if resumed_step is None:
+        path.unlink()
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [x for x in lines if _logged_step(x) is not None and _logged_step(x) <= resumed_step]
+    kept = [x if x.endswith("\n") else x + "\n" for x in kept]
+    if kept != lines:
+        write_atomic(path, "".join(kept))
+
+
+def _logged_step(line: str) -> int | None:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:  # torn by a kill in mid-write
+        return None
+    return row.get("step") if isinstance(row, dict) else None
 
 
 def export_model(accelerator, prepared, tokenizer, output_dir: str | Path, merge_lora: bool = True) -> None:

@@ -146,7 +146,7 @@ def epoch_micro_batches(n: int, batch_size: int, grad_accum: int, processes: int
     return out
 
 
-def build_optimizer(cfg: TrainConfig, model) -> tuple[torch.optim.Optimizer, Any, int]:
+def build_optimizer(cfg: TrainConfig, model) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
@@ -158,6 +158,96 @@ def build_optimizer(cfg: TrainConfig, model) -> tuple[torch.optim.Optimizer, Any
     # to fp32 rounding. Float parameters only (torch's requirement); anything else keeps foreach.
     fused = all(p.is_floating_point() for p in params)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, fused=fused)
+
+
+def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int):
+    """``cfg.schedule`` after ``cfg.warmup_steps`` linear warmup steps, over ``total_steps`` optimizer steps.
+
+    Not ``prepare``d: accelerate would step it once per process per call (it assumes per-process
+    dataloader lengths); our step count is already global. Register it for checkpointing instead.
+    """
+    from transformers import get_scheduler
+
+    kind = "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule
+    return get_scheduler(kind, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps)
+
+
+def clip_and_step(accelerator, model, optimizer, scheduler, max_grad_norm: float | None, where: str) -> float:
+    """Clip ``model``'s gradient norm (``max_grad_norm``; null: only measure it), refuse a non-finite norm,
+    then step the optimizer and scheduler and clear the gradients. Returns the norm before clipping (0.0 when
+    DeepSpeed clips inside its engine and ``clip_grad_norm_`` reports nothing)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if max_grad_norm is not None:
+        norm = accelerator.clip_grad_norm_(params, max_grad_norm)
+        norm = 0.0 if norm is None else float(norm)
+    else:
+        grads = [p.grad.detach().norm() for p in params if p.grad is not None]
+        norm = float(torch.linalg.vector_norm(torch.stack(grads))) if grads else 0.0
+    if not math.isfinite(norm):
+        raise NonFiniteError(f"{where}: gradient norm is {norm} after a finite loss; "
+                             "lower the learning rate or use precision=fp32")
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
+
+
+class StopSignals:
+    """SIGINT/SIGTERM set ``.signal`` (the loop finishes the step, checkpoints and stops; SIGKILL: resume from
+    the last checkpoint). The previous handlers come back on exit; off the main thread nothing is installed."""
+
+    def __enter__(self) -> StopSignals:
+        self.signal: str | None = None
+        self._old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, _frame) -> None:
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> bool:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def drive(cfg: TrainConfig, accelerator, out: Path, total: int, start: int, resumed: bool,
+          step: Callable[[], dict[str, Any]], save: Callable[[], Path], name: str,
+          info: Callable[[dict[str, Any]], str]) -> TrainResult:
+    """The outer loop every recipe runs: ``step()`` until ``total`` (each returns its logs with the new
+    ``"step"``), metrics every ``cfg.log_every`` steps (metrics.jsonl + trackers, main process), a checkpoint
+    (``save()``) every ``cfg.save_every`` steps and at the end, and on SIGINT/SIGTERM a checkpoint and a stop.
+    metrics.jsonl starts empty, or on resume (``resumed``) keeps the lines up to step ``start``
+    (:func:`~alignkit.train.checkpoint.start_metrics`)."""
+    main = accelerator.is_main_process
+    ckpt.start_metrics(accelerator, out, start if resumed else None)
+    trackers = Trackers(cfg.report_to, out, cfg.model_dump(mode="json")) if cfg.report_to and main else None
+    result = TrainResult(step=start)
+    current = start
+    try:
+        with StopSignals() as stop, ProgressBar(name, total, cfg.progress and main, completed=start) as bar:
+            while current < total:
+                logs = step()
+                current = logs["step"]
+                if main and (current % cfg.log_every == 0 or current == total):
+                    log_metrics(out, logs, trackers)
+                result.history.append(logs)
+                bar.advance(info=info(logs))
+                if cfg.save_every and current % cfg.save_every == 0:
+                    save()
+                if stop.signal:
+                    break
+            if stop.signal or current == total:
+                save()
+    finally:
+        if trackers is not None:
+            trackers.close()
+    result.step, result.interrupted, result.signal = current, stop.signal is not None, stop.signal
+    return result
 
 
 class Trainer:
@@ -174,8 +264,6 @@ class Trainer:
         run_state: dict[str, Any] | None = None,
         evaluate: Callable[[Any], dict[str, float]] | None = None,
     ):
-        from transformers import get_scheduler
-
         if len(examples) == 0:
             raise ValueError("no training examples left after the data policy")
         if cfg.grad_accum > 1 and str(accelerator.distributed_type) in ("DistributedType.DEEPSPEED", "DEEPSPEED"):
@@ -190,21 +278,12 @@ class Trainer:
         total = cfg.max_steps or (cfg.epochs or 1) * steps_per_epoch(len(examples), self.global_batch)
         self.total_steps = total
         optimizer = build_optimizer(cfg, model)
-        scheduler = get_scheduler(
-            "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule,
-            optimizer,
-            num_warmup_steps=cfg.warmup_steps,
-            num_training_steps=total,
-        )
-        # The scheduler is not `prepare`d: accelerate would step it once per process per call
-        # (it assumes per-process dataloader lengths); our step count is already global.
+        scheduler = build_scheduler(cfg, optimizer, total)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.scheduler = scheduler
         accelerator.register_for_checkpointing(scheduler)
         self.step = 0
-        self._stop_signal: str | None = None
         self.out = Path(cfg.output_dir)
-        self._trackers: Trackers | None = None
 
     # -- data ---------------------------------------------------------------------------
     def micro_batches(self, step: int) -> list[dict[str, torch.Tensor]]:
@@ -246,15 +325,8 @@ class Trainer:
             loss_total += float(loss_sum.detach())
             for k, v in metrics.items():
                 metric_lists[k].append(v.detach().float().reshape(-1))
-        grad_norm = self._clip()
-        if not math.isfinite(grad_norm):
-            raise NonFiniteError(
-                f"step {self.step}: gradient norm is {grad_norm} after a finite loss; "
-                "lower the learning rate or use precision=fp32"
-            )
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        grad_norm = clip_and_step(self.acc, self.model, self.optimizer, self.scheduler, self.cfg.max_grad_norm,
+                                  f"step {self.step}")
         self.step += 1
         logs = {
             "step": self.step,
@@ -268,17 +340,6 @@ class Trainer:
             logs[k] = float(vals.mean())
         return logs
 
-    def _clip(self) -> float:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if self.cfg.max_grad_norm is not None:
-            norm = self.acc.clip_grad_norm_(params, self.cfg.max_grad_norm)
-            if norm is None:  # DeepSpeed clips inside its engine and may not report the norm here
-                return 0.0
-        else:
-            grads = [p.grad.detach().norm() for p in params if p.grad is not None]
-            norm = torch.linalg.vector_norm(torch.stack(grads)) if grads else torch.tensor(0.0)
-        return float(norm)
-
     def _reduce_sum(self, value: float) -> float:
         if self.acc.num_processes == 1:
             return value
@@ -286,19 +347,12 @@ class Trainer:
         return float(self.acc.reduce(t, reduction="sum").item())
 
     # -- bookkeeping ---------------------------------------------------------------------
-    def _log(self, logs: dict[str, Any]) -> None:
-        if self.acc.is_main_process:
-            log_metrics(self.out, logs, self._trackers)
-
     def save(self) -> Path:
         state = {"step": self.step, "total_steps": self.total_steps, **self.run_state}
         return ckpt.save_checkpoint(self.acc, self.out, self.step, state, self.cfg.keep_checkpoints)
 
     def resume(self, path: Path | None = None) -> int:
-        path = path or ckpt.latest_checkpoint(self.out)
-        if path is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under {self.out / ckpt.CKPT_DIR}")
-        state = ckpt.load_checkpoint(self.acc, path)
+        state = ckpt.resume_checkpoint(self.acc, self.out, path)
         self.step = int(state["step"])
         if state.get("total_steps") not in (None, self.total_steps):
             raise ValueError(
@@ -307,59 +361,21 @@ class Trainer:
             )
         return self.step
 
-    def _install_signals(self):
-        old = {}
-
-        def handler(signum, _frame):
-            self._stop_signal = signal.Signals(signum).name
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                old[sig] = signal.signal(sig, handler)
-            except ValueError:  # not the main thread
-                pass
-        return old
-
     def train(self, resume: bool = False) -> TrainResult:
         self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self.resume()
-        elif self.acc.is_main_process and (self.out / "metrics.jsonl").exists():
-            (self.out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
-        if self.cfg.report_to and self.acc.is_main_process:
-            self._trackers = Trackers(self.cfg.report_to, self.out, self.cfg.model_dump(mode="json"))
-        result = TrainResult(step=self.step)
-        old_handlers = self._install_signals()
-        progress = ProgressBar("train", self.total_steps, self.cfg.progress and self.acc.is_main_process,
-                               completed=self.step)
         t0 = time.perf_counter()
-        try:
-            with progress as bar:
-                while self.step < self.total_steps:
-                    logs = self.train_step()
-                    logs["elapsed_s"] = round(time.perf_counter() - t0, 3)
-                    if self.evaluate and self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
-                        logs.update({f"eval/{k}": v for k, v in self.evaluate(self.model).items()})
-                    if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
-                        self._log(logs)
-                    result.history.append(logs)
-                    bar.advance(info=f"loss {logs['loss']:.4f}")
-                    if self.cfg.save_every and self.step % self.cfg.save_every == 0:
-                        self.save()
-                    if self._stop_signal:
-                        break
-            if self._stop_signal or self.step == self.total_steps:
-                self.save()
-        finally:
-            for sig, h in old_handlers.items():
-                signal.signal(sig, h)
-            if self._trackers is not None:
-                self._trackers.close()
-                self._trackers = None
-        result.step = self.step
-        result.interrupted = self._stop_signal is not None
-        result.signal = self._stop_signal
-        return result
+
+        def one_step() -> dict[str, Any]:
+            logs = self.train_step()
+            logs["elapsed_s"] = round(time.perf_counter() - t0, 3)
+            if self.evaluate and self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
+                logs.update({f"eval/{k}": v for k, v in self.evaluate(self.model).items()})
+            return logs
+
+        return drive(self.cfg, self.acc, self.out, self.total_steps, self.step, resume, one_step, self.save,
+                     "train", lambda logs: f"loss {logs['loss']:.4f}")
 
 
 class _nullcontext:

@@ -9,15 +9,18 @@ One RL step, top to bottom (:func:`rl_step`):
 2. **score** -- the reward (verifier | model | judge | sum). A reward that cannot be computed is NaN:
    the sample is masked and counted, never scored 0; a step with too many fails stops. Optional
    ChatGLM-RLHF stabilisers: reference baseline ``r(x,y) - r(x,y_ref)`` (``y_ref`` = the reference
-   policy's greedy answer, computed once per prompt) and running normalisation + clipping;
+   policy's greedy answer, computed once per prompt; a failed one is retried the next time) and running
+   normalisation (std floored at ``reward.std_floor``) + clipping;
 3. **old log-probs, reference log-probs, values** (no gradient);
 4. **advantages** -- ``gae`` (per-token rewards with the KL penalty, critic), ``grpo`` (group mean/std
-   over the n samples of a prompt) or ``rloo`` (leave-one-out); KL either in the reward or a loss term;
+   over the n samples of a prompt) or ``rloo`` (leave-one-out), the KL penalty added per token after the
+   group baseline; KL either in the reward or a loss term;
 5. **PPO** -- ``ppo.epochs`` passes over ``ppo.num_minibatches`` minibatches, one optimizer step each;
    token sums divided by the token (or sequence) count of the whole minibatch over accumulation and
    processes (``alignkit.losses.policy``); optional PTX loss on SFT rows with weight ``ptx.coef``;
-6. **log / checkpoint** -- metrics.jsonl + TensorBoard; atomic checkpoints holding policy, critic,
-   optimizers, schedulers, RNG, running reward statistics, reference-baseline cache and step.
+6. **log / checkpoint** -- through the shared loop (``alignkit.train.loop.drive``): metrics.jsonl + trackers;
+   atomic checkpoints holding policy, critic, optimizers, schedulers, RNG, running reward statistics,
+   reference-baseline cache and step.
 """
 
 from __future__ import annotations
@@ -40,7 +43,6 @@ from alignkit.train.rl_rollout import (
 from alignkit.train.rl_setup import (
     Ctx,
     RewardFailureError,
-    StopSignals,
     build_run,
     check_runtime,
     gather,
@@ -59,8 +61,10 @@ def score(ctx: Ctx, samples) -> tuple[torch.Tensor, torch.Tensor, dict[str, floa
     rows = [ctx.rows[s.prompt_index] for s in samples]
     raw = torch.tensor(ctx.reward_fn(rows, samples), dtype=torch.float64)
     used = raw.clone()
+    retried = 0
     if cfg.reference_baseline:
-        used = used - torch.tensor(_ref_rewards(ctx, [s.prompt_index for s in samples]), dtype=torch.float64)
+        ref, retried = _ref_rewards(ctx, [s.prompt_index for s in samples])
+        used = used - torch.tensor(ref, dtype=torch.float64)
     everything = gather(ctx.acc, used)
     failed = int((~torch.isfinite(everything)).sum())
     st.failures += failed
@@ -75,8 +79,8 @@ def score(ctx: Ctx, samples) -> tuple[torch.Tensor, torch.Tensor, dict[str, floa
     if cfg.normalize:
         st.reward_moments = list(P.update_running_moments(*st.reward_moments, ok))
         count, mean, m2 = st.reward_moments
-        used = P.normalize_rewards(used, mean, math.sqrt(m2 / count) if count else 1.0, cfg.clip,
-                                   shift_mean=not cfg.reference_baseline)
+        std = max(math.sqrt(m2 / count), cfg.std_floor) if count else 1.0
+        used = P.normalize_rewards(used, mean, std, cfg.clip, shift_mean=not cfg.reference_baseline)
     elif cfg.clip is not None:
         used = used.clamp(-cfg.clip, cfg.clip)
     raw_all = gather(ctx.acc, raw)
@@ -84,23 +88,36 @@ def score(ctx: Ctx, samples) -> tuple[torch.Tensor, torch.Tensor, dict[str, floa
     metrics = {"reward/mean": float(raw_ok.mean()) if raw_ok.numel() else math.nan,
                "reward/failed": failed,
                "reward/used_mean": float(ok.mean()) if ok.numel() else math.nan}
+    if cfg.reference_baseline:
+        (metrics["reward/ref_retries"],) = gsum(ctx.acc, float(retried))
     return raw, used.float(), metrics
 
 
-def _ref_rewards(ctx: Ctx, indices: list[int]) -> list[float]:
-    """r(x, y_ref) per prompt index, y_ref the reference policy's greedy answer: the prompts not seen
-    before are answered in one batch (with vLLM: after loading the reference's weights into the engine)
-    and scored once; the cache is part of the run state."""
+def _ref_rewards(ctx: Ctx, indices: list[int]) -> tuple[list[float], int]:
+    """r(x, y_ref) per prompt index, y_ref the reference policy's greedy answer, and how many prompts were
+    retried. The prompts without a cached value are answered in one batch (with vLLM: after loading the
+    reference's weights into the engine) and scored; a finite score is cached for the run (the cache is part
+    of the run state), a failed one (NaN) is not: it masks the prompt's samples of this step only, and the
+    next step that meets the prompt answers and scores it again (a retry)."""
     from alignkit.generate.engine import SamplingParams
 
-    new = sorted({i for i in indices if str(i) not in ctx.state.ref_rewards})
+    st = ctx.state
+    new = sorted({i for i in indices if str(i) not in st.ref_rewards})
+    now: dict[int, float] = {}
+    retried = sum(str(i) in st.ref_failures for i in new)
     if new:
         engine = policy_engine(ctx, ctx.reference.model)
         params = SamplingParams(max_new_tokens=ctx.cfg.rollout.max_new_tokens, temperature=0.0)
         y_ref = rollout(engine, ctx.rows, new, [0] * len(new), params, 0, 0)
         for i, r in zip(new, ctx.reward_fn([ctx.rows[i] for i in new], y_ref), strict=True):
-            ctx.state.ref_rewards[str(i)] = r
-    return [ctx.state.ref_rewards[str(i)] for i in indices]
+            now[i] = r
+            if math.isfinite(r):
+                st.ref_rewards[str(i)] = r
+                st.ref_failures.pop(str(i), None)
+            else:
+                st.ref_failures[str(i)] = st.ref_failures.get(str(i), 0) + 1
+    st.ref_retries += retried
+    return [st.ref_rewards.get(str(i), now.get(i, math.nan)) for i in indices], retried
 
 
 # --------------------------------------------------------------- 3. old / reference log-probs, values
@@ -141,14 +158,15 @@ def advantages(ctx: Ctx, t: dict[str, torch.Tensor], used: torch.Tensor) -> dict
             mean, std = P.moments(torch.tensor(s), torch.tensor(s2), torch.tensor(n))
             adv = P.whiten(adv, mask, mean.float(), std.float())
     else:
-        seq = scores - beta * kl_tok.sum(-1)
-        groups, ok = seq.view(-1, cfg.rollout.n), valid.view(-1, cfg.rollout.n)
+        # the scores are normalised within their group first; the KL penalty is added per token afterwards,
+        # so it is never divided by the group's reward spread (an all-pass group keeps |A| ~ beta * KL)
+        groups, ok = scores.view(-1, cfg.rollout.n), valid.view(-1, cfg.rollout.n)
         fn = P.rloo_advantages if cfg.advantage.type == "rloo" else (
             lambda s, v: P.group_advantages(s, v, scale=cfg.advantage.scale_std))
         per_seq = fn(groups, ok).flatten()
         usable = (ok.sum(-1, keepdim=True) >= 2).expand_as(ok).flatten()  # a lone valid sample has no baseline
         mask = mask & usable[:, None]
-        adv = per_seq[:, None] * mask
+        adv = P.group_advantages_with_kl(per_seq, kl_tok, mask, beta)
     t["mask"], t["adv"] = mask, adv
     kl_sum, n_valid, masked = gsum(acc, float(kl_tok.sum()), float(valid.sum()), float((~mask.any(-1)).sum()))
     return {"kl/ref_k1_per_sample": kl_sum / max(n_valid, 1), "samples/masked": masked}
@@ -221,8 +239,8 @@ def heldout_reward(ctx: Ctx, rows: list[dict]) -> dict[str, Any]:
 
 def train_rl(cfg: RLConfig, resume: bool = False) -> dict[str, Any]:
     """Run the recipe; returns the run summary (also written to ``output_dir/summary.json``)."""
-    from alignkit.progress import ProgressBar
     from alignkit.train.checkpoint import export_model
+    from alignkit.train.loop import drive
     from alignkit.train.run import (
         make_accelerator,
         prepare_output,
@@ -242,43 +260,22 @@ def train_rl(cfg: RLConfig, resume: bool = False) -> dict[str, Any]:
     if resume:
         resume_run(ctx, out)
     else:
-        if acc.is_main_process and (out / "metrics.jsonl").exists():
-            (out / "metrics.jsonl").unlink()
         ctx.state.heldout_before = heldout_reward(ctx, eval_rows)
-    from alignkit.train.trackers import Trackers, log_metrics
-
-    trackers = None
-    if cfg.train.report_to and acc.is_main_process:
-        trackers = Trackers(cfg.train.report_to, out, cfg.model_dump(mode="json"))
-    history = []
-    bar_enabled = cfg.train.progress and acc.is_main_process
-    with StopSignals() as stop, ProgressBar("rl", cfg.train.max_steps, bar_enabled, completed=ctx.state.step) as bar:
-        while ctx.state.step < cfg.train.max_steps:
-            logs = rl_step(ctx)
-            history.append(logs)
-            if acc.is_main_process and (logs["step"] % cfg.train.log_every == 0 or logs["step"] == cfg.train.max_steps):
-                log_metrics(out, logs, trackers)
-            bar.advance(info=f"reward {logs.get('reward/mean', math.nan):.3f}")
-            if cfg.train.save_every and ctx.state.step % cfg.train.save_every == 0:
-                save(ctx, out)
-            if stop.signal:
-                break
-    if trackers is not None:
-        trackers.close()
-    if stop.signal or ctx.state.step == cfg.train.max_steps:
-        save(ctx, out)
+    result = drive(cfg.train, acc, out, cfg.train.max_steps, ctx.state.step, resume, lambda: rl_step(ctx),
+                   lambda: save(ctx, out), "rl", lambda logs: f"reward {logs.get('reward/mean', math.nan):.3f}")
     after = {}
-    if not stop.signal:
+    if not result.interrupted:
         export_model(acc, ctx.policy, ctx.tok, out)
         after = heldout_reward(ctx, eval_rows)
     payload = {"recipe": "rl", "precision": prec.as_dict(), "advantage": cfg.advantage.type,
                "reward": cfg.reward.type, "steps": ctx.state.step, "processes": acc.num_processes,
-               "optimizer_steps": ctx.state.opt_steps, "interrupted": stop.signal is not None,
-               "signal": stop.signal, "reward_failures": ctx.state.failures,
+               "optimizer_steps": ctx.state.opt_steps, "interrupted": result.interrupted,
+               "signal": result.signal, "reward_failures": ctx.state.failures,
+               "reference_baseline_retries": ctx.state.ref_retries,
                "heldout_before": ctx.state.heldout_before, "heldout_after": after,
-               "last": history[-1] if history else {}, "output_dir": str(out)}
+               "last": result.history[-1] if result.history else {}, "output_dir": str(out)}
     write_summary(acc, out, payload)
-    if cfg.train.report and not stop.signal and acc.is_main_process:
+    if cfg.train.report and not result.interrupted and acc.is_main_process:
         from alignkit.train.rl_report import write_report
 
         payload["report"] = str(write_report(out, payload))

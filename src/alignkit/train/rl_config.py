@@ -1,20 +1,19 @@
 """The ``alignkit rl`` config: one strict section per concern, and the refused combinations.
 
 Defaults follow common practice (InstructGPT / ChatGLM-RLHF PPO: KL in the reward, k1; GRPO: set
-``kl.mode: loss`` and ``kl.estimator: k3``); each field's docstring becomes ``alignkit rl --help``.
+``kl.mode: loss``, whose estimator defaults to k3); each field's docstring becomes ``alignkit rl --help``.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from alignkit.config import StrictModel
 from alignkit.judge.client import JudgeConfig
-from alignkit.precision import Precision
+from alignkit.train.loop import TrainConfig
 from alignkit.train.run import ModelConfig
-from alignkit.train.trackers import TrackerName, check_installed
 
 
 class RLDataConfig(StrictModel):
@@ -79,8 +78,22 @@ class KLConfig(StrictModel):
     """beta. 0 disables the penalty (KL is still measured)."""
     mode: Literal["reward", "loss"] = "reward"
     """reward: -beta * k1 per token in the reward (InstructGPT / ChatGLM-RLHF); loss: beta * estimator as a loss term (GRPO)."""
-    estimator: Literal["k1", "k2", "k3"] = "k1"
-    """Estimator of the loss term (mode=loss); the in-reward penalty is always k1."""
+    estimator: Literal["k1", "k2", "k3"] | None = None
+    """null: k3 for mode=loss (GRPO's; its gradient descends KL(ref || pi) per token), k1 for mode=reward (the
+    in-reward penalty is always k1). mode=loss also takes k2 (descends KL(pi || ref) per token); k1 as a loss is
+    refused: its expected gradient on-policy is zero. See docs/rl.md, "Which KL the gradient descends"."""
+
+    @model_validator(mode="after")
+    def _estimator_of_the_mode(self) -> KLConfig:
+        if self.estimator is None:
+            self.estimator = "k3" if self.mode == "loss" else "k1"
+        elif self.mode == "loss" and self.estimator == "k1":
+            raise ValueError("kl.mode=loss with kl.estimator=k1 has zero expected gradient on-policy "
+                             "(E_pi[grad log pi] = 0): it regularises nothing; use k3 (the default) or k2")
+        elif self.mode == "reward" and self.estimator != "k1":
+            raise ValueError(f"kl.estimator={self.estimator} is only used by kl.mode=loss; the in-reward penalty is "
+                             "k1 (its policy gradient descends KL(pi || ref)); drop kl.estimator or set kl.mode=loss")
+        return self
 
 
 class RewardConfig(StrictModel):
@@ -106,11 +119,16 @@ class RewardConfig(StrictModel):
     max_failure_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
     """Stop with a diagnostic when more than this fraction of a step's samples have no reward."""
     reference_baseline: bool = False
-    """Subtract r(x, y_ref), y_ref = the reference policy's greedy answer (once per prompt, cached)."""
+    """Subtract r(x, y_ref), y_ref = the reference policy's greedy answer (once per prompt, cached; a failed
+    r(x, y_ref) masks the prompt's samples of that step and is computed again the next time the prompt comes)."""
     normalize: bool = True
     """Running reward normalisation (r - mean) / std over all rewards seen so far."""
     clip: float | None = 5.0
     """Clip normalised rewards to [-clip, clip] (null: no clipping)."""
+    std_floor: float = Field(default=0.01, gt=0.0)
+    """normalize: the running std is floored at this value (reward units) before dividing, so a run whose
+    rewards so far are all equal (std 0) scales them by at most 1/std_floor instead of 1e8. For rewards in
+    [0, 1] (verifier, judge) a std below 0.01 means fewer than 1 in 10,000 rewards differ from the rest."""
 
 
 class CriticConfig(StrictModel):
@@ -154,50 +172,42 @@ class PTXConfig(StrictModel):
     """SFT rows per optimizer step per process."""
 
 
-class RLTrainConfig(StrictModel):
-    """Optimisation and bookkeeping of the RL run."""
+class RLTrainConfig(TrainConfig):
+    """Optimisation and bookkeeping of the RL run: the offline recipes' ``train`` section, with RL's defaults.
+
+    Same fields, same meaning (optimizer, scheduler, clipping, checkpoints, trackers and signals are the shared
+    loop's), the length in RL steps. The offline data-loop fields (epochs, batch_size, grad_accum, eval_every)
+    do not apply (RL's batch is ``rollout`` x ``ppo``): refused when set, left out of the saved config."""
 
     output_dir: str = "runs/rl"
     """Where checkpoints, logs, the report, the resolved config and the final model go."""
-    seed: int = 42
-    """Seeds prompt order, sampling, minibatch order and new heads."""
     max_steps: int = Field(default=10, ge=1)
     """RL steps (rollout + update)."""
     lr: float = 1e-6
-    """Policy peak learning rate (AdamW)."""
-    weight_decay: float = 0.0
-    """AdamW decoupled weight decay on matrices."""
-    adam_betas: list[float] = Field(default_factory=lambda: [0.9, 0.999])
-    """AdamW (beta1, beta2)."""
-    adam_eps: float = 1e-8
-    """AdamW epsilon."""
+    """Policy peak learning rate (AdamW; the critic's is critic.lr)."""
     schedule: Literal["cosine", "linear", "constant"] = "constant"
     """Learning-rate decay over all optimizer steps (max_steps x ppo.epochs x ppo.num_minibatches)."""
-    warmup_steps: int = 0
-    """Linear warmup, in optimizer steps."""
     max_grad_norm: float | None = 1.0
-    """Clip each model's gradient norm (null: no clipping)."""
-    precision: Precision = "auto"
-    """auto: bf16 only where the hardware has native bf16 matmuls, else fp32 (alignkit.precision);
-    bf16 autocasts the log-prob / value passes to bfloat16, weights stay fp32."""
-    log_every: int = 1
-    """Write metrics every N RL steps (metrics.jsonl, TensorBoard)."""
-    save_every: int | None = None
-    """Checkpoint every N RL steps (null: only at the end and on SIGINT/SIGTERM)."""
-    keep_checkpoints: int = 2
-    """How many recent checkpoints to keep."""
-    report_to: list[TrackerName] = Field(default_factory=lambda: ["tensorboard"])
-    """Experiment trackers for the logged metrics: tensorboard (output_dir/tensorboard), wandb, mlflow
-    (the same trackers and extras as the offline recipes' ``train.report_to``); [] logs to metrics.jsonl only."""
-    progress: bool = True
-    """Show a progress bar."""
+    """Clip the gradient norm of each model (policy, critic) to this value (null: no clipping)."""
+    epochs: int | None = Field(default=None, ge=1, exclude=True)
+    """Not used by alignkit rl (it runs max_steps RL steps); refused when set."""
+    batch_size: int = Field(default=4, exclude=True)
+    """Not used by alignkit rl (see rollout.prompts_per_step, rollout.n, ppo.micro_batch_size); refused when set."""
+    grad_accum: int = Field(default=1, exclude=True)
+    """Not used by alignkit rl (see ppo.num_minibatches, ppo.micro_batch_size); refused when set."""
+    eval_every: int | None = Field(default=None, exclude=True)
+    """Not used by alignkit rl (held-out prompts are scored before and after training); refused when set."""
     report: bool = True
     """Write report.md and PNG plots at the end."""
 
-    @field_validator("report_to")
-    @classmethod
-    def _trackers_installed(cls, names: list[str]) -> list[str]:
-        return check_installed(names)
+    @model_validator(mode="after")
+    def _one_length(self) -> RLTrainConfig:  # replaces TrainConfig's epochs-or-max_steps rule: RL has max_steps only
+        unused = sorted(self.model_fields_set & {"epochs", "batch_size", "grad_accum", "eval_every"})
+        if unused:
+            raise ValueError(f"train.{unused[0]} is not used by alignkit rl: an RL step is rollout.prompts_per_step x "
+                             "rollout.n samples, updated in ppo.num_minibatches minibatches of ppo.micro_batch_size "
+                             "sequences per forward, for train.max_steps steps; remove it")
+        return self
 
 
 class ReferenceSettings(StrictModel):

@@ -1,4 +1,4 @@
-"""Setting up and persisting an ``alignkit rl`` run: live objects, run state, reward, checkpoints, signals.
+"""Setting up and persisting an ``alignkit rl`` run: live objects, run state, reward, checkpoints.
 
 :class:`RunState` is everything besides weights, optimizers, schedulers and RNG (which
 ``accelerate.save_state`` stores) that a resumed run needs: step, optimizer-step count, the running
@@ -7,10 +7,7 @@ reward statistics, the reference-baseline cache, the failure count and the held-
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +30,9 @@ class RunState:
     step: int = 0
     opt_steps: int = 0
     reward_moments: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # count, mean, M2
-    ref_rewards: dict[str, float] = field(default_factory=dict)  # prompt index -> r(x, y_ref)
+    ref_rewards: dict[str, float] = field(default_factory=dict)  # prompt index -> r(x, y_ref), finite only
+    ref_failures: dict[str, int] = field(default_factory=dict)  # prompt index -> failed r(x, y_ref) so far
+    ref_retries: int = 0  # r(x, y_ref) computed again after a failure
     failures: int = 0
     heldout_before: dict[str, Any] = field(default_factory=dict)
 
@@ -148,12 +147,10 @@ def vllm_rollout_engine(cfg: RLConfig, policy, reference):
 
 def build_run(cfg: RLConfig, acc) -> Ctx:
     """Prompts, policy, frozen reference, critic, reward, optimizers and schedulers, prepared."""
-    from transformers import get_scheduler
-
     from alignkit.data.rows import read_rows
     from alignkit.data.tokenize import DataPolicy, tokenize_examples
     from alignkit.models import load_causal_lm
-    from alignkit.train.loop import build_optimizer
+    from alignkit.train.loop import build_optimizer, build_scheduler
     from alignkit.train.run import load_policy
 
     seed = cfg.train.seed
@@ -170,8 +167,7 @@ def build_run(cfg: RLConfig, acc) -> Ctx:
 
     def optimise(module, train_cfg):
         opt = build_optimizer(train_cfg, module)
-        kind = "constant_with_warmup" if cfg.train.schedule == "constant" else cfg.train.schedule
-        return opt, get_scheduler(kind, opt, num_warmup_steps=cfg.train.warmup_steps, num_training_steps=total)
+        return opt, build_scheduler(train_cfg, opt, total)
 
     opt, sched = optimise(policy, cfg.train)
     critic = critic_opt = critic_sched = None
@@ -201,33 +197,7 @@ def save(ctx: Ctx, out: Path) -> Path:
 def resume_run(ctx: Ctx, out: Path) -> None:
     from alignkit.train import checkpoint as ckpt
 
-    path = ckpt.latest_checkpoint(out)
-    if path is None:
-        raise FileNotFoundError(f"--resume: no checkpoint under {out / ckpt.CKPT_DIR}")
-    state = ckpt.load_checkpoint(ctx.acc, path)
+    state = ckpt.resume_checkpoint(ctx.acc, out)
     if state.pop("max_steps") != ctx.cfg.train.max_steps:
         raise ConfigError("--resume: train.max_steps differs from the checkpoint's (the LR schedule depends on it)")
     ctx.state = RunState(**state)
-    metrics = out / "metrics.jsonl"
-    if ctx.acc.is_main_process and metrics.exists():  # drop lines logged after the checkpoint (a kill)
-        kept = [x for x in metrics.read_text().splitlines() if json.loads(x)["step"] <= ctx.state.step]
-        metrics.write_text("".join(x + "\n" for x in kept))
-
-
-class StopSignals:
-    """SIGINT/SIGTERM finish the current step, checkpoint and stop (SIGKILL: resume from the last one)."""
-
-    def __enter__(self):
-        self.signal, self._old = None, {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):  # not the main thread
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, _frame):
-        self.signal = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for sig, h in self._old.items():
-            signal.signal(sig, h)
-        return False

@@ -9,7 +9,6 @@ same update whether it is split 4 x 1, 1 x 4 or over 2 processes.
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 
@@ -111,23 +110,13 @@ def _finite(loss: torch.Tensor, ctx: Ctx, what: str) -> None:
 
 
 def _optimizer_step(ctx: Ctx) -> float:
-    from alignkit.train.loop import NonFiniteError
+    """One optimizer step of the policy (and the critic), through the shared loop's clipping; the policy's norm."""
+    from alignkit.train.loop import clip_and_step
 
-    norms = []
-    for model, opt, sched in ((ctx.policy, ctx.opt, ctx.sched), (ctx.critic, ctx.critic_opt, ctx.critic_sched)):
-        if model is None:
-            continue
-        params = [p for p in model.parameters() if p.requires_grad]
-        if ctx.cfg.train.max_grad_norm is not None:
-            norm = float(ctx.acc.clip_grad_norm_(params, ctx.cfg.train.max_grad_norm))
-        else:
-            norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
-        if not math.isfinite(norm):
-            raise NonFiniteError(f"step {ctx.state.step}: gradient norm is {norm}; lower the learning rate")
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        norms.append(norm)
+    where = f"step {ctx.state.step}, optimizer step {ctx.state.opt_steps}"
+    norms = [clip_and_step(ctx.acc, model, opt, sched, ctx.cfg.train.max_grad_norm, where)
+             for model, opt, sched in ((ctx.policy, ctx.opt, ctx.sched), (ctx.critic, ctx.critic_opt, ctx.critic_sched))
+             if model is not None]
     ctx.state.opt_steps += 1
     return norms[0]
 
