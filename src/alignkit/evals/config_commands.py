@@ -1,6 +1,7 @@
-"""``alignkit eval mathusereval`` and ``alignkit eval trajectory``, registered through
+"""``alignkit eval mathusereval``, ``alignkit eval ifeval`` and ``alignkit eval trajectory``, registered through
 :mod:`alignkit.commands` like every command (flags and ``--help`` generated from the config models).
-Import-light: the work happens in :mod:`alignkit.evals.mathusereval` and :mod:`alignkit.evals.trajectory`.
+Import-light: the work happens in :mod:`alignkit.evals.mathusereval`, :mod:`alignkit.evals.ifeval.run`
+and :mod:`alignkit.evals.trajectory`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,19 @@ def mathusereval(cfg) -> int:
     ex = res["exact_answer"]
     print(json.dumps({k: res[k] for k in ("n", "scored", "parse_failures", "micro_mean", "macro_mean",
                                          "share_ge_7")} | {"exact_answer": ex}, indent=1))
+    Console(stderr=True).print(f"results: {cfg.output_dir}/results.json")
+    return 0
+
+
+def ifeval(cfg) -> int:
+    from rich.console import Console
+
+    from alignkit.evals.ifeval.run import run_ifeval
+
+    res = run_ifeval(cfg)
+    keys = ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc",
+            "n_prompts", "n_instructions", "intervals")
+    print(json.dumps({k: res[k] for k in keys}, indent=1))
     Console(stderr=True).print(f"results: {cfg.output_dir}/results.json")
     return 0
 
@@ -52,6 +66,11 @@ COMMANDS = [
             description="Judge answers against reference answers with the Math-Critique prompt (any judge spec); "
             "per-category dimensions, micro/macro means, share >= 7, parse failures separately. "
             "See docs/self_critique.md."),
+    Command("eval ifeval",
+            "IFEval by the official protocol: 25 instruction checkers, strict and loose accuracies",
+            "alignkit.evals.ifeval.run:IfEvalConfig", "alignkit.evals.config_commands:ifeval",
+            description="Score IFEval rows (key, prompt, instruction_id_list, kwargs); rows without a "
+            "'response' are answered greedily by --model. See docs/evals.md."),
     Command("eval trajectory",
             "held-out LM loss and mini-suite scores per checkpoint; score-vs-loss plot and emergence threshold",
             "alignkit.evals.trajectory:TrajectoryConfig", "alignkit.evals.config_commands:trajectory",
