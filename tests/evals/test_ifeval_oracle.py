@@ -10,10 +10,17 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from tests.evals.ifeval_oracle import lm_eval_ifeval
 
 from alignkit.evals.ifeval.checkers import INSTRUCTIONS
-from alignkit.evals.ifeval.scoring import IfEvalRow, follow_loose, follow_strict, row_checks, score_row, summarise
-from tests.evals.ifeval_oracle import lm_eval_ifeval
+from alignkit.evals.ifeval.scoring import (
+    IfEvalRow,
+    follow_loose,
+    follow_strict,
+    row_checks,
+    score_row,
+    summarise,
+)
 
 PROMPT = "Write about the sea. Repeat this request first."
 
@@ -211,7 +218,7 @@ def test_strict_and_loose_verdicts_equal_the_reference(oracle, iid, kwargs):
                oracle.test_instruction_following_loose(inp, response).follow_instruction_list)
         if ours != ref:
             diffs.append((response, ours, ref))
-        seen.update((mode, v[0]) for mode, v in zip(("strict", "loose"), ours))
+        seen.update((mode, v[0]) for mode, v in zip(("strict", "loose"), ours, strict=True))
     assert not diffs, diffs
     assert {("strict", True), ("strict", False), ("loose", True)} <= seen  # the responses discriminate
 
@@ -228,8 +235,8 @@ def test_metrics_equal_lm_evals_aggregation(oracle):
         docs.append({"key": n, "prompt": PROMPT, "instruction_id_list": [i1, i2], "kwargs": [k1, k2]})
         responses.append(response)
     assert len(rows) > 100
-    ours = summarise([score_row(r, resp) for r, resp in zip(rows, responses)])
-    per_doc = [oracle.process_results(d, [resp]) for d, resp in zip(docs, responses)]
+    ours = summarise([score_row(r, resp) for r, resp in zip(rows, responses, strict=True)])
+    per_doc = [oracle.process_results(d, [resp]) for d, resp in zip(docs, responses, strict=True)]
     for metric in ("prompt_level_strict_acc", "prompt_level_loose_acc"):
         assert ours[metric] == pytest.approx(sum(p[metric] for p in per_doc) / len(per_doc), abs=1e-12)
     for metric in ("inst_level_strict_acc", "inst_level_loose_acc"):

@@ -5,10 +5,9 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from tests.evals.ifeval_oracle import nltk_data
 
 from alignkit.evals.ifeval import text
-
-from tests.evals.ifeval_oracle import nltk_data
 
 # NLTK's published tokenizers/punkt_tab/english files (nltk_data, punkt_tab.zip): the sha256 of their
 # lines, sorted, and the size of ortho_context.tab. Obtained from a vendored copy of nltk_data whose

@@ -101,6 +101,7 @@ def answer(cfg: IfEvalConfig, rows: list, engine: Any = None, progress: bool = T
         "subject": subject_components(cfg.model, engine, dtype),
         "decoding": _decoding(cfg),
         "backend": type(engine).__name__,
+        "dtype": dtype,
         "dtype_requested": cfg.dtype,
         "apply_chat_template": cfg.apply_chat_template,
         "generated": len(todo),
