@@ -169,7 +169,9 @@ def test_command_scores_given_responses(tmp_path):
     assert res["inst_level_strict_acc"] == pytest.approx(2 / 3) and res["inst_level_loose_acc"] == 1.0
     on_disk = json.loads((tmp_path / "out" / "results.json").read_text())
     assert on_disk["signature"]["components"]["metric"]["language_detection"]["seed"] == 0
-    assert "decoding" not in on_disk["signature"]["components"] and on_disk["generation"] is None
+    comps = on_disk["signature"]["components"]
+    assert "decoding" not in comps and on_disk["generation"] is None
+    assert comps["model"]["name"] == "responses given in the data"
     scored = [json.loads(line) for line in (tmp_path / "out" / "scored.jsonl").read_text().splitlines()]
     assert list(scored[1]) == ["key", "prompt", "response", "instruction_id_list",
                                "follow_instruction_list_strict", "follow_instruction_list_loose"]
@@ -232,6 +234,18 @@ def test_rows_without_response_are_answered_greedily_and_recorded(tmp_path, tiny
     assert [json.loads(line)["response"] for line in (tmp_path / "again" / "scored.jsonl").read_text().splitlines()] \
         == [r["response"] for r in scored]  # greedy: the same answers
     assert again["signature"]["sha256"] == res["signature"]["sha256"]
+
+
+def test_signature_settings_do_not_depend_on_the_responses(tmp_path):
+    """Two systems' answers to the same rows are comparable (same setting hash), not identical (subject)."""
+    other = [r | {"response": r["response"] + " More."} for r in ROWS]
+    a = run_ifeval(IfEvalConfig(data=_write(tmp_path / "a.jsonl", ROWS), output_dir=str(tmp_path / "a")), progress=False)
+    b = run_ifeval(IfEvalConfig(data=_write(tmp_path / "b.jsonl", other), output_dir=str(tmp_path / "b")), progress=False)
+    assert a["signature"]["setting_sha256"] == b["signature"]["setting_sha256"]
+    assert a["signature"]["sha256"] != b["signature"]["sha256"]
+    fewer = run_ifeval(IfEvalConfig(data=_write(tmp_path / "c.jsonl", ROWS[:1]), output_dir=str(tmp_path / "c")),
+                       progress=False)
+    assert fewer["signature"]["setting_sha256"] != a["signature"]["setting_sha256"]
 
 
 @pytest.mark.slow

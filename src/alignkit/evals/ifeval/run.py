@@ -111,27 +111,33 @@ def answer(cfg: IfEvalConfig, rows: list, engine: Any = None, progress: bool = T
 
 
 def signature(rows: list, responses: list[str], generation: dict) -> Any:
-    """The comparable-score signature: checker version and text analyses, protocol, data (prompts,
-    instructions and the given responses), and for generated answers the decoding and the model."""
+    """The comparable-score signature. Settings: checker version and text analyses, protocol, the data
+    (prompts, instructions, arguments) and, for generated answers, the chat policy and decoding. Subject:
+    the answering model, tokenizer and chat template, and a hash of the responses given in the file."""
     from alignkit.evals.ifeval import text
     from alignkit.evals.ifeval.checkers import CHECKER_VERSION
     from alignkit.evals.signature import Signature
-    from alignkit.fingerprints import dataset_hash
+    from alignkit.fingerprints import dataset_hash, sha256_hex
 
-    items = [{"key": r.key, "prompt": r.prompt, "instruction_id_list": r.instruction_id_list,
-              "kwargs": r.kwargs, "response": r.response} for r in rows]
+    items = [{"key": r.key, "prompt": r.prompt, "instruction_id_list": r.instruction_id_list, "kwargs": r.kwargs}
+             for r in rows]
+    given = [{"key": r.key, "response": r.response} for r in rows if r.response is not None]
     comps: dict[str, Any] = {
         "metric": {"name": "ifeval", "version": 1, "checker": CHECKER_VERSION, **text.identity()},
-        "task": {"name": "ifeval", "n_given_responses": sum(r.response is not None for r in rows)},
+        "task": {"name": "ifeval", "n_given_responses": len(given)},
         "dataset": {"sha256": dataset_hash(items), "n": len(rows)},
         "protocol": dict(PROTOCOL),
     }
-    if generation:
-        comps["chat_policy"] = {"apply_chat_template": generation["apply_chat_template"]}
-        comps["decoding"] = {**generation["decoding"], "backend": generation["backend"]}
-        subject = generation["subject"]
-        comps["model"], comps["tokenizer"] = subject["model"], subject["tokenizer"]
-        comps["chat_template"] = subject["chat_template"] if generation["apply_chat_template"] else {"sha256": None}
+    given_sha = sha256_hex(given) if given else None
+    if not generation:
+        comps["model"] = {"name": "responses given in the data", "sha256": given_sha, "dtype": None}
+        return Signature(comps)
+    comps["chat_policy"] = {"apply_chat_template": generation["apply_chat_template"]}
+    comps["decoding"] = {**generation["decoding"], "backend": generation["backend"]}
+    subject = generation["subject"]
+    comps["model"] = {**subject["model"], "given_responses_sha256": given_sha}
+    comps["tokenizer"] = subject["tokenizer"]
+    comps["chat_template"] = subject["chat_template"] if generation["apply_chat_template"] else {"sha256": None}
     return Signature(comps)
 
 
