@@ -115,6 +115,8 @@ def test_loose_variants_in_the_reference_order():
     ("length_constraints:nth_paragraph_first_word", {"num_paragraphs": 2, "nth_paragraph": 3, "first_word": "a"},
      "nth_paragraph (3) must be <= num_paragraphs (2)"),
     ("combination:repeat_prompt", {"prompt_to_repeat": ""}, "prompt_to_repeat must not be empty"),
+    ("keywords:existence", {"keywords": ["f(x"]}, "keyword 'f(x' is not a valid regular expression"),
+    ("detectable_format:multiple_sections", {"section_spliter": "(", "num_sections": 1}, "not a valid regular"),
 ])
 def test_arguments_the_reference_would_randomise_are_refused(iid, kwargs, message):
     with pytest.raises(InstructionError, match=None) as err:

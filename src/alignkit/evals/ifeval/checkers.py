@@ -5,8 +5,9 @@ Each instruction id maps to an :class:`Instruction`: the keyword arguments it ta
 and a builder that turns validated arguments into a check ``str -> bool``. Where the reference, given
 no usable value, would draw one at random (a missing ``num_words``, an ``nth_paragraph`` beyond
 ``num_paragraphs``, a letter outside a-z, ...), this module refuses with :class:`InstructionError`
-instead: a score must not depend on a random draw. Everything else, including the reference's quirks,
-is kept: keywords and section splitters are regular expressions, not literal strings; a response
+instead: a score must not depend on a random draw (and a keyword that is not a valid regular expression,
+on which the reference would crash mid-run, is refused when the row is read). Everything else, including
+the reference's quirks, is kept: keywords and section splitters are regular expressions, not literal strings; a response
 ``langdetect`` cannot classify counts as in the requested language; ``nth_paragraph_first_word``
 indexes the raw ``\\n\\n`` split but counts only non-empty paragraphs.
 """
@@ -69,6 +70,15 @@ def _compare(count: int, relation: str, threshold: int) -> bool:
     return count < threshold if relation == "less than" else count >= threshold
 
 
+def _regex(name: str, pattern: str, flags: int = 0) -> re.Pattern:
+    """The reference uses keywords, markers and splitters as regular expressions: one that does not
+    compile is refused when the row is read, not when the first response is scored."""
+    try:
+        return re.compile(pattern, flags)
+    except re.error as exc:
+        raise InstructionError(f"{name} {pattern!r} is not a valid regular expression ({exc})") from None
+
+
 def _nonempty(name: str, value: Any) -> Any:
     if not value:
         raise InstructionError(f"{name} must not be empty")
@@ -77,19 +87,20 @@ def _nonempty(name: str, value: Any) -> Any:
 
 # ------------------------------------------------------------------------------ keywords
 def _existence(keywords: list[str]) -> Check:
-    words = sorted(_nonempty("keywords", keywords))
-    return lambda r: all(re.search(k, r, flags=re.IGNORECASE) for k in words)
+    patterns = [_regex("keyword", k, re.IGNORECASE) for k in sorted(_nonempty("keywords", keywords))]
+    return lambda r: all(p.search(r) for p in patterns)
 
 
 def _frequency(keyword: str, frequency: int, relation: str) -> Check:
-    kw = _nonempty("keyword", keyword).strip()
+    pattern = _regex("keyword", _nonempty("keyword", keyword).strip(), re.IGNORECASE)
     n, rel = _at_least("frequency", frequency, 0), _relation("relation", relation)
-    return lambda r: _compare(len(re.findall(kw, r, flags=re.IGNORECASE)), rel, n)
+    return lambda r: _compare(len(pattern.findall(r)), rel, n)
 
 
 def _forbidden(forbidden_words: list[str]) -> Check:
     words = sorted(set(_nonempty("forbidden_words", forbidden_words)))
-    return lambda r: not any(re.search(r"\b" + w + r"\b", r, flags=re.IGNORECASE) for w in words)
+    patterns = [_regex("forbidden word", r"\b" + w + r"\b", re.IGNORECASE) for w in words]
+    return lambda r: not any(p.search(r) for p in patterns)
 
 
 def _letter_frequency(letter: str, let_frequency: int, let_relation: str) -> Check:
@@ -198,7 +209,8 @@ def _postscript(postscript_marker: str) -> Check:
         pattern = r"\s*p\.\s?s\..*$"
     else:
         pattern = r"\s*" + marker.lower() + r".*$"
-    return lambda r: bool(re.findall(pattern, r.lower(), flags=re.MULTILINE))
+    compiled = _regex("postscript_marker", pattern, re.MULTILINE)
+    return lambda r: bool(compiled.findall(r.lower()))
 
 
 def _bullet_lists(num_bullets: int) -> Check:
@@ -223,9 +235,9 @@ def _highlighted_sections(num_highlights: int) -> Check:
 
 
 def _multiple_sections(section_spliter: str, num_sections: int) -> Check:
-    pattern = r"\s?" + section_spliter.strip() + r"\s?\d+\s?"
+    pattern = _regex("section_spliter", r"\s?" + section_spliter.strip() + r"\s?\d+\s?")
     n = _at_least("num_sections", num_sections, 0)
-    return lambda r: len(re.split(pattern, r)) - 1 >= n
+    return lambda r: len(pattern.split(r)) - 1 >= n
 
 
 def _is_json(r: str) -> bool:
