@@ -4,7 +4,8 @@
 
 Builds ``--prompts`` rows (default 541) in the official format, drawing from all 25 instruction types
 (1 to 3 instructions a prompt, ~1.5 on average; ~100 of them language checks, the slowest kind), each
-with a generated English response of ``--words`` words (default 300) in paragraphs, with markdown, bullets and a postscript so every checker has work to do.
+with a generated English response of ``--words`` words (default 300) in paragraphs, with markdown,
+bullets and a postscript so every checker has work to do.
 Then times ``alignkit eval ifeval``'s scoring (strict + loose: up to 8 variants per instruction) on
 those rows in this process, after a warm-up row that loads the Punkt parameters and the langdetect
 profiles. Prints prompts/s, instructions/s and the accuracies; exit status 1 below ``--target``.

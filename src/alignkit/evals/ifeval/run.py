@@ -103,6 +103,8 @@ def answer(cfg: IfEvalConfig, rows: list, engine: Any = None, progress: bool = T
         "backend": type(engine).__name__,
         "dtype": dtype,
         "dtype_requested": cfg.dtype,
+        "device": cfg.device,
+        "batch_size": cfg.batch_size,
         "apply_chat_template": cfg.apply_chat_template,
         "generated": len(todo),
         "finish_reasons": finish,
