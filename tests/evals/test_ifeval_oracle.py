@@ -242,3 +242,25 @@ def test_metrics_equal_lm_evals_aggregation(oracle):
     for metric in ("inst_level_strict_acc", "inst_level_loose_acc"):
         assert ours[metric] == pytest.approx(oracle.agg_inst_level_acc([p[metric] for p in per_doc]), abs=1e-12)
     assert 0 < ours["prompt_level_strict_acc"] < ours["inst_level_loose_acc"] < 1
+
+
+def test_verdicts_equal_the_reference_on_seeded_random_compositions(oracle):
+    """120 responses glued from the boundary responses with separators the checkers care about (newlines,
+    paragraph and response dividers, quotes, asterisks): every configuration, strict and loose."""
+    import random
+
+    rng = random.Random(17)
+    seps = ["\n", "\n\n", " ", "\n***\n", "\n******\n", "*", '"', "\n\n\n"]
+    responses = [rng.choice(seps).join(rng.sample(RESPONSES, rng.randint(2, 4))) for _ in range(120)]
+    language = {"language:response_language", "change_case:english_capital", "change_case:english_lowercase"}
+    diffs = []
+    for iid, kwargs in CONFIGS:
+        inp = oracle.InputExample(key=1, instruction_id_list=[iid], prompt=PROMPT, kwargs=[kwargs])
+        checks = row_checks(IfEvalRow(1, PROMPT, [iid], [kwargs]))
+        for response in responses[:25] if iid in language else responses:  # langdetect is the slow part
+            ours = (follow_strict(checks, response), follow_loose(checks, response))
+            ref = (oracle.test_instruction_following_strict(inp, response).follow_instruction_list,
+                   oracle.test_instruction_following_loose(inp, response).follow_instruction_list)
+            if ours != ref:
+                diffs.append((iid, kwargs, response, ours, ref))
+    assert not diffs, diffs[:5]
