@@ -266,3 +266,13 @@ def test_cli_answers_with_the_embedded_model(tmp_path):
 def test_score_row_keeps_the_official_field_names():
     row = IfEvalRow("k", "p", ["punctuation:no_comma"], [{}])
     assert score_row(row, "a, b")["follow_instruction_list_strict"] == [False]
+
+
+def test_cli_refuses_a_bad_row_in_one_line(tmp_path, capsys):
+    from alignkit.cli import main
+
+    path = _write(tmp_path / "rows.jsonl", [ROWS[0] | {"instruction_id_list": ["keywords:nope"]}])
+    assert main(["eval", "ifeval", "--data", path, "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "rows.jsonl:1: unknown instruction id 'keywords:nope'" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "results.json").exists()
