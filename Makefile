@@ -24,8 +24,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 # What the tests need on top: dev (pytest, ruff, playwright, TRL for the DPO parity test, the openai
 # client for the streaming test) and the optional trackers wandb/mlflow (their tests run offline).
+# lm-eval is the IFEval test oracle only (never imported by src/): --no-deps, its ifeval checkers need
+# nothing beyond langdetect, nltk and immutabledict, which the install above brings.
 $(TEST_STAMP): $(STAMP)
 	$(PIP) install -q -c constraints.txt -e '.[dev,wandb,mlflow]'
+	$(PIP) install -q --no-deps lm_eval==0.4.13
 	touch $(TEST_STAMP)
 
 install: $(STAMP)

@@ -1,7 +1,7 @@
-"""``alignkit eval mathusereval``, ``alignkit eval alignbench`` and ``alignkit eval trajectory``, registered through
-:mod:`alignkit.commands` like every command (flags and ``--help`` generated from the config models).
-Import-light: the work happens in :mod:`alignkit.evals.mathusereval`, :mod:`alignkit.evals.alignbench` and
-:mod:`alignkit.evals.trajectory`.
+"""``alignkit eval mathusereval``, ``alignkit eval alignbench``, ``alignkit eval ifeval`` and ``alignkit eval
+trajectory``, registered through :mod:`alignkit.commands` like every command (flags and ``--help``
+generated from the config models). Import-light: the work happens in :mod:`alignkit.evals.mathusereval`,
+:mod:`alignkit.evals.alignbench`, :mod:`alignkit.evals.ifeval.run` and :mod:`alignkit.evals.trajectory`.
 """
 
 from __future__ import annotations
@@ -44,6 +44,19 @@ def alignbench(cfg) -> int:
     return 0
 
 
+def ifeval(cfg) -> int:
+    from rich.console import Console
+
+    from alignkit.evals.ifeval.run import run_ifeval
+
+    res = run_ifeval(cfg)
+    keys = ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc",
+            "n_prompts", "n_instructions", "intervals")
+    print(json.dumps({k: res[k] for k in keys}, indent=1))
+    Console(stderr=True).print(f"results: {cfg.output_dir}/results.json")
+    return 0
+
+
 def trajectory(cfg) -> int:
     from rich.console import Console
 
@@ -75,6 +88,11 @@ COMMANDS = [
             description="Judge answers against reference answers with the AlignBench prompt of each question "
             "type (any judge spec); per-category, 中文推理/中文语言 and overall scores as show_result.py, "
             "per-dimension means, failures separately. See docs/evals.md."),
+    Command("eval ifeval",
+            "IFEval by the official protocol: 25 instruction checkers, strict and loose accuracies",
+            "alignkit.evals.ifeval.run:IfEvalConfig", "alignkit.evals.config_commands:ifeval",
+            description="Score IFEval rows (key, prompt, instruction_id_list, kwargs); rows without a "
+            "'response' are answered greedily by --model. See docs/evals.md."),
     Command("eval trajectory",
             "held-out LM loss and mini-suite scores per checkpoint; score-vs-loss plot and emergence threshold",
             "alignkit.evals.trajectory:TrajectoryConfig", "alignkit.evals.config_commands:trajectory",
