@@ -252,7 +252,7 @@ def test_every_ground_truth_scores_valid(oracle):
     "[f(a=2*3, b='x'+'y', c=[1]*2, d=-5, e=g(1), h=v[0], i=n, j=(1, 2), k={'a': 1}, m=...)]",
     "[f(a=-True)]", "[f(a=-x)]", "[f(a=1/0)]", "[f(a=lambda: 1)]", "[f(a={**x})]", "[f(a={[1]: 2})]",
     "[f(**kw)]", "[a.b.c(x=1), d(1, y=2)]", "[f(a=1) for f in g]", "[f(a=1)][0]", "[x[0](a=1)]", "[f(a=1<2)]",
-    "'[f(a=1)]'", "[f(a=2**3, b=7//2, c=7%3, d=1|2, e=True+1, f=(1,)+(2,))]", "[f(a={1}|{2})]",
+    "'[f(a=1)]'", "[f(a=2**100, b='ab'*3, c=1<<70)]", "[f(a=2**3, b=7//2, c=7%3, d=1|2, e=True+1, f=(1,)+(2,))]", "[f(a={1}|{2})]",
 ])
 def test_decoder_matches_bfcl(oracle, output):
     py = oracle.enums.ReturnFormat.PYTHON

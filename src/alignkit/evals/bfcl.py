@@ -151,7 +151,8 @@ _ARITH = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, 
           ast.BitOr: operator.or_, ast.BitAnd: operator.and_, ast.BitXor: operator.xor,
           ast.LShift: operator.lshift, ast.RShift: operator.rshift}
 _UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_, ast.Invert: operator.invert}
-_MAX_SIZE = 100_000
+_MAX_BITS = 100_000  # largest integer result (in bits) of ** and <<
+_MAX_ITEMS = 1_000_000  # longest string or list built by *
 
 
 def _arith(node: ast.AST) -> Any:
@@ -174,16 +175,19 @@ def _arith(node: ast.AST) -> Any:
 
 
 def _check_size(op: type, a: Any, b: Any) -> None:
-    def big(x: Any) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) > _MAX_SIZE
+    """Refuse arithmetic whose result would be huge (a model could otherwise stall the scorer)."""
+    def num(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
 
-    if op is ast.Pow and isinstance(b, (int, float)) and abs(b) > 64 and not (isinstance(a, (int, float)) and abs(a) <= 1):
-        raise DecodeError("exponent too large to evaluate")
-    if op is ast.LShift and isinstance(b, int) and b > 64:
+    if op is ast.Pow and isinstance(a, int) and isinstance(b, int) and b > 0 and \
+            b * max(1, abs(a).bit_length()) > _MAX_BITS:
+        raise DecodeError("power too large to evaluate")
+    if op is ast.LShift and isinstance(b, int) and b > _MAX_BITS:
         raise DecodeError("shift too large to evaluate")
-    if op is ast.Mult and ((isinstance(a, (str, bytes, list, tuple)) and big(b))
-                           or (isinstance(b, (str, bytes, list, tuple)) and big(a))):
-        raise DecodeError("repetition too large to evaluate")
+    if op is ast.Mult:
+        for seq, n in ((a, b), (b, a)):
+            if isinstance(seq, (str, bytes, list, tuple)) and num(n) and len(seq) * n > _MAX_ITEMS:
+                raise DecodeError("repetition too large to evaluate")
 
 
 def _value(node: ast.AST) -> Any:
