@@ -143,6 +143,12 @@ def test_command_refuses(tmp_path, capsys, extra, message):
     assert message in capsys.readouterr().err
 
 
+def test_duplicate_ids_are_refused(tmp_path, capsys):
+    path = _write_results(tmp_path, ROWS[:1] * 2)
+    assert main(["eval", "bfcl", "--results", path, "--output-dir", str(tmp_path / "o")]) == 2
+    assert "appears twice" in capsys.readouterr().err
+
+
 def test_function_calling_mode_results_are_refused(tmp_path, capsys):
     path = _write_results(tmp_path, [{"id": "simple_python_0", "result": [{"f": "{}"}]}])
     assert main(["eval", "bfcl", "--results", path, "--output-dir", str(tmp_path / "o")]) == 2

@@ -56,9 +56,10 @@ def oracle(tmp_path_factory):
         enums=importlib.import_module("bfcl_eval.constants.enums"),
     )
     yield ns
-    for name in list(sys.modules):
-        if name not in saved:
+    for name in list(sys.modules):  # only the oracle and the stubs: numpy/pandas stay loaded once per process
+        if name not in saved and (name.startswith("bfcl_eval") or name in STUBS):
             del sys.modules[name]
+    sys.modules.update({name: saved[name] for name in STUBS if name in saved})  # a real module we shadowed
     if old_root is None:
         os.environ.pop("BFCL_PROJECT_ROOT", None)
     else:

@@ -585,6 +585,8 @@ def read_results(path: str, entries: list[dict]) -> tuple[list[dict], list[str]]
         if not isinstance(rec.value.get("result"), str):
             raise BfclError(f"{rec.where}: field 'result': expected the model's output text (a string; "
                             "function-calling-mode results are not supported)")
+        if rec.value["id"] in given:
+            raise BfclError(f"{rec.where}: field 'id': {rec.value['id']!r} appears twice")
         given[rec.value["id"]] = rec.value["result"]
     known = {e["id"] for e in entries}
     stray = [i for i in given if i not in known]
