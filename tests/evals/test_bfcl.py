@@ -160,14 +160,14 @@ class _Recording:
 
     def __init__(self, engine, max_context):
         self.inner, self.max_context, self.calls = engine, max_context, []
-        self.model, self.tokenizer = engine.model, engine.tokenizer
+        self.model, self.tokenizer, self.batch_size = engine.model, engine.tokenizer, engine.batch_size
 
     def encode(self, prompt):
         return self.inner.encode(prompt)
 
-    def generate(self, prompts, params, progress=False):
+    def generate(self, prompts, params, apply_chat_template=True, progress=False):
         self.calls.append((len(prompts), params))
-        return self.inner.generate(prompts, params, progress=False)
+        return self.inner.generate(prompts, params, apply_chat_template=apply_chat_template, progress=False)
 
 
 def test_generation_is_greedy_budgeted_and_signed(tmp_path, tiny_lm):
@@ -184,6 +184,9 @@ def test_generation_is_greedy_budgeted_and_signed(tmp_path, tiny_lm):
     assert all(p.temperature == 0.0 for _, p in engine.calls)
     assert sorted(p.max_new_tokens for _, p in engine.calls) == sorted({min(6, context - n - 2) for n in lengths})
     assert sum(n for n, _ in engine.calls) == 3 and res["no_room_to_answer"] == 0
+    again = _Recording(inner, context)  # an interrupted or repeated run reuses the cached answers
+    assert bfcl.run_bfcl(cfg, engine=again, progress=False)["categories"] == res["categories"]
+    assert again.calls == []
     rows = [json.loads(line) for line in (tmp_path / "a" / "scored.jsonl").read_text().splitlines()]
     assert all(isinstance(r["output"], str) for r in rows)
     sig = res["categories"]["simple_python"]["signature"]["components"]

@@ -543,8 +543,10 @@ class BfclConfig(StrictModel):
     """cpu | cuda (null: the engine's default)."""
     backend: Literal["auto", "hf", "vllm"] = "auto"
     """Generation backend."""
+    resume: bool = True
+    """Reuse the answers cached in output_dir/predictions.jsonl for identical prompts, model and settings."""
     output_dir: str = "runs/eval/bfcl"
-    """results.json and scored.jsonl go here."""
+    """results.json, scored.jsonl and the answer cache predictions.jsonl go here."""
 
     @field_validator("categories")
     @classmethod
@@ -558,7 +560,7 @@ class BfclConfig(StrictModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> BfclConfig:
-        generation = {"model", "max_new_tokens", "batch_size", "dtype", "device", "backend"}
+        generation = {"model", "max_new_tokens", "batch_size", "dtype", "device", "backend", "resume"}
         if self.results and (clash := sorted(generation & self.model_fields_set)):
             raise ValueError(f"{', '.join(clash)} set together with results: given outputs are scored as they "
                              "are, nothing is generated")
@@ -602,31 +604,38 @@ def generate(cfg: BfclConfig, entries: list[dict], engine: Any = None,
 
     As BFCL's local-model handler does, an answer's budget is ``min(max_new_tokens, context - prompt - 2)``; a
     prompt that leaves no room gets no answer (``None``: BFCL records an inference error, which decodes to no
-    call)."""
-    from alignkit.evals.runner import subject_components
+    call). Answers are cached in ``output_dir/predictions.jsonl`` as they finish (the eval runner's cache), so an
+    interrupted run resumes."""
+    from alignkit.evals.runner import PredictionCache, generate_all, subject_components
     from alignkit.generate.engine import SamplingParams, make_engine
+    from alignkit.progress import ProgressBar
 
     if engine is None:
         kw: dict[str, Any] = {"dtype": cfg.dtype, "batch_size": cfg.batch_size}
         if cfg.device:
             kw["device"] = cfg.device
         engine = make_engine(cfg.model, backend=cfg.backend, **kw)
+    subject = subject_components(cfg.model, engine, cfg.dtype)
+    key_base = {"model": subject["model"]["sha256"], "dtype": cfg.dtype, "tokenizer": subject["tokenizer"]["sha256"],
+                "chat_template": subject["chat_template"]["sha256"]}
+    cache = PredictionCache(Path(cfg.output_dir) / "predictions.jsonl", cfg.resume)
     prompts = [prompt_messages(e) for e in entries]
     room = int(engine.max_context)
     budgets = [min(cfg.max_new_tokens, room - len(engine.encode(p)) - 2) for p in prompts]
     outputs: list[str | None] = [None] * len(prompts)
-    for budget in sorted({b for b in budgets if b >= 1}, reverse=True):
-        idx = [i for i, b in enumerate(budgets) if b == budget]
-        res = engine.generate([prompts[i] for i in idx], SamplingParams(max_new_tokens=budget, temperature=0.0),
-                              progress=progress)
-        for i, r in zip(idx, res, strict=True):
-            outputs[i] = r.completions[0].text
+    with ProgressBar("bfcl", sum(b >= 1 for b in budgets), progress) as bar:
+        for budget in sorted({b for b in budgets if b >= 1}, reverse=True):
+            idx = [i for i, b in enumerate(budgets) if b == budget]
+            params = SamplingParams(max_new_tokens=budget, temperature=0.0)
+            gens = generate_all(engine, [prompts[i] for i in idx], params, True, cache, key_base, bar)
+            for i, g in zip(idx, gens, strict=True):
+                outputs[i] = g["text"]
     defaults = SamplingParams()
     decoding = {"strategy": "greedy", "max_new_tokens": cfg.max_new_tokens,
                 "budget": "min(max_new_tokens, context - prompt_tokens - 2)", "temperature": 0.0,
                 "top_p": defaults.top_p, "top_k": defaults.top_k, "min_new_tokens": defaults.min_new_tokens,
                 "stop_strings": [], "backend": cfg.backend}
-    return outputs, decoding, subject_components(cfg.model, engine, cfg.dtype)
+    return outputs, decoding, subject
 
 
 def signature(category: str, entries: list[dict], decoding: dict, subject: dict):
