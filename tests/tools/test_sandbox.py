@@ -38,6 +38,18 @@ def test_prints_and_exit_status(sandbox):
     assert (r.stdout, r.stderr, r.error, r.timed_out, r.exit_code) == ("285 1.4142135623730951\n", "", None, False, 0)
     assert run(sandbox, "import sys; print('x'); sys.exit(3)").error == "exited with status 3"
     assert run(sandbox, "import sys; sys.exit(0)").error is None
+    r = run(sandbox, "import os, signal; print('bye', flush=True); os.kill(os.getpid(), signal.SIGKILL)")
+    assert (r.error, r.exit_code, r.stdout) == ("killed by SIGKILL", 128 + 9, "bye\n")
+
+
+def test_launcher_failures_are_named():
+    cfg = SandboxConfig()
+    describe = sandbox_module._describe_failure
+    assert describe(None, 1, "bwrap: No permissions to create new namespace\n", 5.0, cfg) == (
+        "sandbox failed to start: bwrap: No permissions to create new namespace")
+    assert describe(None, 1, "prlimit: failed to set the NPROC resource limit: Operation not permitted\n", 5.0, cfg) == (
+        "sandbox failed to start: prlimit: failed to set the NPROC resource limit: Operation not permitted")
+    assert describe(None, 1, "something: else\n", 5.0, cfg) == "exited with status 1"
 
 
 def test_exception_gives_a_traceback_summary(sandbox):

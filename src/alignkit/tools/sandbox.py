@@ -33,6 +33,7 @@ from alignkit.errors import UserError
 INSTALL_HINT = "install it with `make sandbox-deps` (Debian/Ubuntu: `apt-get install bubblewrap`)"
 WORKDIR = "/sandbox"
 _READ_CHUNK = 65536
+_LAUNCHERS = ("bwrap", "setpriv", "prlimit")  # the programs between the caller and the interpreter
 
 
 class SandboxUnavailable(UserError):
@@ -280,8 +281,8 @@ def _describe_failure(stopped: str | None, exit_code: int | None, stderr: str, t
     if exit_code == 0:
         return None
     lines = [line for line in stderr.splitlines() if line.strip()]
-    if exit_code == 1 and lines and lines[0].startswith("bwrap: ") and len(lines) == 1:
-        return f"sandbox failed to start: {lines[0][len('bwrap: '):]}"
+    if exit_code == 1 and len(lines) == 1 and lines[0].split(": ", 1)[0] in _LAUNCHERS:
+        return f"sandbox failed to start: {lines[0]}"  # the code can forge this only about itself
     if exit_code is not None and exit_code > 128:
         return _signal_error(exit_code - 128, cfg)
     if "Traceback (most recent call last):" in stderr and lines:
