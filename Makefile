@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-longreward test test-fast lint bench browser-deps clean
+.PHONY: install demo demo-longreward test test-fast lint bench browser-deps sandbox-deps clean
 
 # Makefile too: an install line added here (a --no-deps data package) must reach existing venvs.
 $(STAMP): pyproject.toml constraints.txt Makefile
@@ -53,11 +53,21 @@ browser-deps:
 	  || echo "browser-deps: could not install chromium; the browser test will be skipped"; \
 	fi
 
+# bubblewrap for the python tool's sandbox (Debian package). Without it alignkit refuses to run model code and
+# the sandbox tests are skipped; as non-root this only prints the command to run.
+sandbox-deps:
+	@if ! command -v bwrap >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null) \
+	    || echo "sandbox-deps: could not install bubblewrap; the sandbox tests will be skipped"; \
+	  else echo "sandbox-deps: bubblewrap is missing; install it with: sudo apt-get install bubblewrap"; fi; \
+	fi
+
 # The suite, then the fast tests that followed `precision: auto`'s hardware probe once more with the probe
 # forced the other way (ALIGNKIT_PRECISION_PROBE), so a CPU without native bf16 also runs the bf16 paths a
 # bf16 machine takes, and vice versa. tests/conftest.py records which tests consulted the probe.
 PROBED := $(VENV)/.alignkit-probed-tests.txt
-test: $(TEST_STAMP) browser-deps
+test: $(TEST_STAMP) browser-deps sandbox-deps
 	ALIGNKIT_PROBED_TESTS_OUT=$(PROBED) $(PY) -m pytest -q
 	@other=$$($(PY) -c 'from alignkit.precision import native_bf16; print("fp32" if native_bf16("cpu")[0] else "bf16")') \
 	  && n=$$(wc -l < $(PROBED)) && test "$$n" -gt 0 \
