@@ -1,0 +1,39 @@
+"""experiments/emergence.py (claim 8) in --quick mode: the whole frame end to end on a tiny random model."""
+
+from __future__ import annotations
+
+import json
+
+import emergence
+import pytest
+import study
+
+
+def test_digit_accuracy_is_right_aligned_per_digit():
+    assert emergence.digit_accuracy("918 + 358 = 1276\nThe answer is 1276.", "1276") == 1.0
+    assert emergence.digit_accuracy("The answer is 1236.", "1276") == 0.75
+    assert emergence.digit_accuracy("The answer is 276.", "1276") == 0.75  # a missing leading digit
+    assert emergence.digit_accuracy("no number here", "1276") == 0.0
+
+
+def test_quick_mode_stops_at_its_budget_then_resumes_to_valid_results(tmp_path, capsys):
+    work = tmp_path / "work"
+    args = ["--work", str(work), "--quick", "--lock", str(tmp_path / "lock")]
+    assert emergence.main([*args, "--budget-s", "0"]) == study.EXIT_BUDGET  # nothing run, nothing written
+    assert not (work / "results").exists()
+    assert emergence.main(args) == 0
+    obj = study.validate_results(json.loads((work / "results" / "results.json").read_text())).model_dump(by_alias=True)
+    assert obj["quick"] and obj["n_heldout"] == 16 and obj["seeds"] == [0]
+    assert list(obj["arms"]) == ["step-0", "step-4", "step-8"]
+    assert [(c["a"], c["b"]) for c in obj["comparisons"]] == [("step-4", "step-0"), ("step-8", "step-4")]
+    assert all(c["mcnemar"] is not None for c in obj["comparisons"])  # exact match is binary
+    extra = obj["extra"]
+    assert set(extra["heldout_loss"]) == set(obj["arms"]) and extra["exact_match_threshold"]["status"]
+    assert extra["heldout_loss"]["step-8"]["mean"] < extra["heldout_loss"]["step-0"]["mean"]  # SFT lowers it
+    assert obj["command"].startswith(".venv/bin/python experiments/emergence.py --work")
+    assert (work / "results" / "results.png").is_file() and "step-8" in (work / "results" / "results.md").read_text()
+    units = json.loads((work / "journal.json").read_text())["units"]
+    assert set(units) == {"train/seed0", "eval/seed0/step0", "eval/seed0/step4", "eval/seed0/step8"}
+    assert "Quick smoke run (not evidence)" in capsys.readouterr().out
+    with pytest.raises(study.StudyError, match="different configuration"):
+        emergence.main([*args, "--steps", "4"])
