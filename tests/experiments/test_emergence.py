@@ -19,9 +19,11 @@ def test_digit_accuracy_is_right_aligned_per_digit():
 def test_quick_mode_stops_at_its_budget_then_resumes_to_valid_results(tmp_path, capsys):
     work = tmp_path / "work"
     args = ["--work", str(work), "--quick", "--lock", str(tmp_path / "lock")]
-    assert emergence.main([*args, "--budget-s", "0"]) == study.EXIT_BUDGET  # nothing run, nothing written
+    for _ in range(3):  # train, then step 0, then step 4: one unit per invocation, no results yet
+        assert emergence.main([*args, "--budget-s", "0"]) == study.EXIT_BUDGET
     assert not (work / "results").exists()
-    assert emergence.main(args) == 0
+    assert len(json.loads((work / "journal.json").read_text())["units"]) == 3
+    assert emergence.main([*args, "--budget-s", "0"]) == 0  # the last unit, then the results
     obj = study.validate_results(json.loads((work / "results" / "results.json").read_text())).model_dump(by_alias=True)
     assert obj["quick"] and obj["n_heldout"] == 16 and obj["seeds"] == [0]
     assert list(obj["arms"]) == ["step-0", "step-4", "step-8"]

@@ -162,9 +162,16 @@ def test_committed_results_discovery_picks_only_the_study_schema(tmp_path):
     assert study.committed_study_results(tmp_path) == [tmp_path / "a" / "results.json"]
 
 
-@pytest.mark.parametrize("path", study.committed_study_results(), ids=lambda p: str(p.relative_to(study.RESULTS_DIR)))
-def test_every_committed_study_result_is_valid(path):
-    study.validate_results(json.loads(path.read_text(encoding="utf-8")), str(path))
+def test_every_committed_study_result_is_valid():
+    """Every experiments/results/**.json that says ``"schema": "alignkit-study/1"`` passes the validator
+    (the older results without the tag are checked by tests/test_docs_and_configs.py only)."""
+    errors = []
+    for path in study.committed_study_results():
+        try:
+            study.validate_results(json.loads(path.read_text(encoding="utf-8")), str(path))
+        except study.StudyError as e:
+            errors.append(str(e))
+    assert not errors, "\n".join(errors)
 
 
 # ------------------------------------------------------------------------------- journal and budget
@@ -181,12 +188,12 @@ def test_run_units_stops_at_the_budget_and_resumes(tmp_path):
 
     units = [(f"u{k}", unit(k)) for k in range(3)]
     j = study.Journal(tmp_path, {"a": 1})
-    assert study.run_units(j, units, budget_s=0.0, log=lambda s: None) is False and calls == []
-    j = study.Journal(tmp_path, {"a": 1})
-    assert study.run_units(j, units[:1], budget_s=None, log=lambda s: None) is True and calls == [0]
+    # a spent budget still runs one unit per invocation (progress), then stops before the next
+    assert study.run_units(j, units, budget_s=0.0, log=lambda s: None) is False and calls == [0]
     j = study.Journal(tmp_path, {"a": 1})  # a new invocation reads what the last one finished
-    assert j.done("u0") and j.get("u0") == {"k": 0}
+    assert j.done("u0") and j.get("u0") == {"k": 0} and not j.done("u1")
     assert study.run_units(j, units, budget_s=None, log=lambda s: None) is True and calls == [0, 1, 2]
+    assert study.run_units(j, units, budget_s=0.0, log=lambda s: None) is True and calls == [0, 1, 2]
 
 
 def test_a_failed_unit_keeps_the_finished_ones(tmp_path):
