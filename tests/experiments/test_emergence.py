@@ -39,3 +39,30 @@ def test_quick_mode_stops_at_its_budget_then_resumes_to_valid_results(tmp_path, 
     assert "Quick smoke run (not evidence)" in capsys.readouterr().out
     with pytest.raises(study.StudyError, match="different configuration"):
         emergence.main([*args, "--steps", "4"])
+
+
+def test_quick_mode_resumes_training_killed_after_a_checkpoint(tmp_path):
+    """A run killed after the step-4 checkpoint (journal without the training unit, no step-8 checkpoint)
+    continues the SFT run from step 4 and reaches the same results (fp32)."""
+    import shutil
+
+    work = tmp_path / "work"
+    args = ["--work", str(work), "--quick", "--lock", str(tmp_path / "lock")]
+    assert emergence.main(args) == 0
+    before = json.loads((work / "results" / "results.json").read_text())
+    journal = json.loads((work / "journal.json").read_text())
+    for unit in ("train/seed0", "eval/seed0/step8"):
+        del journal["units"][unit]
+    (work / "journal.json").write_text(json.dumps(journal))
+    (step4,) = [d for d in (work / "sft-seed0" / "checkpoints").iterdir() if d.name.endswith("4")]
+    (step8,) = [d for d in (work / "sft-seed0" / "checkpoints").iterdir() if d.name.endswith("8")]
+    shutil.rmtree(step8)
+    shutil.rmtree(work / "exported" / "seed0-step8")
+    written = {p.name: p.stat().st_mtime_ns for p in step4.iterdir()}
+    assert emergence.main(args) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in step4.iterdir()} == written  # resumed, not retrained
+    assert step8.is_dir()
+    after = json.loads((work / "results" / "results.json").read_text())
+    assert after["arms"] == before["arms"]
+    for arm, loss in before["extra"]["heldout_loss"].items():
+        assert after["extra"]["heldout_loss"][arm]["mean"] == pytest.approx(loss["mean"], rel=1e-6)
