@@ -602,6 +602,14 @@ def language_split(n_train: int, n_heldout: int) -> tuple[list[dict[str, str]], 
     return train, held
 
 
+def language_nll(model_dir: str, n_heldout: int = 500, dtype: str = "fp32") -> list[float]:
+    """Forgetting: the per-window NLL of a model on the first ``n_heldout`` held-out language windows."""
+    from alignkit.models import load_causal_lm, load_tokenizer
+
+    _, held = language_split(0, n_heldout)
+    return per_item_nll(load_causal_lm(model_dir, dtype=dtype), load_tokenizer(model_dir), [r["text"] for r in held])
+
+
 def mini_suite_records(samples_per_length: int = 8, lengths: Sequence[str] = ("1k",), seed: int = 0
                        ) -> dict[str, list[dict[str, Any]]]:
     """The language set's second half: the offline mini suite (``alignkit eval --suite mini`` records)."""

@@ -270,3 +270,13 @@ def test_per_item_nll_is_the_log_perplexity_of_each_item(tiny_lm):
     got = study.per_item_nll(model, tok, refs)
     for r, g in zip(refs, got, strict=True):
         assert g == pytest.approx(math.log(perplexity(model, tok, [r])["perplexity"]), rel=1e-5)
+
+
+def test_language_nll_scores_the_first_heldout_windows(tmp_path, tiny_lm):
+    model, tok = tiny_lm
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    _, held = study.language_split(0, 3)
+    got = study.language_nll(str(tmp_path / "m"), 3)
+    assert got == pytest.approx(study.per_item_nll(model, tok, [r["text"] for r in held]), rel=1e-5)
+    assert [r["id"] for r in held] == [r["id"] for r in study.language_split(500, 500)[1][:3]]
