@@ -43,6 +43,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -357,13 +358,7 @@ def rerun_command(argv: Sequence[str]) -> str:
     script = Path(argv[0]).resolve()
     with contextlib.suppress(ValueError):
         script = script.relative_to(REPO)
-    return " ".join([".venv/bin/python", str(script), *(_quote(a) for a in argv[1:])])
-
-
-def _quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
+    return " ".join([".venv/bin/python", str(script), *(shlex.quote(a) for a in argv[1:])])
 
 
 def build_results(*, name: str, claim: int, command: str, quick: bool, heldout: str, seeds: Sequence[int],
