@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-longreward test test-fast lint bench browser-deps sandbox-deps clean
+.PHONY: install demo demo-longreward test test-fast lint bench browser-deps sandbox-deps clean experiments experiments-quick
 
 # Makefile too: an install line added here (a --no-deps data package) must reach existing venvs.
 $(STAMP): pyproject.toml constraints.txt Makefile
@@ -83,6 +83,38 @@ lint: $(TEST_STAMP)
 bench: install
 	$(PIP) install -q -c constraints.txt -e '.[bench]'
 	$(PY) benchmarks/dpo_vs_trl.py
+
+# Issue 19's study suite: one script per claim, claim:script (experiments/README.md, "The study frame").
+# Each script takes the heavy-job lock itself (/tmp/alignkit-heavy.lock; do not wrap it in flock) and keeps a
+# journal in $(EXP_WORK)/<script>, so a killed run continues where it stopped; a run that spends
+# EXP_BUDGET_S seconds exits 3 (lock released) and is started again until it is done. A claim whose script
+# is not written yet fails the target by name after the written ones ran. CLAIMS=8 runs a subset.
+EXP_WORK ?= runs/experiments
+EXP_BUDGET_S ?= 1800
+STUDY_SCRIPTS := 1:rlhf_scaling 2:chatglm_stabilisers 3:exo_vs_dpo 4:matched_samples 5:rm_length_rl \
+  6:prm_vs_orm_bon 7:self_critique 8:emergence
+CLAIMS ?= 1 2 3 4 5 6 7 8
+STUDY_SELECTED = $(foreach c,$(CLAIMS),$(filter $(c):%,$(STUDY_SCRIPTS)))
+define run_study
+	@test -n "$(STUDY_SELECTED)" || { echo "no claim selected by CLAIMS='$(CLAIMS)'; known: $(STUDY_SCRIPTS)" >&2; exit 2; }
+	@missing=""; for entry in $(STUDY_SELECTED); do n=$${entry%%:*}; name=$${entry#*:}; s=experiments/$$name.py; \
+	  if [ ! -f $$s ]; then missing="$$missing claim-$$n:$$s"; echo "== claim $$n: $$s is NOT WRITTEN YET =="; continue; fi; \
+	  echo "== claim $$n: $$s $(1) =="; $(2) \
+	  until OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) $$s --work $(3)/$$name $(1); do rc=$$?; \
+	    [ $$rc -eq 3 ] || { echo "claim $$n: $$s failed (exit $$rc)" >&2; exit $$rc; }; \
+	    echo "claim $$n: budget chunk spent; continuing from the journal"; done; \
+	done; \
+	if [ -n "$$missing" ]; then echo "$@: these claims have no script yet, so there is no result for them:$$missing" >&2; exit 1; fi
+endef
+
+# The whole suite (hours to days on a 2-core CPU), resumable: run it again after a kill.
+experiments: install
+	$(call run_study,--budget-s $(EXP_BUDGET_S),,$(EXP_WORK))
+
+# Smoke version (one seed, small n, tiny models where the script has one; not evidence), from a fresh work
+# folder each time; results stay under $(EXP_WORK)/quick. Not part of `make test`.
+experiments-quick: install
+	$(call run_study,--quick,rm -rf $(EXP_WORK)/quick/$$name;,$(EXP_WORK)/quick)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
