@@ -123,7 +123,7 @@ class ChatTokenizer:
             msgs.append(msg)
             if msg["role"] != "assistant":
                 continue
-            before = self.render_prompt(msgs[:-1], True, tools)
+            before = done if i == 0 else self.render_prompt(msgs[:-1], True, tools)
             turn = render_chat(self.tok, msgs, tools)
             if not before.startswith(done) or not turn.startswith(before):
                 raise TemplateError(

@@ -24,6 +24,7 @@ text. A malformed call never raises: it stays in the text and is reported as the
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,11 +62,14 @@ def template_supports_tools(tokenizer: Any) -> bool:
 
     The template is lexed, not parsed, so tags that only transformers knows (``{% generation %}``) do not
     matter; a ``tools`` in the literal text around the code does not count."""
+    return _names_tools(template_source(tokenizer))
+
+
+@functools.lru_cache(maxsize=16)
+def _names_tools(source: str) -> bool:
     import jinja2
 
-    source = template_source(tokenizer)
-    env = jinja2.Environment()
-    return any(kind == "name" and value == "tools" for _line, kind, value in env.lex(source))
+    return any(kind == "name" and value == "tools" for _line, kind, value in jinja2.Environment().lex(source))
 
 
 def format_tool_call(call: dict) -> str:
