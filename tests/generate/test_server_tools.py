@@ -97,10 +97,11 @@ def _tool_loop(client, stream: bool) -> tuple[list, str]:
         if stream:
             message, finish = _collect_stream(client.chat.completions.create(
                 model="tiny", messages=messages, tools=TOOLS, stream=True))
+            messages.append(message)
         else:
             choice = client.chat.completions.create(model="tiny", messages=messages, tools=TOOLS).choices[0]
             message, finish = choice.message.model_dump(exclude_none=True), choice.finish_reason
-        messages.append(message)
+            messages.append(choice.message)  # the SDK's own message object, sent back as clients do
         if finish != "tool_calls":
             return calls_made, message["content"]
         for call in message["tool_calls"]:
@@ -247,3 +248,29 @@ def test_a_model_whose_template_writes_another_call_format_is_refused(serve, tok
         plain = httpx.post(f"{base}/v1/chat/completions", json={"model": "tiny", "messages": QUESTION})
     assert r.status_code == 400 and r.json()["error"]["param"] == "tools" and "own format" in r.text
     assert plain.status_code == 200
+
+
+def test_the_real_engine_takes_tool_prompts(tiny_lm):
+    """The HF engine renders a tool conversation (and a forced call opening) like any prompt; its prompt
+    tokens are those of the shared renderer."""
+    from tests.live_server import serve_app_in_thread
+
+    from alignkit.data.toolcalls import Conversation
+    from alignkit.generate.engine import HFEngine
+    from alignkit.generate.server import create_app
+
+    model, tok = tiny_lm
+    history = QUESTION + [{"role": "assistant", "content": None, "tool_calls": [CALL]},
+                          {"role": "tool", "tool_call_id": "call_1", "content": "21"}]
+    usage = []
+    with serve_app_in_thread(create_app(HFEngine(model, tok), "tiny")) as base:
+        for choice in ("auto", "required", {"type": "function", "function": {"name": "get_weather"}}):
+            r = httpx.post(f"{base}/v1/chat/completions", json={
+                "model": "tiny", "messages": history, "tools": TOOLS, "tool_choice": choice, "max_tokens": 4,
+                "temperature": 0}, timeout=60)
+            assert r.status_code == 200, r.text
+            assert r.json()["choices"][0]["finish_reason"] == "length"  # 4 tokens cannot close a call
+            usage.append(r.json()["usage"]["prompt_tokens"])
+    canonical = [{**m, "content": m["content"] or ""} for m in history]
+    assert usage[0] == len(encode_prompt(tok, Conversation(canonical, TOOLS), True)[1])
+    assert usage[0] < usage[1] < usage[2]  # plus the forced openings "<tool_call>" and '<tool_call>{"name": ...
