@@ -305,3 +305,24 @@ def test_check_template_proves_tool_rows(tmp_path, capsys):
     assert check_template(CheckTemplateConfig(data=path, kind="sft")) == 0
     out = capsys.readouterr().out
     assert "1/1 tool/multi-turn conversations" in out and "FAIL" not in out
+
+
+def test_plain_multi_turn_chat_trains_every_assistant_turn_and_no_user_turn(tokenizer):
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": "USERTURN joke?"}, {"role": "assistant", "content": "No."}]
+    [ex], _ = tokenize_examples(read_rows_from(chat, None), tokenizer, DataPolicy())
+    ids, mask = ex.completion_ids[0], ex.completion_masks[0]
+    assert tokenizer.decode([t for t, m in zip(ids, mask, strict=True) if m]) == "Hello.<|im_end|>No.<|im_end|>"
+    assert "USERTURN" in tokenizer.decode([t for t, m in zip(ids, mask, strict=True) if not m])
+
+
+def test_conversation_parity_with_a_template_that_renders_tools_itself(tokenizer):
+    import copy
+
+    from alignkit.generate.engine import encode_prompt
+
+    native = copy.deepcopy(tokenizer)
+    native.chat_template = NATIVE
+    report = conversation_parity_report(
+        native, [(CONVERSATION, TOOLS)], lambda m, t: encode_prompt(native, Conversation(m, t), True)[1])
+    assert report == []
