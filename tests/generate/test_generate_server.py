@@ -107,10 +107,10 @@ def test_oversized_request_is_413(server):
             {
                 "model": "tiny",
                 "messages": [{"role": "user", "content": "x"}],
-                "tools": [{"type": "function"}],
+                "functions": [{"name": "f"}],  # the legacy API; tools: tests/generate/test_server_tools.py
             },
             400,
-            "tools",
+            "functions",
         ),
         ({"model": "tiny", "messages": [{"role": "user", "content": "w " * 2100}]}, 400, "messages"),
     ],

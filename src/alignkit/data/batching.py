@@ -3,7 +3,8 @@
 Every example contributes one sequence per completion (SFT: 1, preference: 2, K-way: K). A batch
 of B examples with C completions each becomes ``(B*C, T)`` tensors laid out completion-major
 (all first completions, then all second ...), so ``logps.view(C, B).T`` gives ``(B, C)``.
-``loss_mask[b, t]`` is True iff token ``t`` belongs to the response (it is predicted at ``t-1``).
+``loss_mask[b, t]`` is True iff token ``t`` belongs to the response (it is predicted at ``t-1``) and is
+trained (a multi-turn completion's tool results and user turns are not: ``completion_masks``).
 """
 
 from __future__ import annotations
@@ -23,21 +24,21 @@ def collate(examples: list[TokenizedExample], pad_id: int, n_comp: int | None = 
     if not examples:
         raise ValueError("cannot collate an empty batch")
     n_comp = n_comp or max(len(ex.completion_ids) for ex in examples)
-    seqs: list[tuple[list[int], int]] = []  # (token ids, prompt length)
+    seqs: list[tuple[list[int], int, list[bool] | None]] = []  # (token ids, prompt length, completion mask)
     for c in range(n_comp):
         for ex in examples:
             if c < len(ex.completion_ids):
-                seqs.append((ex.prompt_ids + ex.completion_ids[c], len(ex.prompt_ids)))
+                seqs.append((ex.prompt_ids + ex.completion_ids[c], len(ex.prompt_ids), _mask(ex, c)))
             else:
-                seqs.append(([pad_id, pad_id], 1))
-    width = max(len(s) for s, _ in seqs)
+                seqs.append(([pad_id, pad_id], 1, None))
+    width = max(len(s) for s, _, _ in seqs)
     input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
     loss_mask = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for i, (ids, plen) in enumerate(seqs):
+    for i, (ids, plen, mask) in enumerate(seqs):
         input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         attention_mask[i, : len(ids)] = 1
-        loss_mask[i, plen : len(ids)] = True
+        loss_mask[i, plen : len(ids)] = True if mask is None else torch.tensor(mask)
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
@@ -45,6 +46,11 @@ def collate(examples: list[TokenizedExample], pad_id: int, n_comp: int | None = 
         "valid": _valid(examples, n_comp),
         **_index_and_rewards(examples, n_comp),
     }
+
+
+def _mask(ex: TokenizedExample, c: int) -> list[bool] | None:
+    """Which tokens of completion ``c`` are trained (None: all)."""
+    return ex.completion_masks[c] if ex.completion_masks is not None else None
 
 
 def by_completion(values: torch.Tensor, n_comp: int) -> torch.Tensor:
@@ -79,13 +85,13 @@ def collate_segments(
         raise ValueError("cannot collate an empty batch")
     n_comp = n_comp or max(len(ex.completion_ids) for ex in examples)
     n_ex = len(examples)
-    docs: list[tuple[list[int], list[tuple[list[int], int]]]] = []  # (prompt, [(completion, slot)])
+    docs: list[tuple[list[int], list[tuple[list[int], int, list[bool] | None]]]] = []  # (prompt, [(completion, slot, mask)])
     for b, ex in enumerate(examples):
         if not ex.prompt_ids:
             raise ValueError(f"example {ex.index}: empty prompt (the first completion token needs a predictor)")
-        parts = [(c, k * n_ex + b) for k, c in enumerate(ex.completion_ids[:n_comp])]
+        parts = [(c, k * n_ex + b, _mask(ex, k)) for k, c in enumerate(ex.completion_ids[:n_comp])]
         docs.extend([(ex.prompt_ids, parts)] if shared_prompt else [(ex.prompt_ids, [p]) for p in parts])
-    lengths = [len(p) + sum(len(c) for c, _ in parts) for p, parts in docs]
+    lengths = [len(p) + sum(len(c) for c, _, _ in parts) for p, parts in docs]
     rows = _assign_rows(lengths, pack)
     width = max(sum(lengths[d] for d in row) for row in rows)
     shape = (len(rows), width)
@@ -95,6 +101,7 @@ def collate_segments(
     sequence = torch.zeros(shape, dtype=torch.long)
     doc_of = torch.full(shape, -1, dtype=torch.long)  # which document a position belongs to (-1: padding)
     part_of = torch.zeros(shape, dtype=torch.long)  # 0: prompt, k + 1: the document's k-th completion
+    untrained = torch.zeros(shape, dtype=torch.bool)  # completion tokens that are context (tool results)
     for r, row in enumerate(rows):
         at = 0
         for d in row:
@@ -103,8 +110,10 @@ def collate_segments(
             input_ids[r, at:end] = torch.tensor(prompt)
             position_ids[r, at:end] = torch.arange(len(prompt))
             doc_of[r, at:end] = d
-            for k, (comp, slot) in enumerate(parts):
+            for k, (comp, slot, mask) in enumerate(parts):
                 span = slice(end, end + len(comp))
+                if mask is not None:
+                    untrained[r, span] = ~torch.tensor(mask)
                 input_ids[r, span] = torch.tensor(comp, dtype=torch.long)
                 position_ids[r, span] = torch.arange(len(prompt), len(prompt) + len(comp))
                 predictor[r, span] = torch.arange(end - 1, end + len(comp) - 1)
@@ -116,7 +125,7 @@ def collate_segments(
         "input_ids": input_ids,
         "position_ids": position_ids,
         "attention_mask": _segment_mask(doc_of, part_of),
-        "loss_mask": part_of > 0,
+        "loss_mask": (part_of > 0) & ~untrained,
         "predictor": predictor,
         "sequence": sequence,
         "valid": _valid(examples, n_comp),

@@ -18,27 +18,103 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, get_args
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from alignkit.errors import DataError
 
-Messages = list[dict[str, str]]
+Messages = list[dict[str, Any]]
 Role = Literal["system", "user", "assistant", "tool"]
 ROLES: tuple[str, ...] = get_args(Role)
 
 
-class ChatMessage(BaseModel):
-    """One chat message ``{role, content}``: the one message validator, used by the row reader
-    (:func:`check_messages`), the chat server's and the reward server's request models.
+class FunctionCall(BaseModel):
+    """The function an assistant's tool call invokes: its name and its arguments as a JSON-object string."""
 
-    Other keys (OpenAI's ``name``, ``tool_call_id``, ...) are ignored; the role is one of :data:`ROLES`
-    and the content a string.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(min_length=1)
+    arguments: str
+
+    @field_validator("arguments")
+    @classmethod
+    def _json_object(cls, v: str) -> str:
+        try:
+            value = json.loads(v)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON ({exc.msg}, column {exc.colno})") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"must be a JSON object, got {type(value).__name__}")
+        return v
+
+
+class ToolCall(BaseModel):
+    """One call in an assistant message's ``tool_calls`` (OpenAI format)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    id: str = Field(min_length=1)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(BaseModel):
+    """One chat message: the one message validator, used by the row reader (:func:`check_messages`),
+    the chat server's and the reward server's request models.
+
+    ``{role, content}``, plus OpenAI's tool fields: an assistant message may carry ``tool_calls`` (its
+    ``content`` may then be null or absent), a ``tool`` message names the call it answers in
+    ``tool_call_id``. Other keys (OpenAI's ``name``, ...) are ignored; the role is one of :data:`ROLES`.
+    Which calls and functions exist is a property of the whole conversation: :func:`check_tool_use`.
     """
 
     model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Role
-    content: str
+    content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _fields_fit_the_role(self) -> ChatMessage:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise PydanticCustomError("missing", "Field required", {"field": "content"})
+        if self.tool_calls is not None and self.role != "assistant":
+            raise PydanticCustomError("role_field", "only assistant messages carry tool_calls",
+                                      {"field": "tool_calls"})
+        if self.tool_call_id is not None and self.role != "tool":
+            raise PydanticCustomError("role_field", "only tool messages carry a tool_call_id",
+                                      {"field": "tool_call_id"})
+        return self
+
+    def canonical(self) -> dict[str, Any]:
+        """``{role, content}`` (content ``""`` when null), plus ``tool_calls`` / ``tool_call_id`` when present."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content or ""}
+        if self.tool_calls:
+            out["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+
+class FunctionSpec(BaseModel):
+    """A declared function: name, description and a JSON schema of its parameters (OpenAI format)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolSpec(BaseModel):
+    """One entry of a ``tools`` list: ``{"type": "function", "function": {...}}``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["function"]
+    function: FunctionSpec
 
 
 class Record(NamedTuple):
@@ -152,8 +228,8 @@ def require_str(row: dict[str, Any], key: str, where: str, allow_empty: bool = F
 
 
 def check_messages(value: Any, where: str, name: str) -> Messages:
-    """A non-empty list of :class:`ChatMessage` s, in canonical form ``{role, content}``; the first problem
-    raises ``where: field 'name[j].key': what is wrong``."""
+    """A non-empty list of :class:`ChatMessage` s, in canonical form (:meth:`ChatMessage.canonical`); the
+    first problem raises ``where: field 'name[j].key': what is wrong``."""
     if not isinstance(value, list) or not value:
         raise DataError(f"{where}: field '{name}': expected a non-empty list of messages")
     out = []
@@ -161,7 +237,7 @@ def check_messages(value: Any, where: str, name: str) -> Messages:
         if not isinstance(msg, dict):
             raise DataError(f"{where}: field '{name}[{j}]': expected an object with 'role' and 'content'")
         try:
-            out.append(ChatMessage.model_validate(msg).model_dump())
+            out.append(ChatMessage.model_validate(msg).canonical())
         except ValidationError as exc:
             raise DataError(f"{where}: field '{name}[{j}].{_message_problem(exc, msg)}") from None
     return out
@@ -170,12 +246,66 @@ def check_messages(value: Any, where: str, name: str) -> Messages:
 def _message_problem(exc: ValidationError, msg: dict[str, Any]) -> str:
     """``key': what is wrong`` for the first error of a :class:`ChatMessage` validation."""
     err = exc.errors()[0]
-    key = str(err["loc"][0]) if err["loc"] else "role"
+    loc = [str(p) for p in err["loc"]] or [str((err.get("ctx") or {}).get("field", "role"))]
+    key = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc)[1:]
     if err["type"] == "missing":
         return f"{key}': missing"
     if key == "role" and isinstance(msg.get("role"), str):
         return f"role': unknown role {msg['role']!r} (expected one of {', '.join(ROLES)})"
-    return f"{key}': expected a string, got {type(msg.get(key)).__name__}"
+    if key != "role" and err["type"] in ("value_error", "role_field", "string_too_short", "literal_error",
+                                         "extra_forbidden"):
+        return f"{key}': {err['msg'].removeprefix('Value error, ')}"
+    got = msg.get(loc[0]) if len(loc) == 1 else err.get("input")
+    what = "a list" if err["type"] == "list_type" else "an object" if err["type"] == "model_type" else "a string"
+    return f"{key}': expected {what}, got {type(got).__name__}"
+
+
+def check_tools(value: Any, where: str, name: str = "tools") -> list[dict[str, Any]]:
+    """A row's ``tools``: a non-empty list of :class:`ToolSpec` with distinct names, as plain dicts."""
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{where}: field '{name}': expected a non-empty list of tools")
+    out: list[dict[str, Any]] = []
+    for j, spec in enumerate(value):
+        try:
+            tool = ToolSpec.model_validate(spec).model_dump(exclude_none=True)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
+            raise DataError(f"{where}: field '{name}[{j}]{path}': {err['msg'].removeprefix('Value error, ')}") from None
+        if any(t["function"]["name"] == tool["function"]["name"] for t in out):
+            raise DataError(f"{where}: field '{name}[{j}].function.name': "
+                            f"function {tool['function']['name']!r} is declared twice")
+        out.append(tool)
+    return out
+
+
+def check_tool_use(messages: Messages, tools: list[dict[str, Any]] | None, where: str, name: str | list[str]) -> None:
+    """The calls of a (validated) conversation fit together: every call names a declared function and has
+    an id not used before, and every ``tool`` message answers an earlier call by its ``tool_call_id``.
+
+    ``name``: the field holding the messages (message ``j`` is ``name[j]``), or each message's field."""
+    fields = name if isinstance(name, list) else [f"{name}[{j}]" for j in range(len(messages))]
+    declared = {t["function"]["name"] for t in tools or []}
+    calls: set[str] = set()
+    for j, msg in enumerate(messages):
+        for k, call in enumerate(msg.get("tool_calls") or []):
+            field = f"{fields[j]}.tool_calls[{k}]"
+            if call["function"]["name"] not in declared:
+                known = ", ".join(sorted(declared)) or "none: the row has no 'tools'"
+                raise DataError(f"{where}: field '{field}.function.name': undeclared function "
+                                f"{call['function']['name']!r} (declared: {known})")
+            if call["id"] in calls:
+                raise DataError(f"{where}: field '{field}.id': call id {call['id']!r} is used twice")
+            calls.add(call["id"])
+        if msg["role"] == "tool" and (calls or "tool_call_id" in msg):
+            # a tool turn in a conversation with calls must answer one of them; old rows without any
+            # calls keep their bare tool turns
+            answered = msg.get("tool_call_id")
+            if answered is None:
+                raise DataError(f"{where}: field '{fields[j]}.tool_call_id': missing")
+            if answered not in calls:
+                raise DataError(f"{where}: field '{fields[j]}.tool_call_id': {answered!r} matches no earlier "
+                                "tool call")
 
 
 def check_prompt(value: Any, where: str, name: str = "prompt") -> str | Messages:

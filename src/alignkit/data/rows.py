@@ -13,7 +13,8 @@ Rows follow TRL's column conventions so existing datasets work unchanged:
 
 Each text field is either a plain string ("plain" rows, no chat template) or a list of chat
 messages ``{"role": ..., "content": ...}`` ("conversational" rows, rendered with the model's chat
-template). All rows of one file must share one style. Every problem is reported as
+template). All rows of one file must share one style. A conversational row may declare ``tools``
+(OpenAI function declarations) that its assistant ``tool_calls`` must name. Every problem is reported as
 ``file:line: field 'x': what is wrong`` and nothing is returned for a file with any bad row.
 """
 
@@ -24,7 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from alignkit.data.records import Messages, check_messages, check_text, iter_records, require
+from alignkit.data.records import (
+    Messages,
+    check_messages,
+    check_text,
+    check_tool_use,
+    check_tools,
+    iter_records,
+    require,
+)
 from alignkit.errors import DataError
 
 Text = str | Messages
@@ -42,6 +51,7 @@ class Example:
     conversational: bool = False
     labels: list[float] | None = None  # unpaired: [1.0/0.0]; stepwise: one per step (soft labels in [0, 1])
     meta: dict[str, Any] = field(default_factory=dict)
+    tools: list[dict[str, Any]] | None = None  # the row's declared functions (OpenAI format), if any
 
 
 def _split_implicit_prompt(chosen: Messages, rejected: Messages, where: str) -> tuple[Messages, Messages, Messages]:
@@ -57,17 +67,45 @@ def _split_implicit_prompt(chosen: Messages, rejected: Messages, where: str) -> 
 
 
 def parse_row(row: Any, kind: RowKind, where: str, index: int) -> Example:
-    """Validate one decoded row of ``kind`` and return it in canonical form."""
+    """Validate one decoded row of ``kind`` and return it in canonical form.
+
+    A conversational row may declare ``tools`` (OpenAI format); its messages' tool calls and tool
+    results are checked against them (:func:`~alignkit.data.records.check_tool_use`)."""
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    meta = {k: v for k, v in row.items() if k not in {"prompt", "chosen", "rejected", "completion",
+    ex = _parse_kind(row, kind, where, index)
+    if "tools" in row:
+        if not ex.conversational:
+            raise DataError(f"{where}: field 'tools': needs message lists (plain-string rows cannot call tools)")
+        ex.tools = check_tools(row["tools"], where)
+    if ex.conversational:
+        for j, completion in enumerate(ex.completions):
+            check_tool_use(list(ex.prompt) + list(completion), ex.tools, where,
+                           _message_fields(row, kind, j, len(ex.prompt), len(completion)))
+    return ex
+
+
+def _message_fields(row: dict, kind: RowKind, j: int, n_prompt: int, n_completion: int) -> list[str]:
+    """The field of each message of prompt + completion ``j``, for error messages."""
+    if kind == "sft" and "messages" in row:
+        return [f"messages[{i}]" for i in range(n_prompt + n_completion)]
+    name = {"preference": ("chosen", "rejected")[min(j, 1)], "kway": f"completions[{j}]"}.get(kind, "completion")
+    return [f"prompt[{i}]" for i in range(n_prompt)] + [f"{name}[{i}]" for i in range(n_completion)]
+
+
+def _parse_kind(row: dict, kind: RowKind, where: str, index: int) -> Example:
+    meta = {k: v for k, v in row.items() if k not in {"prompt", "chosen", "rejected", "completion", "tools",
                                                         "completions", "rewards", "messages", "label", "labels"}}
     if kind == "sft":
         if "messages" in row:
             msgs = check_messages(row["messages"], where, "messages")
             if msgs[-1]["role"] != "assistant":
                 raise DataError(f"{where}: field 'messages': the last message must be from the assistant")
-            k = len(msgs) - 1
+            # the completion starts at the first assistant turn: every assistant turn can be trained on
+            # (``data.train_on``); the turns between them are context (tokenize.py masks them)
+            k = next((i for i, m in enumerate(msgs) if i > 0 and m["role"] == "assistant"), 0)
+            if k == 0:
+                raise DataError(f"{where}: field 'messages': needs a message before the assistant's")
             return Example(index, msgs[:k], [msgs[k:]], conversational=True, meta=meta)
         prompt = check_text(require(row, "prompt", where), where, "prompt")
         completion = check_text(require(row, "completion", where), where, "completion")

@@ -35,7 +35,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-Prompt = str | list[dict]
+from alignkit.data.toolcalls import Conversation, render_chat
+
+Prompt = str | list[dict] | Conversation
 TokenCallback = Callable[[int, int, int], None]
 """``on_token(request index, completion index, token id)``: called for every generated token, in order."""
 
@@ -143,12 +145,17 @@ def render_prompt(tokenizer: Any, prompt: Prompt, apply_chat_template: bool = Tr
     """Prompt semantics shared by all backends.
 
     A ``str`` with ``apply_chat_template`` is one user message rendered with the chat template and the
-    generation prompt; a message list is always chat-rendered; a ``str`` without it is fed raw. A
-    message list ending with an ``assistant`` message is rendered without a new turn, so the model
-    continues that message (an answer prefix, like ``continue_final_message`` in transformers/vLLM).
+    generation prompt; a message list (or a :class:`~alignkit.data.toolcalls.Conversation`: messages
+    with the tools they may call) is always chat-rendered by :func:`~alignkit.data.toolcalls.render_chat`,
+    the renderer training uses; a ``str`` without it is fed raw. A message list ending with an
+    ``assistant`` message is rendered without a new turn, so the model continues that message (an answer
+    prefix, like ``continue_final_message`` in transformers/vLLM).
     """
     if isinstance(prompt, str) and not apply_chat_template:
         return prompt
+    tools = None
+    if isinstance(prompt, Conversation):
+        prompt, tools = prompt.messages, prompt.tools
     if isinstance(prompt, str):
         messages = [{"role": "user", "content": prompt}]
     elif isinstance(prompt, list) and all(
@@ -165,13 +172,13 @@ def render_prompt(tokenizer: Any, prompt: Prompt, apply_chat_template: bool = Tr
         raise GenerationError(
             "the tokenizer has no chat template; pass raw strings with apply_chat_template=False"
         )
-    if messages[-1]["role"] == "assistant":
-        # a final assistant message is a prefix of the reply: the model continues it (no new turn)
-        return tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    # a final assistant message is a prefix of the reply: the model continues it (no new turn)
+    final = messages[-1]["role"] == "assistant"
+    return render_chat(tokenizer, messages, tools, add_generation_prompt=not final, continue_final_message=final)
 
 
-def _encode(tokenizer: Any, prompt: Prompt, apply_chat_template: bool) -> tuple[str, list[int]]:
+def encode_prompt(tokenizer: Any, prompt: Prompt, apply_chat_template: bool) -> tuple[str, list[int]]:
+    """The rendered prompt (:func:`render_prompt`) and the token ids every backend feeds the model."""
     text = render_prompt(tokenizer, prompt, apply_chat_template)
     # A rendered chat template already holds its special tokens (BOS included when the model wants one).
     chat = not (isinstance(prompt, str) and not apply_chat_template)
@@ -258,7 +265,7 @@ class HFEngine:
 
     def encode(self, prompt: Prompt, apply_chat_template: bool = True) -> list[int]:
         """Token ids exactly as :meth:`generate` feeds them to the model."""
-        return _encode(self.tokenizer, prompt, apply_chat_template)[1]
+        return encode_prompt(self.tokenizer, prompt, apply_chat_template)[1]
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
@@ -289,7 +296,7 @@ class HFEngine:
             raise GenerationError(
                 f"seeds: expected {len(prompts)} entries (one per prompt), got {len(seeds)}"
             )
-        encoded = [_encode(self.tokenizer, p, apply_chat_template) for p in prompts]
+        encoded = [encode_prompt(self.tokenizer, p, apply_chat_template) for p in prompts]
         for i, (_, ids) in enumerate(encoded):
             if len(ids) + params.max_new_tokens > self.max_context:
                 raise GenerationError(
@@ -635,7 +642,7 @@ class VLLMEngine:
         return render_prompt(self.tokenizer, prompt, apply_chat_template)
 
     def encode(self, prompt: Prompt, apply_chat_template: bool = True) -> list[int]:
-        return _encode(self.tokenizer, prompt, apply_chat_template)[1]
+        return encode_prompt(self.tokenizer, prompt, apply_chat_template)[1]
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
@@ -659,7 +666,7 @@ class VLLMEngine:
                 f"seeds: expected {len(prompts)} entries (one per prompt), got {len(seeds)}"
             )
         requested = list(seeds) if seeds is not None else [params.seed] * len(prompts)
-        encoded = [_encode(self.tokenizer, p, apply_chat_template) for p in prompts]
+        encoded = [encode_prompt(self.tokenizer, p, apply_chat_template) for p in prompts]
         sp = [
             self._vllm.SamplingParams(
                 n=params.n,

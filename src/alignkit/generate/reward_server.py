@@ -79,8 +79,8 @@ def reward_router(scorer, model_name: str):
                 steps = scorer.step_probs(prompts, [split_steps(c, sep) for c in completions])
                 scores = scorer.score(prompts, completions)
                 return {"model": model_name, "kind": "prm", "scores": scores, "steps": steps}
-            prompts = [r.prompt if isinstance(r.prompt, str) else [m.model_dump() for m in r.prompt] for r in req.rows]
-            completions = [r.completion if isinstance(r.completion, str) else [m.model_dump() for m in r.completion]
+            prompts = [r.prompt if isinstance(r.prompt, str) else [m.canonical() for m in r.prompt] for r in req.rows]
+            completions = [r.completion if isinstance(r.completion, str) else [m.canonical() for m in r.completion]
                            for r in req.rows]
             try:
                 scores = scorer.score(prompts, completions)

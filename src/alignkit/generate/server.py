@@ -6,6 +6,17 @@ Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions`` (fields ``model``, 
 ``add_generation_prompt`` to continue a final assistant message; the answer carries ``usage`` token
 counts), ``GET /health``.
 
+Tools: ``tools`` (OpenAI function declarations) and ``tool_choice`` (``auto``, the default with tools;
+``none``; ``required``; or ``{"type": "function", "function": {"name": ...}}``). The conversation is
+rendered by the renderer training uses (:func:`~alignkit.data.toolcalls.render_chat`), the reply is
+parsed back (:class:`~alignkit.data.toolcalls.ToolCallParser`) into ``message.tool_calls`` with
+``finish_reason: "tool_calls"``, and streamed as ``delta.tool_calls`` chunks (each call whole, once its
+``</tool_call>`` is decoded). ``required`` and a named function force the opening of the call in the
+default format (``<tool_call>`` / ``<tool_call>{"name": "f", "arguments":``) and let the model write the
+rest: the arguments are not grammar-constrained, so a call the model botches comes back as text, as
+with ``auto``. ``none`` declares the tools but parses nothing. Models whose own template writes calls
+in another format than ``<tool_call>`` are refused (400), never silently misread.
+
 Safety (DESIGN §6): a Bearer API key when one is configured (401 otherwise, compared in constant
 time), a request-body size limit enforced while the body streams in (413), strict validation
 (400 ``invalid_request_error`` for malformed fields and for requests the model cannot honour, such as a
@@ -33,18 +44,42 @@ import json
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Request  # at module level: FastAPI resolves the routes' string annotations here
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from alignkit.data.records import ChatMessage
+from alignkit.data.records import ChatMessage, ToolSpec, check_tool_use
+from alignkit.data.toolcalls import (
+    CALL_OPEN,
+    Conversation,
+    ToolCallParser,
+    forced_call_prefix,
+    template_source,
+    template_supports_tools,
+)
+from alignkit.errors import DataError
 from alignkit.generate.batcher import BatchingQueue
 from alignkit.generate.engine import GenerationError, SamplingParams
 from alignkit.generate.streaming import TextDeltas
 from alignkit.httpguard import BodyLimit, is_loopback, send_json  # noqa: F401  (is_loopback re-exported)
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+class _FunctionName(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    """``tool_choice`` naming the function to call: ``{"type": "function", "function": {"name": ...}}``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["function"]
+    function: _FunctionName
 
 
 class ChatRequest(BaseModel):
@@ -68,6 +103,9 @@ class ChatRequest(BaseModel):
     continue_final_message: bool = False
     """vLLM's extension: continue the final (assistant) message instead of starting a new turn."""
     add_generation_prompt: bool = True
+    tools: list[ToolSpec] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
     @field_validator("stop")
     @classmethod
@@ -81,9 +119,8 @@ class ChatRequest(BaseModel):
 
 # Fields of the OpenAI API that change the answer in ways we do not implement: refused, not ignored.
 _UNSUPPORTED = (
-    "tools",
-    "tool_choice",
     "functions",
+    "function_call",
     "response_format",
     "logit_bias",
 )
@@ -161,6 +198,7 @@ def _routes(tokenizer):
     from fastapi import APIRouter
 
     router = APIRouter()
+    native_tools = template_supports_tools(tokenizer)  # the template renders tools itself
 
     @router.get("/health")
     def health(request: Request) -> dict[str, Any]:
@@ -177,17 +215,19 @@ def _routes(tokenizer):
         # async: a request waits on the batcher's future without holding a thread; the batcher merges
         # concurrent requests (streamed or not) into shared engine batches
         state = request.app.state
-        refusal = _refusal(req, state.model_name)
+        refusal = _refusal(req, state.model_name) or _tool_refusal(req, tokenizer, native_tools)
         if refusal is not None:
             return refusal
         params = _sampling_params(req, state.default_max_tokens)
-        messages = [{"role": m.role, "content": m.content} for m in req.messages]
+        plan = _ToolPlan(req)
+        prompt = plan.prompt([m.canonical() for m in req.messages])
         if req.stream:
-            return await _stream(state, tokenizer, req, messages, params)
+            return await _stream(state, tokenizer, req, prompt, params, plan)
         try:
-            result = await asyncio.wrap_future(state.batcher.submit_async(messages, params))
+            result = await asyncio.wrap_future(state.batcher.submit_async(prompt, params))
         except GenerationError as exc:
             return _error(400, str(exc), param="messages")
+        replies = [plan.reply(c) for c in result.completions]
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
@@ -196,11 +236,11 @@ def _routes(tokenizer):
             "choices": [
                 {
                     "index": i,
-                    "message": {"role": "assistant", "content": c.text},
-                    "finish_reason": c.finish_reason,
+                    "message": message,
+                    "finish_reason": finish,
                     "logprobs": _logprobs(tokenizer, c, req.top_logprobs or 0) if req.logprobs else None,
                 }
-                for i, c in enumerate(result.completions)
+                for i, (c, (message, finish)) in enumerate(zip(result.completions, replies, strict=True))
             ],
             "usage": _count_usage(state, result),
         }
@@ -236,6 +276,84 @@ def _refusal(req: ChatRequest, model_name: str):
     return None
 
 
+def _tool_refusal(req: ChatRequest, tokenizer, native: bool):
+    """The error response for a request whose tools, tool_choice or tool messages cannot be honoured, or None.
+
+    ``native``: the model's template renders tools itself; its calls are read only in the ``<tool_call>``
+    format, and a call is forced only in the default format."""
+    if not (req.tools or req.tool_choice or any(m.tool_calls or m.tool_call_id for m in req.messages)):
+        return None
+    if native and CALL_OPEN not in template_source(tokenizer):
+        return _error(400, "this model's chat template writes tool calls in its own format; alignkit serve reads "
+                      f"the {CALL_OPEN} format (alignkit's default format and Hermes/Qwen-style templates)",
+                      param="tools")
+    tools = [t.model_dump(exclude_none=True) for t in req.tools or []]
+    try:
+        check_tool_use([m.canonical() for m in req.messages], tools, "request", "messages")
+    except DataError as exc:
+        return _error(400, str(exc).removeprefix("request: "), param="messages")
+    choice = req.tool_choice
+    if choice not in (None, "none") and not tools:
+        return _error(400, "tool_choice needs tools", param="tool_choice")
+    if isinstance(choice, NamedToolChoice) and choice.function.name not in {t["function"]["name"] for t in tools}:
+        return _error(400, f"tool_choice names an undeclared function {choice.function.name!r}", param="tool_choice")
+    forced = choice == "required" or isinstance(choice, NamedToolChoice)
+    if forced and native:
+        return _error(400, "tool_choice required or a named function needs alignkit's default tool format "
+                      "(this model's template renders tools itself)", param="tool_choice")
+    if forced and req.continue_final_message:
+        return _error(400, "tool_choice required or a named function cannot continue a final message",
+                      param="tool_choice")
+    if req.parallel_tool_calls is False:
+        return _error(400, "parallel_tool_calls=false is not supported (the model may call several functions)",
+                      param="parallel_tool_calls")
+    return None
+
+
+class _ToolPlan:
+    """How one request uses tools: what the engine renders, and how each reply is read back."""
+
+    def __init__(self, req: ChatRequest):
+        self.tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
+        choice = req.tool_choice if self.tools else None
+        self.parse = self.tools is not None and choice != "none"
+        named = choice.function.name if isinstance(choice, NamedToolChoice) else None
+        self.prefix = forced_call_prefix(named) if (choice == "required" or named) else ""
+
+    def prompt(self, messages: list[dict]):
+        """The engine prompt: the messages, with the tools and a forced call opening when there are any."""
+        if self.tools is None and not any(m.get("tool_calls") or m.get("tool_call_id") for m in messages):
+            return messages
+        return Conversation(messages + ([{"role": "assistant", "content": self.prefix}] if self.prefix else []),
+                            self.tools)
+
+    def parser(self) -> ToolCallParser | None:
+        """A parser for one reply (None: the reply is plain text); it has already read the forced opening."""
+        if not self.parse:
+            return None
+        parser = ToolCallParser(self.tools, make_id=lambda _i: f"call_{uuid.uuid4().hex[:24]}")
+        parser.feed(self.prefix)
+        return parser
+
+    @staticmethod
+    def finish_reason(parser: ToolCallParser | None, engine_reason: str) -> str:
+        return "tool_calls" if parser is not None and parser.result.tool_calls and engine_reason == "stop" \
+            else engine_reason
+
+    def reply(self, completion) -> tuple[dict[str, Any], str]:
+        """``(message, finish_reason)`` of one non-streamed completion."""
+        parser = self.parser()
+        if parser is None:
+            return {"role": "assistant", "content": completion.text}, completion.finish_reason
+        parser.feed(completion.text)
+        parser.finish()
+        message: dict[str, Any] = {"role": "assistant", "content": parser.result.content}
+        if parser.result.tool_calls:
+            message = {"role": "assistant", "content": parser.result.content or None,
+                       "tool_calls": parser.result.tool_calls}
+        return message, self.finish_reason(parser, completion.finish_reason)
+
+
 def _sampling_params(req: ChatRequest, default_max_tokens: int) -> SamplingParams:
     return SamplingParams(
         max_new_tokens=req.max_completion_tokens or req.max_tokens or default_max_tokens,
@@ -259,7 +377,7 @@ def _count_usage(state, result) -> dict[str, int]:
             "total_tokens": result.prompt_tokens + completion_tokens}
 
 
-async def _stream(state, tokenizer, req: ChatRequest, messages: list[dict], params: SamplingParams):
+async def _stream(state, tokenizer, req: ChatRequest, prompt, params: SamplingParams, plan: _ToolPlan):
     """Submit a streamed request and wait for its first token: a refusal before it is a 400, then SSE.
 
     The batcher's worker thread posts ``(choice, token id)`` for every decoded token, then ``None``
@@ -274,7 +392,7 @@ async def _stream(state, tokenizer, req: ChatRequest, messages: list[dict], para
         with contextlib.suppress(RuntimeError):  # the event loop is gone: the server is shutting down
             loop.call_soon_threadsafe(inbox.put_nowait, item)
 
-    future = state.batcher.submit_async(messages, params, on_token=lambda j, tok: post((j, tok)))
+    future = state.batcher.submit_async(prompt, params, on_token=lambda j, tok: post((j, tok)))
     future.add_done_callback(lambda _f: post(None))
     try:
         first = await inbox.get()
@@ -287,26 +405,48 @@ async def _stream(state, tokenizer, req: ChatRequest, messages: list[dict], para
             return _error(400, str(failure), param="messages")
         return _error(500, str(failure), "server_error")
     include_usage = bool(((req.model_extra or {}).get("stream_options") or {}).get("include_usage"))
-    events = _sse_events(first, inbox, future, [TextDeltas(tokenizer, params.stop) for _ in range(params.n)],
-                         state, include_usage)
+    choices = [_StreamedChoice(TextDeltas(tokenizer, params.stop), plan.parser()) for _ in range(params.n)]
+    events = _sse_events(first, inbox, future, choices, state, include_usage)
     return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
 
-async def _sse_events(first, inbox: asyncio.Queue, future, deltas: list[TextDeltas], state, include_usage: bool):
-    """OpenAI's ``chat.completion.chunk`` server-sent events: a role chunk per choice, content deltas as
-    tokens arrive (everything already decoded is sent together), then per choice the held-back rest and
-    a ``finish_reason`` chunk; usage if asked; ``[DONE]``. An engine failure mid-stream is an
-    ``error`` event (the status line has already gone out)."""
+class _StreamedChoice:
+    """One streamed choice: its text deltas, read for tool calls when the request has tools."""
+
+    def __init__(self, deltas: TextDeltas, parser: ToolCallParser | None):
+        self.deltas, self.parser = deltas, parser
+
+    def deltas_for(self, text: str, final: bool = False) -> list[dict[str, Any]]:
+        """The ``delta`` objects for new text (``final``: the end of the reply)."""
+        if self.parser is None:
+            return [{"content": text}] if text else []
+        events = self.parser.feed(text) + (self.parser.finish() if final else [])
+        out = []
+        for kind, value in events:
+            if kind == "content":
+                out.append({"content": value})
+            else:
+                out.append({"tool_calls": [{"index": self.parser.result.tool_calls.index(value), **value}]})
+        return out
+
+
+async def _sse_events(first, inbox: asyncio.Queue, future, choices: list[_StreamedChoice], state,
+                      include_usage: bool):
+    """OpenAI's ``chat.completion.chunk`` server-sent events: a role chunk per choice, content (and
+    tool-call) deltas as tokens arrive (everything already decoded is sent together), then per choice the
+    held-back rest and a ``finish_reason`` chunk; usage if asked; ``[DONE]``. An engine failure mid-stream
+    is an ``error`` event (the status line has already gone out)."""
     base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
             "model": state.model_name}
 
     def event(choices: list, **extra) -> str:
         return f"data: {json.dumps({**base, 'choices': choices, **extra}, ensure_ascii=False)}\n\n"
 
-    def content(i: int, text: str) -> str:
-        return event([{"index": i, "delta": {"content": text}, "finish_reason": None}])
+    def deltas(i: int, text: str, final: bool = False):
+        for delta in choices[i].deltas_for(text, final):
+            yield event([{"index": i, "delta": delta, "finish_reason": None}])
 
-    for i in range(len(deltas)):
+    for i in range(len(choices)):
         yield event([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
     item = first
     while item is not None:
@@ -317,9 +457,8 @@ async def _sse_events(first, inbox: asyncio.Queue, future, deltas: list[TextDelt
         for j, tok in (x for x in batch if x is not None):
             tokens.setdefault(j, []).append(tok)
         for j, toks in tokens.items():
-            text = deltas[j].add(toks)
-            if text:
-                yield content(j, text)
+            for chunk in deltas(j, choices[j].deltas.add(toks)):
+                yield chunk
         item = None if batch[-1] is None else await inbox.get()
     try:
         result = future.result()
@@ -328,10 +467,10 @@ async def _sse_events(first, inbox: asyncio.Queue, future, deltas: list[TextDelt
         yield "data: [DONE]\n\n"
         return
     for i, c in enumerate(result.completions):
-        rest = deltas[i].finish(c.text)
-        if rest:
-            yield content(i, rest)
-        yield event([{"index": i, "delta": {}, "finish_reason": c.finish_reason}])
+        for chunk in deltas(i, choices[i].deltas.finish(c.text), final=True):
+            yield chunk
+        finish = _ToolPlan.finish_reason(choices[i].parser, c.finish_reason)
+        yield event([{"index": i, "delta": {}, "finish_reason": finish}])
     usage = _count_usage(state, result)
     if include_usage:
         yield event([], usage=usage)

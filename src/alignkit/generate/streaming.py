@@ -23,18 +23,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from alignkit.data.toolcalls import partial_marker_length
 from alignkit.generate.engine import cut_at_stop
-
-
-def _pending_prefix(text: str, patterns: Sequence[str]) -> int:
-    """Length of the longest end of ``text`` that is a proper prefix of one of ``patterns``."""
-    best = 0
-    for p in patterns:
-        for k in range(min(len(p) - 1, len(text)), best, -1):
-            if text.endswith(p[:k]):
-                best = k
-                break
-    return best
 
 
 class TextDeltas:
@@ -59,7 +49,7 @@ class TextDeltas:
             safe = cut
         else:
             stable = text.rstrip("\ufffd")
-            safe = len(stable) - _pending_prefix(stable, self.stop)
+            safe = len(stable) - partial_marker_length(stable, self.stop)
         if safe <= len(self.sent) or not text.startswith(self.sent):
             return ""
         delta = text[len(self.sent) : safe]

@@ -56,18 +56,35 @@ class CheckTemplateConfig(StrictModel):
     """Check at most this many prompts of ``data``."""
 
 
+TOOL_EXAMPLE_TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+TOOL_EXAMPLE = [
+    {"role": "user", "content": "What's the weather in Paris?"},
+    {"role": "assistant", "content": "", "tool_calls": [{"id": "call_1", "type": "function", "function": {
+        "name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+    {"role": "tool", "content": '{"temp_c": 21, "sky": "clear"}', "tool_call_id": "call_1"},
+    {"role": "assistant", "content": "It is 21 °C and clear in Paris."},
+]
+
+
 def check_template(cfg: CheckTemplateConfig) -> int:
     from alignkit.data.rows import read_rows
-    from alignkit.data.tokenize import template_parity_report
+    from alignkit.data.tokenize import conversation_parity_report, template_parity_report
+    from alignkit.data.toolcalls import Conversation
     from alignkit.errors import UserError
+    from alignkit.generate.engine import encode_prompt
     from alignkit.models import load_tokenizer
 
     tok = load_tokenizer(cfg.model)
     if cfg.data:
-        rows = read_rows(cfg.data, cfg.kind)
-        prompts = [r.prompt for r in rows if isinstance(r.prompt, list)][: cfg.limit]
+        rows = [r for r in read_rows(cfg.data, cfg.kind) if isinstance(r.prompt, list)][: cfg.limit]
+        prompts = [r.prompt for r in rows]
         if not prompts:
             raise UserError(f"{cfg.data}: no conversational prompts to check (plain rows use no chat template)")
+        # rows with tools or several assistant turns: every turn of the whole conversation is checked
+        conversations = [(list(r.prompt) + list(r.completions[0]), r.tools) for r in rows
+                         if r.tools or sum(m["role"] == "assistant" for m in r.completions[0]) > 1]
     else:
         prompts = [
             [{"role": "user", "content": "Hello!"}],
@@ -76,11 +93,23 @@ def check_template(cfg: CheckTemplateConfig) -> int:
              {"role": "user", "content": "Tell me a joke."}],
             [{"role": "user", "content": "  leading and trailing spaces \n"}],
         ]
+        conversations = [(TOOL_EXAMPLE, TOOL_EXAMPLE_TOOLS),
+                         ([{"role": "system", "content": "Be brief."}, *TOOL_EXAMPLE], TOOL_EXAMPLE_TOOLS)]
     failures = template_parity_report(tok, prompts)
     for f in failures:
         print(f"FAIL {f}")
     print(f"{len(prompts) - len({f.split(':')[0] for f in failures})}/{len(prompts)} prompts: training render "
           f"== inference render (token by token), completions end with EOS {tok.eos_token!r}")
+    if conversations:
+        tool_failures = conversation_parity_report(
+            tok, conversations, lambda msgs, tools: encode_prompt(tok, Conversation(msgs, tools), True)[1])
+        for f in tool_failures:
+            print(f"FAIL {f}")
+        bad = len({f.split(",")[0].split(":")[0] for f in tool_failures})
+        print(f"{len(conversations) - bad}/{len(conversations)} tool/multi-turn conversations: before every "
+              "assistant turn the training ids == the inference render's; trained turns parse back into their "
+              "tool calls")
+        failures += tool_failures
     return 1 if failures else 0
 
 

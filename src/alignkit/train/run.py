@@ -17,7 +17,7 @@ from pydantic import Field
 
 from alignkit.config import StrictModel, dump_config
 from alignkit.data.rows import Example, RowKind, read_rows
-from alignkit.data.tokenize import DataPolicy, DataSummary, TokenizedExample, tokenize_examples
+from alignkit.data.tokenize import DataPolicy, DataSummary, TokenizedExample, TrainOn, tokenize_examples
 from alignkit.errors import DataError
 from alignkit.models import DEFAULT_MODEL
 
@@ -58,6 +58,9 @@ class DataConfig(StrictModel):
     eval_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
     """If no eval file: hold out this fraction of train rows, 0 <= f < 1 (deterministic by seed)."""
     limits: DataPolicy = Field(default_factory=DataPolicy)
+    train_on: TrainOn = "all_assistant"
+    """Conversations with several assistant turns (tool use, multi-turn chat): train on every assistant
+    turn, or on the last one only. Tool results and user turns are never trained on."""
     renamed = {"policy": "limits"}  # "policy" is the model being trained everywhere else
 
 
@@ -115,10 +118,11 @@ def load_data(
         rows, eval_rows = split_rows(rows, data.eval_fraction, seed)
     else:
         eval_rows = []
-    train, summary = tokenize_examples(rows, tokenizer, data.limits, pairwise=pairwise)
+    train, summary = tokenize_examples(rows, tokenizer, data.limits, pairwise=pairwise, train_on=data.train_on)
     if not train:
         raise DataError(f"{data.train}: no training rows left after the data policy ({summary.as_dict()})")
-    evals, _ = tokenize_examples(eval_rows, tokenizer, data.limits, pairwise=pairwise) if eval_rows else ([], None)
+    evals, _ = (tokenize_examples(eval_rows, tokenizer, data.limits, pairwise=pairwise, train_on=data.train_on)
+                if eval_rows else ([], None))
     return train, evals, summary
 
 
