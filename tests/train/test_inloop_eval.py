@@ -259,3 +259,18 @@ def test_a_bad_eval_file_is_refused_before_anything_is_written(tmp_path, dropout
     with pytest.raises(DataError, match="bad.jsonl:1"):
         _run("sft", tmp_path, dropout_model_dir, "out", **{"train.eval": json.dumps([{"kind": "ifeval", "data": bad}])})
     assert not (tmp_path / "out").exists()
+
+
+def test_rm_refuses_train_eval(tmp_path, dropout_model_dir):
+    """alignkit rm trains no policy that could answer: train.eval is refused, not skipped."""
+    from alignkit.config import load_config
+    from alignkit.errors import ConfigError
+    from alignkit.train.reward import RMConfig, train_rm
+
+    data = write_jsonl(tmp_path / "p.jsonl", make_pairs(4))
+    items = json.dumps([{"kind": "ifeval", "data": _ifeval_file(tmp_path)}])
+    cfg = load_config(RMConfig, None, [f"model.name_or_path={dropout_model_dir}", f"data.train={data}",
+                                       f"train.output_dir={tmp_path / 'rm'}", "train.progress=false",
+                                       "train.report_to=[]", "train.max_steps=1", f"train.eval={items}"])
+    with pytest.raises(ConfigError, match="supported by alignkit sft, dpo and rl"):
+        train_rm(cfg)
