@@ -239,7 +239,8 @@ def drive(cfg: TrainConfig, accelerator, out: Path, total: int, start: int, resu
 
     ``evals()`` (``train.eval``, main process) runs before the first step of a fresh run (a ``"step": 0``
     line), after every ``cfg.eval_every``-th step and after the last; its metrics go into that step's line as
-    ``eval/<name>/<metric>``, which is then logged whatever ``cfg.log_every`` says. An evaluation belongs to
+    ``eval/<name>/<metric>`` (and their seconds as ``time/eval_s``), which is then logged whatever
+    ``cfg.log_every`` says. An evaluation belongs to
     its step's line, so a resumed run neither repeats nor loses one: the lines it keeps hold theirs."""
     main = accelerator.is_main_process
     ckpt.start_metrics(accelerator, out, start if resumed else None)
@@ -248,7 +249,7 @@ def drive(cfg: TrainConfig, accelerator, out: Path, total: int, start: int, resu
     current = start
     try:
         if evals is not None and main and not resumed:
-            log_metrics(out, {"step": start, **_prefixed(evals())}, trackers)
+            log_metrics(out, {"step": start, **_timed(evals)}, trackers)
         with StopSignals() as stop, ProgressBar(name, total, cfg.progress and main, completed=start) as bar:
             while current < total:
                 logs = step()
@@ -256,7 +257,7 @@ def drive(cfg: TrainConfig, accelerator, out: Path, total: int, start: int, resu
                 due = evals is not None and main and (current == total or bool(cfg.eval_every)
                                                       and current % cfg.eval_every == 0)
                 if due:
-                    logs.update(_prefixed(evals()))
+                    logs.update(_timed(evals))
                 if main and (current % cfg.log_every == 0 or current == total or due):
                     log_metrics(out, logs, trackers)
                 result.history.append(logs)
@@ -276,6 +277,13 @@ def drive(cfg: TrainConfig, accelerator, out: Path, total: int, start: int, resu
 
 def _prefixed(metrics: dict[str, float]) -> dict[str, float]:
     return {f"eval/{k}": v for k, v in metrics.items()}
+
+
+def _timed(evals: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """``evals()``'s metrics as ``eval/...`` plus the seconds they took (``time/eval_s``)."""
+    t0 = time.perf_counter()
+    metrics = _prefixed(evals())
+    return {**metrics, "time/eval_s": round(time.perf_counter() - t0, 3)}
 
 
 class Trainer:
