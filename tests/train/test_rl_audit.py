@@ -227,7 +227,7 @@ def test_rl_train_section_is_the_shared_train_config(tmp_path):
     assert cfg.train.max_steps == 3 and cfg.train.adam_betas == [0.9, 0.95] and cfg.train.report is False
     default = _rl_cfg().train
     assert (default.output_dir, default.max_steps, default.lr, default.schedule) == ("runs/rl", 10, 1e-6, "constant")
-    for key in ("batch_size", "grad_accum", "epochs", "eval_every"):
+    for key in ("batch_size", "grad_accum", "epochs"):
         with pytest.raises(ConfigError, match=f"train.{key} is not used by alignkit rl"):
             _rl_cfg(**{f"train.{key}": 2})
     dump_config(cfg, tmp_path / "config.yaml")

@@ -28,8 +28,10 @@ from pydantic import Field, field_validator, model_validator
 
 from alignkit.config import Precision, Renamed, StrictModel
 from alignkit.data.tokenize import TokenizedExample
+from alignkit.errors import ConfigError
 from alignkit.progress import ProgressBar
 from alignkit.train import checkpoint as ckpt
+from alignkit.train.inloop_eval import EvalItem, check_items
 from alignkit.train.trackers import TrackerName, Trackers, check_installed, log_metrics
 
 
@@ -73,7 +75,12 @@ class TrainConfig(StrictModel):
     keep_checkpoints: int = 2
     """How many recent checkpoints to keep."""
     eval_every: int | None = None
-    """Run the recipe's evaluation every N steps (null: before and after training only)."""
+    """Run the recipe's evaluations (held-out loss / preference metrics, and train.eval) every N steps (null:
+    before and after training only)."""
+    eval: list[EvalItem] = Field(default_factory=list)
+    """alignkit sft, dpo and rl (rm and prm refuse it): evaluations of the policy's greedy answers on held-out
+    files (kinds ifeval, verifiable, mini_suite, mathusereval, reward), run before training, every eval_every
+    steps and at the end, logged as eval/<name>/<metric> (docs/training.md, "Evaluation during training")."""
     report_to: list[TrackerName] = Field(default_factory=lambda: ["tensorboard"])
     """Experiment trackers for the logged metrics: tensorboard (output_dir/tensorboard), wandb, mlflow
     (optional extras alignkit[wandb] / alignkit[mlflow]; see docs/training.md); [] for none."""
@@ -85,6 +92,11 @@ class TrainConfig(StrictModel):
     @classmethod
     def _trackers_installed(cls, names: list[str]) -> list[str]:
         return check_installed(names)
+
+    @field_validator("eval")
+    @classmethod
+    def _distinct_names(cls, items: list) -> list:
+        return check_items(items)
 
     @model_validator(mode="after")
     def _one_length(self) -> TrainConfig:
@@ -217,23 +229,36 @@ class StopSignals:
 
 def drive(cfg: TrainConfig, accelerator, out: Path, total: int, start: int, resumed: bool,
           step: Callable[[], dict[str, Any]], save: Callable[[], Path], name: str,
-          info: Callable[[dict[str, Any]], str]) -> TrainResult:
+          info: Callable[[dict[str, Any]], str],
+          evals: Callable[[], dict[str, float]] | None = None) -> TrainResult:
     """The outer loop every recipe runs: ``step()`` until ``total`` (each returns its logs with the new
     ``"step"``), metrics every ``cfg.log_every`` steps (metrics.jsonl + trackers, main process), a checkpoint
     (``save()``) every ``cfg.save_every`` steps and at the end, and on SIGINT/SIGTERM a checkpoint and a stop.
     metrics.jsonl starts empty, or on resume (``resumed``) keeps the lines up to step ``start``
-    (:func:`~alignkit.train.checkpoint.start_metrics`)."""
+    (:func:`~alignkit.train.checkpoint.start_metrics`).
+
+    ``evals()`` (``train.eval``, main process) runs before the first step of a fresh run (a ``"step": 0``
+    line), after every ``cfg.eval_every``-th step and after the last; its metrics go into that step's line as
+    ``eval/<name>/<metric>`` (and their seconds as ``time/eval_s``), which is then logged whatever
+    ``cfg.log_every`` says. An evaluation belongs to
+    its step's line, so a resumed run neither repeats nor loses one: the lines it keeps hold theirs."""
     main = accelerator.is_main_process
     ckpt.start_metrics(accelerator, out, start if resumed else None)
     trackers = Trackers(cfg.report_to, out, cfg.model_dump(mode="json")) if cfg.report_to and main else None
     result = TrainResult(step=start)
     current = start
     try:
+        if evals is not None and main and not resumed:
+            log_metrics(out, {"step": start, **_timed(evals)}, trackers)
         with StopSignals() as stop, ProgressBar(name, total, cfg.progress and main, completed=start) as bar:
             while current < total:
                 logs = step()
                 current = logs["step"]
-                if main and (current % cfg.log_every == 0 or current == total):
+                due = evals is not None and main and (current == total or bool(cfg.eval_every)
+                                                      and current % cfg.eval_every == 0)
+                if due:
+                    logs.update(_timed(evals))
+                if main and (current % cfg.log_every == 0 or current == total or due):
                     log_metrics(out, logs, trackers)
                 result.history.append(logs)
                 bar.advance(info=info(logs))
@@ -250,6 +275,17 @@ def drive(cfg: TrainConfig, accelerator, out: Path, total: int, start: int, resu
     return result
 
 
+def _prefixed(metrics: dict[str, float]) -> dict[str, float]:
+    return {f"eval/{k}": v for k, v in metrics.items()}
+
+
+def _timed(evals: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """``evals()``'s metrics as ``eval/...`` plus the seconds they took (``time/eval_s``)."""
+    t0 = time.perf_counter()
+    metrics = _prefixed(evals())
+    return {**metrics, "time/eval_s": round(time.perf_counter() - t0, 3)}
+
+
 class Trainer:
     """Runs the shared loop for one recipe. See the module docstring for the loss normalisation."""
 
@@ -263,16 +299,20 @@ class Trainer:
         collate_fn: Callable[[list[TokenizedExample]], dict[str, torch.Tensor]],
         run_state: dict[str, Any] | None = None,
         evaluate: Callable[[Any], dict[str, float]] | None = None,
+        evals: Callable[[Any], dict[str, float]] | None = None,
     ):
         if len(examples) == 0:
             raise ValueError("no training examples left after the data policy")
+        if cfg.eval and evals is None:  # refuse, don't skip: the recipe has no policy that answers
+            raise ConfigError("train.eval (evaluation during training) is supported by alignkit sft, dpo and rl; "
+                              "this recipe cannot run it: remove train.eval")
         if cfg.grad_accum > 1 and str(accelerator.distributed_type) in ("DistributedType.DEEPSPEED", "DEEPSPEED"):
             # DeepSpeed's engine steps on every backward unless it owns the accumulation; our exact
             # global-unit normalisation needs the micro-batches of a step to be ours. Refuse, don't guess.
             raise ValueError("DeepSpeed runs need train.grad_accum=1 (raise train.batch_size, or use the FSDP profile)")
         self.cfg, self.acc, self.objective, self.collate = cfg, accelerator, objective, collate_fn
         self.examples = examples
-        self.evaluate = evaluate
+        self.evaluate, self.evals = evaluate, evals
         self.run_state = run_state or {}
         self.global_batch = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
         total = cfg.max_steps or (cfg.epochs or 1) * steps_per_epoch(len(examples), self.global_batch)
@@ -371,11 +411,12 @@ class Trainer:
             logs = self.train_step()
             logs["elapsed_s"] = round(time.perf_counter() - t0, 3)
             if self.evaluate and self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
-                logs.update({f"eval/{k}": v for k, v in self.evaluate(self.model).items()})
+                logs.update(_prefixed(self.evaluate(self.model)))
             return logs
 
+        evals = (lambda: self.evals(self.model)) if self.evals else None
         return drive(self.cfg, self.acc, self.out, self.total_steps, self.step, resume, one_step, self.save,
-                     "train", lambda logs: f"loss {logs['loss']:.4f}")
+                     "train", lambda logs: f"loss {logs['loss']:.4f}", evals)
 
 
 class _nullcontext:

@@ -288,6 +288,7 @@ def train_preference(cfg: PreferenceConfig, resume: bool = False) -> dict[str, A
     """Run the recipe; returns the run summary (also written to ``output_dir/summary.json``)."""
     from alignkit.train import refcache
     from alignkit.train.checkpoint import export_model
+    from alignkit.train.inloop_eval import finish, hf_evals
 
     prec = resolve_run_precision(cfg.train.precision)
     acc = make_accelerator(prec.precision)
@@ -306,6 +307,7 @@ def train_preference(cfg: PreferenceConfig, resume: bool = False) -> dict[str, A
         )
     model, tok = load_policy(cfg.model, cfg.train.seed)
     train, evals, summary = load_data(cfg.data, kind, tok, cfg.train.seed, pairwise=pairs)
+    inloop = hf_evals(cfg.train, acc, tok)  # reads and checks the train.eval files before anything is written
     out = prepare_output(acc, cfg, cfg.train.output_dir)  # only once the data is known to be valid
     n_comp = max(len(ex.completion_ids) for ex in train + evals)
     collate_fn = make_collate(cfg.batching, tok.pad_token_id, n_comp)
@@ -345,7 +347,8 @@ def train_preference(cfg: PreferenceConfig, resume: bool = False) -> dict[str, A
     before = evaluate(fwd) if evals else {}
     trainer = Trainer(cfg.train, acc, fwd, train, PreferenceObjective(cfg, pairs),
                       _with_reference(train, ref_train, collate_fn), run_state={"data": summary.as_dict()},
-                      evaluate=evaluate if evals else None)
+                      evaluate=evaluate if evals else None,
+                      evals=(lambda m: inloop(acc.unwrap_model(m).model)) if inloop else None)
     result = trainer.train(resume=resume)
     after = {}
     if not result.interrupted:
@@ -362,5 +365,6 @@ def train_preference(cfg: PreferenceConfig, resume: bool = False) -> dict[str, A
     }
     if not pairs:
         payload["kway_padding"] = kway_padding(train, n_comp)
+    finish(inloop, out, payload, acc.is_main_process)
     write_summary(acc, out, payload)
     return payload

@@ -240,6 +240,7 @@ def heldout_reward(ctx: Ctx, rows: list[dict]) -> dict[str, Any]:
 def train_rl(cfg: RLConfig, resume: bool = False) -> dict[str, Any]:
     """Run the recipe; returns the run summary (also written to ``output_dir/summary.json``)."""
     from alignkit.train.checkpoint import export_model
+    from alignkit.train.inloop_eval import InLoopEvals, finish
     from alignkit.train.loop import drive
     from alignkit.train.run import (
         make_accelerator,
@@ -256,13 +257,17 @@ def train_rl(cfg: RLConfig, resume: bool = False) -> dict[str, Any]:
     ctx = build_run(cfg, acc)
     eval_rows = read_prompt_rows(cfg.data.eval, needs_constraint=cfg.reward.verifier == "verifiable"
                                  and cfg.reward.type in ("verifier", "sum")) if cfg.data.eval else []
+    # train.eval: greedy answers from the live policy through the rollouts' engine (vLLM when rollouts use it)
+    inloop = InLoopEvals(cfg.train.eval, lambda hf: policy_engine(ctx, hf), acc.autocast, cfg.train.output_dir,
+                         acc.device, acc.num_processes)
     out = prepare_output(acc, cfg, cfg.train.output_dir)
     if resume:
         resume_run(ctx, out)
     else:
         ctx.state.heldout_before = heldout_reward(ctx, eval_rows)
     result = drive(cfg.train, acc, out, cfg.train.max_steps, ctx.state.step, resume, lambda: rl_step(ctx),
-                   lambda: save(ctx, out), "rl", lambda logs: f"reward {logs.get('reward/mean', math.nan):.3f}")
+                   lambda: save(ctx, out), "rl", lambda logs: f"reward {logs.get('reward/mean', math.nan):.3f}",
+                   (lambda: inloop(acc.unwrap_model(ctx.policy).model)) if inloop else None)
     after = {}
     if not result.interrupted:
         export_model(acc, ctx.policy, ctx.tok, out)
@@ -274,6 +279,7 @@ def train_rl(cfg: RLConfig, resume: bool = False) -> dict[str, Any]:
                "reference_baseline_retries": ctx.state.ref_retries,
                "heldout_before": ctx.state.heldout_before, "heldout_after": after,
                "last": result.history[-1] if result.history else {}, "output_dir": str(out)}
+    finish(inloop, out, payload, acc.is_main_process)
     write_summary(acc, out, payload)
     if cfg.train.report and not result.interrupted and acc.is_main_process:
         from alignkit.train.rl_report import write_report

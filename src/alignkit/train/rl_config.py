@@ -176,8 +176,9 @@ class RLTrainConfig(TrainConfig):
     """Optimisation and bookkeeping of the RL run: the offline recipes' ``train`` section, with RL's defaults.
 
     Same fields, same meaning (optimizer, scheduler, clipping, checkpoints, trackers and signals are the shared
-    loop's), the length in RL steps. The offline data-loop fields (epochs, batch_size, grad_accum, eval_every)
-    do not apply (RL's batch is ``rollout`` x ``ppo``): refused when set, left out of the saved config."""
+    loop's), the length in RL steps; ``eval_every`` is the cadence of ``train.eval``. The offline data-loop fields
+    (epochs, batch_size, grad_accum) do not apply (RL's batch is ``rollout`` x ``ppo``): refused when set, left out
+    of the saved config."""
 
     output_dir: str = "runs/rl"
     """Where checkpoints, logs, the report, the resolved config and the final model go."""
@@ -195,14 +196,18 @@ class RLTrainConfig(TrainConfig):
     """Not used by alignkit rl (see rollout.prompts_per_step, rollout.n, ppo.micro_batch_size); refused when set."""
     grad_accum: int = Field(default=1, exclude=True)
     """Not used by alignkit rl (see ppo.num_minibatches, ppo.micro_batch_size); refused when set."""
-    eval_every: int | None = Field(default=None, exclude=True)
-    """Not used by alignkit rl (held-out prompts are scored before and after training); refused when set."""
+    eval_every: int | None = None
+    """Run train.eval every N RL steps (null: before and after training only); data.eval's held-out reward is
+    scored before and after training. Needs train.eval."""
     report: bool = True
     """Write report.md and PNG plots at the end."""
 
     @model_validator(mode="after")
     def _one_length(self) -> RLTrainConfig:  # replaces TrainConfig's epochs-or-max_steps rule: RL has max_steps only
-        unused = sorted(self.model_fields_set & {"epochs", "batch_size", "grad_accum", "eval_every"})
+        unused = sorted(self.model_fields_set & {"epochs", "batch_size", "grad_accum"})
+        if self.eval_every is not None and not self.eval:
+            raise ValueError("train.eval_every sets how often alignkit rl runs train.eval, which is empty: add "
+                             "train.eval items or remove train.eval_every")
         if unused:
             raise ValueError(f"train.{unused[0]} is not used by alignkit rl: an RL step is rollout.prompts_per_step x "
                              "rollout.n samples, updated in ppo.num_minibatches minibatches of ppo.micro_batch_size "

@@ -70,6 +70,10 @@ def write_report(out: Path, summary: dict[str, Any]) -> Path:
                   f"| after | {_fmt(after['reward_mean'])} | {after['failed']} | {_fmt(after['response_length_mean'])} |",
                   "", f"n = {after['n']} prompts.", "", "### Examples after training", ""]
         lines += [f"- **{e['prompt']}** → {e['response']!r} (reward {_fmt(e['reward'])})" for e in after["examples"]]
+    if summary.get("train_eval_plot"):
+        lines += ["", "## Evaluation during training (train.eval, greedy answers)", "",
+                  "![evaluations](eval_curves.png)", "", "| evaluation / metric | step | value |", "| --- | --- | --- |"]
+        lines += [f"| {k} | {v['step']} | {_fmt(v['value'])} |" for k, v in summary["train_eval"].items()]
     if logs:
         last = logs[-1]
         lines += ["", "## Last step", "", "| metric | value |", "| --- | --- |"]

@@ -79,12 +79,14 @@ def evaluate_nll(model: LogpsForward, examples, collate_fn, batch_size: int, dev
 
 def train_sft(cfg: SFTConfig, resume: bool = False) -> dict[str, Any]:
     from alignkit.train.checkpoint import export_model
+    from alignkit.train.inloop_eval import finish, hf_evals
 
     prec = resolve_run_precision(cfg.train.precision)
     acc = make_accelerator(prec.precision)
     seed_everything(cfg.train.seed)
     model, tok = load_policy(cfg.model, cfg.train.seed)
     train, evals, summary = load_data(cfg.data, "sft", tok, cfg.train.seed)
+    inloop = hf_evals(cfg.train, acc, tok)  # reads and checks the train.eval files before anything is written
     out = prepare_output(acc, cfg, cfg.train.output_dir)  # only once the data is known to be valid
     fwd = LogpsForward(model.to(acc.device))
     collate_fn = make_sft_collate(cfg.pack, tok.pad_token_id)
@@ -92,7 +94,8 @@ def train_sft(cfg: SFTConfig, resume: bool = False) -> dict[str, Any]:
                                        acc.device)) if evals else None
     before = evaluate(fwd) if evaluate else {}
     trainer = Trainer(cfg.train, acc, fwd, train, SFTObjective(), collate_fn,
-                      run_state={"data": summary.as_dict()}, evaluate=evaluate)
+                      run_state={"data": summary.as_dict()}, evaluate=evaluate,
+                      evals=(lambda m: inloop(acc.unwrap_model(m).model)) if inloop else None)
     result = trainer.train(resume=resume)
     after = {}
     if not result.interrupted:
@@ -102,5 +105,6 @@ def train_sft(cfg: SFTConfig, resume: bool = False) -> dict[str, Any]:
     payload = {"recipe": "sft", "precision": prec.as_dict(), "pack": cfg.pack, "steps": result.step, "interrupted": result.interrupted, "signal": result.signal,
                "data": summary.as_dict(), "eval_before": before, "eval_after": after,
                "final_loss": result.history[-1]["loss"] if result.history else None, "output_dir": str(out)}
+    finish(inloop, out, payload, acc.is_main_process)
     write_summary(acc, out, payload)
     return payload
