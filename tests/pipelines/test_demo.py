@@ -27,15 +27,15 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path, tiny_small_vocab_
     from alignkit.pipelines.demo import DemoConfig, run_demo
 
     settings = load_config(DemoConfig, None, [
-        f"model={tiny_small_vocab_dir}", f"output_dir={tmp_path / 'demo'}", "n_train=16", "n_heldout=6", "n_heldout_intermediate=3", "k=4",
-        "max_new_tokens=24",
+        f"model={tiny_small_vocab_dir}", f"output_dir={tmp_path / 'demo'}", "n_train=48", "n_heldout=6", "n_heldout_intermediate=3", "k=8",
+        "max_new_tokens=48",
         "temperature=1.0", "sft.train.max_steps=1", "min_pairs=1", "sft.train.lr=1e-3", "dpo.train.epochs=1",
         "dpo.train.lr=1e-3", "precision=fp32", "gen_batch=16", "seed=0", "rl.train.max_steps=1", "rl.rollout.prompts_per_step=4", "rl.rollout.n=2",
         "rl.train.lr=1e-3",
     ])
     results = run_demo(settings)
     out = tmp_path / "demo"
-    assert json.loads((out / "results.json").read_text())["settings"]["n_train"] == 16
+    assert json.loads((out / "results.json").read_text())["settings"]["n_train"] == 48
     report = (out / "report.md").read_text()
     assert report.startswith("# alignkit demo report")
     assert (out / "sft" / "model.safetensors").is_file() and (out / "dpo" / "model.safetensors").is_file()
@@ -74,7 +74,7 @@ def test_demo_without_rl_stage(tmp_path, tiny_small_vocab_dir):
     from alignkit.pipelines.demo import DemoConfig, run_demo
 
     settings = load_config(DemoConfig, None, [
-        f"model={tiny_small_vocab_dir}", f"out={tmp_path / 'demo'}", "n_train=16", "n_heldout=4",
+        f"model={tiny_small_vocab_dir}", f"out={tmp_path / 'demo'}", "n_train=48", "n_heldout=4",
         "sft_steps=1", "min_pairs=1", "dpo_epochs=1", "precision=fp32", "rl_steps=0", "temperature=1.0",
     ])  # the old top-level keys
     results = run_demo(settings)

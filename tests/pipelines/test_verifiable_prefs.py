@@ -282,6 +282,7 @@ def test_shipped_demo_files_are_consistent_with_the_current_verifier():
         DEMO_SUMMARY,
         is_heldout,
         load_prompt_rows,
+        make_splits,
     )
 
     pairs = read_rows(DEMO_PREFS, "preference")
@@ -294,6 +295,9 @@ def test_shipped_demo_files_are_consistent_with_the_current_verifier():
     assert len(heldout) == summary["heldout_prompts"]
     frac = 0.25  # the documented command uses the default --heldout-fraction
     assert len(heldout) >= 500 and all(is_heldout(r["key"], frac) for r in heldout)
+    # the generator still makes these rows (a generator change without regenerating the files fails here)
+    assert heldout == make_splits(0, len(heldout), seed=summary["seed"])[1]
+    assert not {ex.meta["key"] for ex in sft} & {r["key"] for r in heldout}
     for ex in pairs:
         assert not is_heldout(ex.meta["key"], frac)
         chosen, rejected = (c[0]["content"] for c in ex.completions)
