@@ -301,12 +301,12 @@ def test_shipped_demo_files_are_consistent_with_the_current_verifier():
     for ex in pairs:
         assert not is_heldout(ex.meta["key"], frac)
         chosen, rejected = (c[0]["content"] for c in ex.completions)
-        assert verify(chosen, ex.meta), ex.meta["key"]
+        assert verify(chosen, {**ex.meta, "prompt": ex.prompt}), ex.meta["key"]
         assert chosen != rejected and rejected.strip()
     for ex in sft:
-        assert verify(ex.completions[0][0]["content"], ex.meta)
+        assert verify(ex.completions[0][0]["content"], {**ex.meta, "prompt": ex.prompt})
     for ex in kway:
         assert 0.0 < sum(ex.rewards) < len(ex.rewards)
         for comp, reward in zip(ex.completions, ex.rewards, strict=True):
             if reward == 1.0:
-                assert verify(comp[0]["content"], ex.meta)
+                assert verify(comp[0]["content"], {**ex.meta, "prompt": ex.prompt})

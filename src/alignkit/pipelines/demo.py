@@ -42,7 +42,7 @@ from alignkit.train.preference import PreferenceConfig
 from alignkit.train.rl import RLConfig
 from alignkit.train.sft import SFTConfig
 
-# Measured on 2 cores (docs/demo_data.md, "Budget"): what fits `make demo`'s 15 minutes.
+# What fits `make demo`'s 15 minutes on 2 idle cores (docs/demo_data.md, "The demo's evaluation budget").
 RL_STEPS = 3
 N_HELDOUT_INTERMEDIATE = 64
 
@@ -123,8 +123,9 @@ class DemoConfig(StrictModel):
     n_train: int = 96
     """Training prompts to sample preference data on (and the RL stage's prompts)."""
     n_heldout: int = Field(default=500, ge=1)
-    """Held-out IFEval-format prompts the base and the final model are evaluated on (500: a 95% interval
-    of about +-4 points, so a 5-point change is visible; docs/demo_data.md)."""
+    """Held-out IFEval-format prompts the base and the final model are evaluated on (500: a 95% interval of
+    at most +-4.4 points, so a 5-point change between two models is at the edge of what it resolves;
+    docs/demo_data.md)."""
     n_heldout_intermediate: int | None = Field(default=N_HELDOUT_INTERMEDIATE, ge=1)
     """The SFT and DPO models are evaluated on the first this many held-out prompts (null: all ``n_heldout``),
     which keeps ``make demo`` inside its CPU budget; their intervals are wider accordingly."""
