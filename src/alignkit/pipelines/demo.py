@@ -43,7 +43,7 @@ from alignkit.train.rl import RLConfig
 from alignkit.train.sft import SFTConfig
 
 # What fits `make demo`'s 15 minutes on 2 idle cores (docs/demo_data.md, "The demo's evaluation budget").
-RL_STEPS = 3
+RL_STEPS = 10
 N_HELDOUT_INTERMEDIATE = 64
 
 
@@ -449,10 +449,16 @@ def _results(cfg: DemoConfig, evals: dict[str, dict], sft: dict, dpo: dict, rl: 
     from alignkit.models import DEFAULT_MODEL
 
     final = "rl" if rl else "dpo"
+    ifeval = {name: headline(ev) for name, ev in evals.items()}
+    few = min(len(ev["results"]) for ev in evals.values())
+    if few < len(evals["base"]["results"]):  # the base model on the intermediate models' prompts, at no cost
+        sub = evals["base"]["results"][:few]
+        ifeval = {"base": ifeval.pop("base"), "base_subset": headline(
+            {"results": sub, "truncated": sum(r["finish_reason"] == "length" for r in sub)}), **ifeval}
     results = {
         "model": cfg.model if cfg.model != DEFAULT_MODEL else f"{DEFAULT_MODEL} (embedded)",
         "heldout_prompts": n_heldout,
-        "ifeval": {name: headline(ev) for name, ev in evals.items()},
+        "ifeval": ifeval,
         "pass_rate": {name: ev["pass_rate"] for name, ev in evals.items()},
         "by_instruction": {name: ev["instructions"] for name, ev in evals.items()},
         "preference_eval": {"before_dpo": dpo["eval_before"], "after_dpo": dpo["eval_after"]},
@@ -474,7 +480,8 @@ def _rl_rewards(rl_dir: Path) -> list[float]:
     return [round(x["reward/mean"], 4) for x in _metrics(rl_dir / "metrics.jsonl") if "reward/mean" in x]
 
 
-_STAGE_NAMES = {"base": "base model", "sft": "after SFT", "dpo": "after DPO", "rl": "after RL (GRPO)"}
+_STAGE_NAMES = {"base": "base model", "base_subset": "base model, same prompts as SFT/DPO", "sft": "after SFT",
+                "dpo": "after DPO", "rl": "after RL (GRPO)"}
 
 
 def _with_ci(h: dict[str, Any], metric: str) -> str:
@@ -537,11 +544,11 @@ def _report_md(r: dict) -> str:
               f"{_pct(pe['after_dpo'].get('pref_acc_logp'))} after; implicit reward "
               f"{_pct(pe['after_dpo'].get('reward_acc'))}, margin {pe['after_dpo'].get('reward_margin', float('nan')):.3f}.",
               "", "## Instruction-level strict accuracy by instruction id", "",
-              "| instruction | " + " | ".join(_STAGE_NAMES[m] for m in ife) + " |",
-              "| --- |" + " --- |" * len(ife)]
+              "| instruction | " + " | ".join(_STAGE_NAMES[m] for m in r["by_instruction"]) + " |",
+              "| --- |" + " --- |" * len(r["by_instruction"])]
     by = r["by_instruction"]
     for iid in by["base"]:
-        cells = [f"{_pct(by[m][iid]['strict_acc'])} (n={by[m][iid]['n']})" if iid in by[m] else "" for m in ife]
+        cells = [f"{_pct(by[m][iid]['strict_acc'])} (n={by[m][iid]['n']})" if iid in by[m] else "" for m in by]
         lines.append(f"| {iid} | " + " | ".join(cells) + " |")
     p = r["pairs"]
     lines += ["", "## Training", "", "![loss and reward margin](training.png)", "",
