@@ -88,10 +88,10 @@ def evaluate(model_dir: str, start_dir: str, held_path: Path, args) -> dict[str,
                        rows, SamplingParams(max_new_tokens=args.eval_max_new_tokens, temperature=0.0))
     kl = sampled_kl(policy, reference, tok, rows, n=args.kl_samples, max_new_tokens=args.eval_max_new_tokens,
                     seed=args.seed + 1, batch_size=args.gen_batch)
-    passed = [sample_passes(s.text, s.finish_reason, rows[s.prompt_index]["constraint"]) for s in kl.pop("samples")]
+    passed = [sample_passes(s.text, s.finish_reason, rows[s.prompt_index]) for s in kl.pop("samples")]
     return {"model": model_dir, "heldout_n": greedy["n"], "greedy_pass_rate": greedy["pass_rate"],
             "greedy_passed": greedy["passed"], "greedy_truncated": greedy["truncated"],
-            "greedy_by_type": greedy["by_type"], "sampled_pass_rate": sum(passed) / len(passed), **kl,
+            "greedy_by_instruction": greedy["instructions"], "sampled_pass_rate": sum(passed) / len(passed), **kl,
             "eval_s": round(time.perf_counter() - t0, 1)}
 
 

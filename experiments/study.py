@@ -614,16 +614,12 @@ def mini_suite_records(samples_per_length: int = 8, lengths: Sequence[str] = ("1
 
 
 def ifeval_split(n_train: int, n_heldout: int, seed: int = 0):
-    """The IFEval-format held-out set: provided by ``alignkit.data.verifiable`` (issue 19's evaluation
-    work); refused until that module exposes ``ifeval_splits(n_train, n_heldout, seed)``."""
-    from alignkit.data import verifiable
+    """The IFEval-format held-out set: ``alignkit.data.verifiable.make_splits`` (rows of
+    ``alignkit.data.ifeval_gen``, split by a hash of the row key), checked disjoint on key and prompt."""
+    from alignkit.data.verifiable import make_splits
 
-    build = getattr(verifiable, "ifeval_splits", None)
-    if build is None:
-        raise StudyError("the IFEval-format held-out set is not in this checkout yet "
-                         "(alignkit.data.verifiable.ifeval_splits); claims that need it cannot run")
-    train, held = build(n_train, n_heldout, seed)
-    assert_disjoint(train, held, ("id",))
+    train, held = make_splits(n_train, n_heldout, seed)
+    assert_disjoint(train, held, ("key", "prompt"))
     return train, held
 
 

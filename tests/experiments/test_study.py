@@ -254,12 +254,13 @@ def test_assert_disjoint_refuses_overlap():
         study.assert_disjoint([{"question": "q"}], [{"question": "q"}], ("question",))
 
 
-def test_ifeval_hook_refuses_until_the_data_module_provides_it(monkeypatch):
-    from alignkit.data import verifiable
+def test_ifeval_split_is_the_demo_generator_and_disjoint():
+    from alignkit.data.verifiable import make_splits
 
-    monkeypatch.delattr(verifiable, "ifeval_splits", raising=False)
-    with pytest.raises(study.StudyError, match="IFEval-format held-out set is not in this checkout"):
-        study.ifeval_split(10, 500)
+    train, held = study.ifeval_split(40, 500)
+    assert len(train) == 40 and len(held) == 500
+    assert held == make_splits(40, 500)[1]  # the same rows the demo holds out
+    assert not {r["key"] for r in train} & {r["key"] for r in held}
 
 
 def test_per_item_nll_is_the_log_perplexity_of_each_item(tiny_lm):

@@ -61,6 +61,37 @@ def test_bon_pipeline_with_the_verifier(tmp_path):
     assert len(rft) == 3 and all(r["completion"][0]["content"] == f"The answer is {int(r['id'][1:]) + 1}." for r in rft)
 
 
+def test_bon_with_the_ifeval_verifier_on_ifeval_rows(tmp_path):
+    """scorer.verifier=ifeval: the score is the fraction of instructions followed (0 for a cut sample); right =
+    finished and every instruction followed, so the oracle curve's N=4 point is the rows' coverage."""
+    from alignkit.generate.engine import Completion, GenerationResult
+
+    rows = [{"key": 10 + i, "prompt": f"Describe cats {i}. No commas. Include the word purr.",
+             "instruction_id_list": ["punctuation:no_comma", "keywords:existence"],
+             "kwargs": [{}, {"keywords": ["purr"]}]} for i in range(2)]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    texts = {0: [("Cats, purr.", "stop"), ("Cats purr.", "length"), ("Cats purr.", "stop"), ("Cats.", "stop")],
+             1: [("Cats, sleep.", "stop"), ("Cats, purr.", "stop"), ("Cats nap.", "stop"), ("Cats, nap.", "stop")]}
+
+    class Scripted:
+        def generate(self, prompts, params, *, apply_chat_template=True, progress=False):
+            return [GenerationResult(p, 3, [Completion(t, [1], f) for t, f in texts[int(p.split()[2][:-1])]])
+                    for p in prompts]
+
+    cfg = load_config(BoNConfig, None, [f"data={data}", f"output_dir={tmp_path / 'out'}", "n_max=4", "ns=[1,2,4]",
+                                        "scorer.verifier=ifeval", "progress=false"])
+    summary = run_best_of_n(cfg, engine=Scripted())
+    saved = [json.loads(x) for x in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    assert [s["scores"] for s in saved] == [[0.5, 0.0, 1.0, 0.5], [0.0, 0.5, 0.5, 0.0]]
+    assert [s["correct"] for s in saved] == [[False, False, True, False], [False, False, False, False]]
+    assert summary["curve"]["4"]["accuracy"] == 0.5 and summary["scorer"] == "verifier (ifeval)"
+    # block [0.5, 0.0] of row 0 picks sample 0 (wrong); block [1.0, 0.5] picks sample 2 (right)
+    assert summary["curve"]["2"]["accuracy"] == pytest.approx(1 / 4)
+    rft = [json.loads(x) for x in (tmp_path / "out" / "rft_sft.jsonl").read_text().splitlines()]
+    assert [r["completion"][0]["content"] for r in rft] == ["Cats purr.", "Cats, purr."] and rft[0]["id"] == 10
+
+
 def test_bon_with_the_math_critique_judge_over_http(tmp_path):
     """The critic (a faulty HTTP judge) selects: 9 for a right final answer, 2 for a wrong one, and a
     critique without a score (NOSCORE answers) is a failed score that is never picked, not a 0."""
@@ -97,3 +128,7 @@ def test_bon_config_refusals():
         _check(load_config(BoNConfig, None, ["data=x", "n_max=8", "ns=[3]"]))
     with pytest.raises(ConfigError, match="scorer.model"):
         _check(load_config(BoNConfig, None, ["data=x", "scorer.type=rm"]))
+    with pytest.raises(ConfigError, match="unknown option 'most'"):
+        _check(load_config(BoNConfig, None, ["data=x", "scorer.verifier=ifeval:most"]))
+    with pytest.raises(ConfigError, match="use verifier or rm"):
+        _check(load_config(BoNConfig, None, ["data=x", "scorer.verifier=ifeval", "scorer.type=judge"]))

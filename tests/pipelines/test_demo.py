@@ -27,14 +27,15 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path, tiny_small_vocab_
     from alignkit.pipelines.demo import DemoConfig, run_demo
 
     settings = load_config(DemoConfig, None, [
-        f"model={tiny_small_vocab_dir}", f"output_dir={tmp_path / 'demo'}", "n_train=16", "n_heldout=4", "k=4",
+        f"model={tiny_small_vocab_dir}", f"output_dir={tmp_path / 'demo'}", "n_train=48", "n_heldout=6", "n_heldout_intermediate=3", "k=8",
+        "max_new_tokens=48",
         "temperature=1.0", "sft.train.max_steps=1", "min_pairs=1", "sft.train.lr=1e-3", "dpo.train.epochs=1",
         "dpo.train.lr=1e-3", "precision=fp32", "gen_batch=16", "seed=0", "rl.train.max_steps=1", "rl.rollout.prompts_per_step=4", "rl.rollout.n=2",
         "rl.train.lr=1e-3",
     ])
     results = run_demo(settings)
     out = tmp_path / "demo"
-    assert json.loads((out / "results.json").read_text())["settings"]["n_train"] == 16
+    assert json.loads((out / "results.json").read_text())["settings"]["n_train"] == 48
     report = (out / "report.md").read_text()
     assert report.startswith("# alignkit demo report")
     assert (out / "sft" / "model.safetensors").is_file() and (out / "dpo" / "model.safetensors").is_file()
@@ -42,6 +43,17 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path, tiny_small_vocab_
     dpo_rows = (out / "dpo_pairs.jsonl").read_text().splitlines()
     assert len(dpo_rows) >= 1 and results["sft"]["steps"] == 1 and results["dpo"]["steps"] >= 1
     assert set(results["pass_rate"]) == {"base", "sft", "dpo", "rl"}
+    # the headline: the four IFEval accuracies with a 95% interval each; base and final on every held-out
+    # prompt, the intermediate models on the first n_heldout_intermediate
+    ife = results["ifeval"]
+    assert {k: ife[k]["n_prompts"] for k in ife} == {"base": 6, "base_subset": 3, "sft": 3, "dpo": 3, "rl": 6}
+    for name, h in ife.items():
+        for m in ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc"):
+            lo, hi = h[m + "_ci95"]
+            assert 0.0 <= lo <= h[m] <= hi <= 1.0
+        assert name == "base_subset" or h["prompt_level_strict_acc"] == results["pass_rate"][name]
+    assert "not the official IFEval set" in report and "| instruction |" in report
+    assert results["settings"]["rl"]["reward"]["verifier"] == "ifeval"
     assert (out / "rl" / "model.safetensors").is_file() and results["rl"]["steps"] == 1
     assert len(results["rl"]["train_reward"]) == 1 and "after RL (GRPO, 1 steps)" in report
     assert {"baseline_eval_s", "sft_s", "sampling_s", "dpo_s", "rl_s", "final_eval_s", "total_s"} <= set(
@@ -62,7 +74,7 @@ def test_demo_without_rl_stage(tmp_path, tiny_small_vocab_dir):
     from alignkit.pipelines.demo import DemoConfig, run_demo
 
     settings = load_config(DemoConfig, None, [
-        f"model={tiny_small_vocab_dir}", f"out={tmp_path / 'demo'}", "n_train=16", "n_heldout=4",
+        f"model={tiny_small_vocab_dir}", f"out={tmp_path / 'demo'}", "n_train=48", "n_heldout=4",
         "sft_steps=1", "min_pairs=1", "dpo_epochs=1", "precision=fp32", "rl_steps=0", "temperature=1.0",
     ])  # the old top-level keys
     results = run_demo(settings)
@@ -76,9 +88,9 @@ def test_old_demo_keys_set_the_recipe_sections_to_what_they_set_before():
     from alignkit.config import ConfigError, load_config
     from alignkit.pipelines.demo import DemoConfig
 
-    old_yaml = {"model": "smollm2-135m-instruct", "out": "runs/demo", "n_train": 96, "n_heldout": 48, "k": 4,
+    old_yaml = {"model": "smollm2-135m-instruct", "out": "runs/demo", "n_train": 96, "n_heldout": 500, "k": 4,
                 "temperature": 0.9, "sft_epochs": 1, "sft_steps": 16, "min_pairs": 8, "sft_lr": 1e-5,
-                "dpo_epochs": 2, "dpo_lr": 5e-6, "beta": 0.1, "nll_weight": 0.1, "precision": "auto", "rl_steps": 2,
+                "dpo_epochs": 2, "dpo_lr": 5e-6, "beta": 0.1, "nll_weight": 0.1, "precision": "auto", "rl_steps": 10,
                 "rl_prompts_per_step": 8, "rl_n": 4, "rl_lr": 2e-6, "gen_batch": 64, "seed": 0}
     old, new = DemoConfig.model_validate(old_yaml), load_config(DemoConfig, REPO / "configs" / "demo.yaml")
     assert old.model_copy(update={"precision": None}) == new and old.precision == "auto"

@@ -8,6 +8,14 @@ For every problem the policy samples ``n_max`` solutions **once**; a scorer rate
 * ``verifier`` -- the answer checker itself (1 if the final answer is right, else 0): the oracle,
   whose curve is the coverage (pass@N) of the samples.
 
+``scorer.verifier`` picks the task: ``answer`` (math problems with a final ``answer``, checked by
+``mathgen.check_answer``), or instruction following on IFEval-format rows (``key``, ``prompt``,
+``instruction_id_list``, ``kwargs``, e.g. ``src/alignkit/data/demo/verifiable_heldout.jsonl``) with a
+verifier of ``alignkit rl`` -- ``ifeval[:fraction|all][:strict|loose]`` or ``verifiable``: a
+``verifier`` scorer scores each sample with it (``ifeval``: the fraction of the row's instructions
+followed, strict; a sample cut by the token budget scores 0), and a sample is *right* when it
+finished within the budget and follows every instruction (IFEval prompt-level strict).
+
 The held-out score for N is the fraction of selections whose final answer is right, averaged over
 the ``n_max / N`` disjoint consecutive blocks of N samples of every problem (so N = 1 is the mean
 accuracy of single samples, and every point reuses the same samples: the curve costs one sampling
@@ -40,6 +48,11 @@ class ScorerConfig(StrictModel):
     type: Literal["rm", "prm", "verifier", "judge"] = "verifier"
     """rm: outcome reward model; prm: process reward model; verifier: the answer checker (oracle); judge:
     the Math-Critique critic (score 1-10 against the problem's answer) with the judge below."""
+    verifier: str = "answer"
+    """answer: math rows with a final 'answer' (mathgen's check); or IFEval-format rows with
+    'ifeval[:fraction|all][:strict|loose]' / 'verifiable' (alignkit rl's verifiers): the verifier scorer's
+    score, and right = finished and every instruction followed (strict). IFEval rows take scorer.type
+    verifier or rm."""
     model: str | None = None
     """rm / prm: the trained model directory."""
     aggregation: Literal["min", "last", "prod"] | None = None
@@ -55,7 +68,8 @@ class BoNConfig(PolicySampler):
     """``alignkit bon``: sample n_max per problem once, select by a scorer, report the curve."""
 
     data: str
-    """Problems JSONL: prompt (or question) and answer per row (e.g. mathgen heldout_problems.jsonl)."""
+    """Problems JSONL: prompt (or question) and answer per row (e.g. mathgen heldout_problems.jsonl); with an
+    instruction-following scorer.verifier, IFEval rows (e.g. the demo's verifiable_heldout.jsonl)."""
     n_max: int = 16
     """Samples per problem (drawn once)."""
     ns: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16])
@@ -97,8 +111,20 @@ def bon_curve(scores: Sequence[Sequence[float | None]], correct: Sequence[Sequen
 
 
 def score_samples(cfg: ScorerConfig, problems: list[dict[str, Any]], samples: list[list[str]],
-                  correct: list[list[bool]], cache_path: Path | None = None) -> list[list[float | None]]:
-    """Scores per problem and sample (``None`` where the scorer cannot score a sample)."""
+                  correct: list[list[bool]], cache_path: Path | None = None,
+                  finish: list[list[str]] | None = None) -> list[list[float | None]]:
+    """Scores per problem and sample (``None`` where the scorer cannot score a sample); ``finish``: the
+    samples' finish reasons (needed by an IFEval verifier)."""
+    if cfg.type == "verifier" and cfg.verifier != "answer":
+        import math
+
+        from alignkit.train.rl_rewards import verifier_fn
+
+        fn = verifier_fn(cfg.verifier)
+        scores = [[fn(p, t, f) for t, f in zip(ss, fs, strict=True)]
+                  for p, ss, fs in zip(problems, samples, finish, strict=True)]
+        return [[None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v) for v in vs]
+                for vs in scores]
     if cfg.type == "verifier":
         return [[float(c) for c in cs] for cs in correct]
     if cfg.type == "judge":
@@ -149,6 +175,13 @@ def _check(cfg: BoNConfig) -> None:
         raise ConfigError(f"scorer.model: required for scorer.type={cfg.scorer.type}")
     if cfg.scorer.type != "prm" and cfg.scorer.aggregation is not None:
         raise ConfigError("scorer.aggregation applies to scorer.type=prm only")
+    if cfg.scorer.verifier != "answer":
+        from alignkit.train.rl_rewards import verifier_fn
+
+        verifier_fn(cfg.scorer.verifier)  # an unknown spec is refused before sampling
+        if cfg.scorer.type in ("prm", "judge"):
+            raise ConfigError(f"scorer.type={cfg.scorer.type} scores math solutions against an answer; with "
+                              f"scorer.verifier={cfg.scorer.verifier} (IFEval rows) use verifier or rm")
 
 
 def _plot(curve: dict[int, dict[str, Any]], path: Path, label: str) -> None:
@@ -172,26 +205,48 @@ def _plot(curve: dict[int, dict[str, Any]], path: Path, label: str) -> None:
     plt.close(fig)
 
 
+def _read_rows(cfg: BoNConfig) -> list[dict[str, Any]]:
+    """Math problems (scorer.verifier answer) or validated IFEval rows (``id`` = their key)."""
+    if cfg.scorer.verifier == "answer":
+        return read_problems(cfg.data, need_steps=False)
+    from alignkit.data.verifiable import load_prompt_rows
+
+    return [{**r, "id": r["key"]} for r in load_prompt_rows(cfg.data)]
+
+
+def _correct(cfg: BoNConfig, problems: list[dict[str, Any]], samples: list[list[str]],
+             finish: list[list[str]]) -> list[list[bool]]:
+    """Right answers: the math answer check, or (IFEval rows) finished and every instruction followed."""
+    if cfg.scorer.verifier == "answer":
+        return [[check_answer(t, p["answer"]) for t in ss] for p, ss in zip(problems, samples, strict=True)]
+    from alignkit.data.verifiable import verify
+
+    return [[f == "stop" and verify(t, p) for t, f in zip(ss, fs, strict=True)]
+            for p, ss, fs in zip(problems, samples, finish, strict=True)]
+
+
 def run_best_of_n(cfg: BoNConfig, engine=None) -> dict[str, Any]:
     """Run ``alignkit bon``; ``engine`` (for tests) replaces the one built from ``cfg.model``."""
     from alignkit.generate.engine import SamplingParams
     from alignkit.generate.jsonl import write_jsonl_atomic
 
     _check(cfg)
-    problems = read_problems(cfg.data, need_steps=False)[: cfg.limit]
+    problems = _read_rows(cfg)[: cfg.limit]
     engine = engine or engine_from_options(cfg)
     s = cfg.sampling
     params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
                             n=cfg.n_max, seed=s.seed)
     results = engine.generate([p["prompt"] for p in problems], params, progress=cfg.progress)
     samples = [[c.text for c in r.completions] for r in results]
-    correct = [[check_answer(t, p["answer"]) for t in ss] for p, ss in zip(problems, samples, strict=True)]
+    finish = [[c.finish_reason for c in r.completions] for r in results]
+    correct = _correct(cfg, problems, samples, finish)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    scores = score_samples(cfg.scorer, problems, samples, correct, cache_path=out / "judge_cache.sqlite")
+    scores = score_samples(cfg.scorer, problems, samples, correct, cache_path=out / "judge_cache.sqlite",
+                           finish=finish)
     curve = bon_curve(scores, correct, cfg.ns)
     write_jsonl_atomic(out / "samples.jsonl", [
-        {"id": p["id"], "prompt": p["prompt"], "answer": p["answer"], "samples": ss, "correct": ok, "scores": sc}
+        {"id": p["id"], "prompt": p["prompt"], "answer": p.get("answer"), "samples": ss, "correct": ok, "scores": sc}
         for p, ss, ok, sc in zip(problems, samples, correct, scores, strict=True)])
     rft = []
     for p, ss, sc in zip(problems, samples, scores, strict=True):
@@ -201,7 +256,8 @@ def run_best_of_n(cfg: BoNConfig, engine=None) -> dict[str, Any]:
                         "completion": [{"role": "assistant", "content": ss[j]}], "id": p["id"], "score": sc[j]})
     write_jsonl_atomic(out / "rft_sft.jsonl", rft)
     label = cfg.scorer.type + (f" ({Path(cfg.scorer.model).name})" if cfg.scorer.model else
-                               f" ({cfg.scorer.judge.spec})" if cfg.scorer.type == "judge" else "")
+                               f" ({cfg.scorer.judge.spec})" if cfg.scorer.type == "judge" else
+                               f" ({cfg.scorer.verifier})" if cfg.scorer.verifier != "answer" else "")
     table = ["| N | held-out accuracy | selections | failed selections |", "| --- | --- | --- | --- |"]
     table += [f"| {n} | {c['accuracy']:.3f} | {c['selections']} | {c['selection_failures']} |" for n, c in curve.items()]
     (out / "curve.md").write_text(f"Best-of-N with scorer {label}, {len(problems)} problems\n\n" + "\n".join(table) + "\n")

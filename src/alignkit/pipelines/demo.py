@@ -1,15 +1,19 @@
 """``alignkit demo``: SFT → on-policy preference data → DPO → GRPO on the embedded model, with a before/after report.
 
-1. **Baseline**: greedy verifier pass rate of the base model on held-out verifiable-instruction prompts.
+1. **Baseline**: IFEval accuracy (prompt- and instruction-level, strict and loose, Wilson 95% intervals) of
+   the base model, greedy, on the held-out split of the demo's IFEval-format prompts
+   (:mod:`alignkit.data.ifeval_gen`: our own prompts over the 25 IFEval instruction types -- not the
+   official IFEval set, and easier, so the numbers are not comparable with published scores).
 2. **SFT** (rejection-sampling fine-tuning): train on the base model's *passing* samples
    (``alignkit/data/demo/verifiable_sft.jsonl``), response tokens only (config section ``sft``).
 3. **Preference data**: sample K responses per training prompt from the SFT model, verify each,
    pair a passing with a failing one (``alignkit.pipelines.verifiable_prefs``).
 4. **DPO** from the SFT model (reference = SFT model; log-probs cached) on those pairs, with
    held-out preference accuracy before/after (section ``dpo``).
-5. **RL** (section ``rl``; ``rl: null`` skips it): GRPO with the verifier reward from the DPO model
-   (``alignkit rl``).
-6. **Evaluation** of every trained model on the held-out prompts, and the
+5. **RL** (section ``rl``; ``rl: null`` skips it): GRPO from the DPO model with the ``ifeval`` reward
+   (the fraction of a prompt's instructions followed, strict; ``alignkit rl``).
+6. **Evaluation** of every trained model on the held-out prompts (the final model on all ``n_heldout``,
+   the intermediate SFT and DPO models on the first ``n_heldout_intermediate``), and the
    **report**: ``report.md`` with the before/after table, examples and plots of loss and
    reward margin, plus ``results.json``.
 
@@ -27,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from alignkit.atomic import write_atomic
 from alignkit.config import Precision, StrictModel, set_dotted
@@ -37,6 +41,10 @@ from alignkit.pipelines.stages import Stages, file_hash, fingerprint
 from alignkit.train.preference import PreferenceConfig
 from alignkit.train.rl import RLConfig
 from alignkit.train.sft import SFTConfig
+
+# What fits `make demo`'s 15 minutes on 2 idle cores (docs/demo_data.md, "The demo's evaluation budget").
+RL_STEPS = 10
+N_HELDOUT_INTERMEDIATE = 64
 
 
 def merge_settings(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
@@ -69,7 +77,8 @@ SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "rl": merge_settings(GRPO_VERIFIER, {
         "rollout": {"prompts_per_step": 8, "n": 4, "max_new_tokens": 64},
-        "train": {"max_steps": 2, "lr": 2e-6},
+        "reward": {"verifier": "ifeval"},
+        "train": {"max_steps": RL_STEPS, "lr": 2e-6},
     }),
 }
 
@@ -113,8 +122,16 @@ class DemoConfig(StrictModel):
     directory reuses the stages whose settings are unchanged (old spelling: ``out``)."""
     n_train: int = 96
     """Training prompts to sample preference data on (and the RL stage's prompts)."""
-    n_heldout: int = 48
-    """Held-out prompts for the pass rate."""
+    n_heldout: int = Field(default=500, ge=1)
+    """Held-out IFEval-format prompts the base and the final model are evaluated on (500: a 95% interval of
+    at most +-4.4 points, so a 5-point change between two models is at the edge of what it resolves;
+    docs/demo_data.md)."""
+    n_heldout_intermediate: int | None = Field(default=N_HELDOUT_INTERMEDIATE, ge=1)
+    """The SFT and DPO models are evaluated on the first this many held-out prompts (null: all ``n_heldout``),
+    which keeps ``make demo`` inside its CPU budget; their intervals are wider accordingly."""
+    max_new_tokens: int = Field(default=64, ge=1)
+    """Answer budget of the preference sampling and of every evaluation (greedy); the RL stage has its own
+    (rl.rollout.max_new_tokens)."""
     k: int = 4
     """Samples per prompt for preference data."""
     temperature: float = 0.9
@@ -236,13 +253,16 @@ def generation_dtype(cfg: DemoConfig) -> str:
     return resolve_precision(cfg.precision or "auto").dtype
 
 
-def _pass_rate(model_path: str, rows: list[dict], batch_size: int, dtype: str) -> dict[str, Any]:
-    """Greedy held-out verifier pass rate of ``model_path``, generated in ``dtype`` (recorded in the result)."""
-    from alignkit.generate.engine import make_engine
+def _ifeval_eval(model_path: str, rows: list[dict], batch_size: int, dtype: str, max_new_tokens: int
+                 ) -> dict[str, Any]:
+    """Greedy held-out IFEval metrics of ``model_path`` (``verifiable_prefs.pass_rate``), generated in ``dtype``
+    with ``max_new_tokens`` (both recorded in the result)."""
+    from alignkit.generate.engine import SamplingParams, make_engine
     from alignkit.pipelines.verifiable_prefs import pass_rate
 
     engine = make_engine(model_path, "hf", dtype=dtype, batch_size=batch_size)
-    return {**pass_rate(engine, rows, progress=True), "dtype": dtype}
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
+    return {**pass_rate(engine, rows, params, progress=True), "dtype": dtype}
 
 
 def _metrics(path: Path) -> list[dict]:
@@ -290,14 +310,16 @@ class _Run:
     def out(self) -> Path:
         return self.stages.out
 
-    def evaluate(self, names: list[str], key: str, title: str) -> dict[str, dict]:
-        """Greedy held-out pass rate of each named model, one eval_<name>.json each (one stage ``key``)."""
-        paths = {name: self.out / f"eval_{name}.json" for name in names}
-        dtype = generation_dtype(self.cfg)
-        fp = fingerprint(self.heldout, self.cfg.gen_batch, [self.models[n] for n in names], dtype)
+    def evaluate(self, rows_of: dict[str, list[dict]], key: str, title: str) -> dict[str, dict]:
+        """Greedy IFEval metrics of each named model on its held-out rows, one eval_<name>.json each (one
+        stage ``key``)."""
+        paths = {name: self.out / f"eval_{name}.json" for name in rows_of}
+        cfg, dtype = self.cfg, generation_dtype(self.cfg)
+        fp = fingerprint([(self.models[n], rows_of[n]) for n in rows_of], cfg.gen_batch, cfg.max_new_tokens, dtype)
         self.stages.run(key, fp, list(paths.values()), lambda: [
-            write_atomic(paths[n], json.dumps(_pass_rate(self.models[n][0], self.heldout, self.cfg.gen_batch, dtype)))
-            for n in names], title)
+            write_atomic(paths[n], json.dumps(_ifeval_eval(self.models[n][0], rows_of[n], cfg.gen_batch, dtype,
+                                                           cfg.max_new_tokens)))
+            for n in rows_of], title)
         return {name: json.loads(path.read_text()) for name, path in paths.items()}
 
 
@@ -309,7 +331,7 @@ def _preference_data(run: _Run, train_prompts: list[dict]) -> dict[str, Any]:
     cfg = run.cfg
     pairs_path, stats_path = Path(cfg.dpo.data.train), run.out / "pairs.json"
     fp = fingerprint(run.models["sft"][1], train_prompts, cfg.k, cfg.temperature, cfg.seed, cfg.gen_batch,
-                     generation_dtype(cfg))
+                     generation_dtype(cfg), cfg.max_new_tokens)
     run.stages.run("sampling", fp, [pairs_path, stats_path], lambda: _sample_pairs(run, train_prompts, stats_path),
                    run.title(3, "preference data: K samples per prompt from the SFT model, verified"))
     stats = json.loads(stats_path.read_text())
@@ -330,7 +352,7 @@ def _sample_pairs(run: _Run, train_prompts: list[dict], stats_path: Path) -> Non
     cfg = run.cfg
     engine = make_engine(cfg.sft.train.output_dir, "hf", dtype=generation_dtype(cfg), batch_size=cfg.gen_batch)
     torch.manual_seed(cfg.seed)
-    params = SamplingParams(max_new_tokens=64, temperature=cfg.temperature, top_p=0.95, n=cfg.k)
+    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=0.95, n=cfg.k)
     pairs, _kway, stats = build_pairs(score_samples(engine, train_prompts, params, progress=True))
     write_jsonl_atomic(cfg.dpo.data.train, pairs)
     write_atomic(stats_path, json.dumps(stats, indent=1))
@@ -364,24 +386,28 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     stages = Stages.open(cfg, Console())
     # Prompts are regenerated deterministically; the hash split keeps held-out prompts out of training.
     train_prompts, heldout = make_splits(cfg.n_train, cfg.n_heldout, seed=cfg.seed)
-    held_ids = {r["id"] for r in heldout}
-    leaked = [r["id"] for r in _read_rows(Path(cfg.sft.data.train)) if r.get("id") in held_ids]
+    held_keys = {r["key"] for r in heldout}
+    leaked = [r["key"] for r in _read_rows(Path(cfg.sft.data.train)) if r.get("key") in held_keys]
     if leaked:
         raise RuntimeError(f"shipped SFT rows overlap the held-out prompts: {leaked[:5]}")
     last = 6 if cfg.rl else 5
     run = _Run(cfg, stages, heldout, lambda i, text: f"{i if i < 5 else last}/{last} {text}")
     run.models["base"] = (cfg.model, fingerprint(cfg.model))
 
-    before = run.evaluate(["base"], "baseline_eval", run.title(1, "baseline: held-out verifier pass rate (greedy)"))
+    before = run.evaluate({"base": heldout}, "baseline_eval",
+                          run.title(1, f"baseline: held-out IFEval accuracy (greedy, {len(heldout)} prompts)"))
     sft = _train(run, "sft", "base", 2, "SFT on the base model's passing samples")
     pair_stats = _preference_data(run, train_prompts)
     dpo = _train(run, "dpo", "pairs", 4, "DPO from the SFT model")
     rl_summary = None
     if cfg.rl:
         write_jsonl_atomic(cfg.rl.data.train, train_prompts)
-        rl_summary = _train(run, "rl", "dpo", 5, "RL: GRPO with the verifier reward from the DPO model")
+        rl_summary = _train(run, "rl", "dpo", 5, f"RL: GRPO with the {cfg.rl.reward.verifier} reward from the DPO model")
     trained = ["sft", "dpo", *(["rl"] if cfg.rl else [])]
-    after = run.evaluate(trained, "final_eval", run.title(6, "evaluation after " + ", ".join(m.upper() for m in trained)))
+    few = heldout[: cfg.n_heldout_intermediate] if cfg.n_heldout_intermediate else heldout
+    rows_of = {name: few for name in trained[:-1]} | {trained[-1]: heldout}
+    after = run.evaluate(rows_of, "final_eval", run.title(6, "evaluation after " + ", ".join(
+        f"{m.upper()} ({len(rows_of[m])} prompts)" for m in trained)))
     timings = {f"{k}_s": v for k, v in stages.timings.items()} | {"total_s": time.perf_counter() - t_all}
 
     plot_training({"SFT": Path(cfg.sft.train.output_dir), "DPO": Path(cfg.dpo.train.output_dir)},
@@ -394,15 +420,47 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     return results
 
 
+METRICS = ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc")
+_METRIC_LABELS = ("prompt strict", "inst. strict", "prompt loose", "inst. loose")
+
+
+def headline(ev: dict[str, Any]) -> dict[str, Any]:
+    """The four IFEval accuracies of one evaluation with a Wilson 95% interval each: prompt level over prompts
+    (as ``alignkit eval ifeval`` reports), instruction level over instructions (which treats a prompt's
+    instructions as independent; they are not quite, so that interval is a little narrow)."""
+    from alignkit.annotate.agreement import wilson_interval
+
+    res = ev["results"]
+    hits = {"prompt_level_strict_acc": [all(r["follow_strict"]) for r in res],
+            "prompt_level_loose_acc": [all(r["follow_loose"]) for r in res],
+            "inst_level_strict_acc": [f for r in res for f in r["follow_strict"]],
+            "inst_level_loose_acc": [f for r in res for f in r["follow_loose"]]}
+    out: dict[str, Any] = {"n_prompts": len(res), "n_instructions": len(hits["inst_level_strict_acc"]),
+                           "truncated": ev["truncated"]}
+    for m in METRICS:
+        flags = hits[m]
+        out[m] = sum(flags) / len(flags) if flags else None
+        out[m + "_ci95"] = list(wilson_interval(sum(flags), len(flags)) or ())
+    return out
+
+
 def _results(cfg: DemoConfig, evals: dict[str, dict], sft: dict, dpo: dict, rl: dict | None, pair_stats: dict,
              n_heldout: int, timings: dict[str, float], reused: list[str]) -> dict[str, Any]:
     from alignkit.models import DEFAULT_MODEL
 
+    final = "rl" if rl else "dpo"
+    ifeval = {name: headline(ev) for name, ev in evals.items()}
+    few = min(len(ev["results"]) for ev in evals.values())
+    if few < len(evals["base"]["results"]):  # the base model on the intermediate models' prompts, at no cost
+        sub = evals["base"]["results"][:few]
+        ifeval = {"base": ifeval.pop("base"), "base_subset": headline(
+            {"results": sub, "truncated": sum(r["finish_reason"] == "length" for r in sub)}), **ifeval}
     results = {
         "model": cfg.model if cfg.model != DEFAULT_MODEL else f"{DEFAULT_MODEL} (embedded)",
         "heldout_prompts": n_heldout,
+        "ifeval": ifeval,
         "pass_rate": {name: ev["pass_rate"] for name, ev in evals.items()},
-        "pass_rate_by_type": {name: ev["by_type"] for name, ev in evals.items()},
+        "by_instruction": {name: ev["instructions"] for name, ev in evals.items()},
         "preference_eval": {"before_dpo": dpo["eval_before"], "after_dpo": dpo["eval_after"]},
         "sft": {k: sft[k] for k in ("steps", "final_loss", "eval_before", "eval_after", "data")},
         "dpo": {k: dpo[k] for k in ("steps", "final_loss", "data", "reference_cache")},
@@ -410,7 +468,7 @@ def _results(cfg: DemoConfig, evals: dict[str, dict], sft: dict, dpo: dict, rl: 
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "reused_stages": reused,
         "settings": cfg.model_dump(mode="json"),
-        "examples": _examples(evals["base"], evals["rl" if rl else "dpo"]),
+        "examples": _examples(evals["base"], evals[final]),
     }
     if rl:
         results["rl"] = {"steps": rl["steps"], "train_reward": _rl_rewards(Path(cfg.rl.train.output_dir))}
@@ -418,24 +476,31 @@ def _results(cfg: DemoConfig, evals: dict[str, dict], sft: dict, dpo: dict, rl: 
 
 
 def _rl_rewards(rl_dir: Path) -> list[float]:
-    """Mean raw verifier reward of each RL step's samples (from metrics.jsonl)."""
+    """Mean raw reward of each RL step's samples (from metrics.jsonl)."""
     return [round(x["reward/mean"], 4) for x in _metrics(rl_dir / "metrics.jsonl") if "reward/mean" in x]
+
+
+_STAGE_NAMES = {"base": "base model", "base_subset": "base model, same prompts as SFT/DPO", "sft": "after SFT",
+                "dpo": "after DPO", "rl": "after RL (GRPO)"}
+
+
+def _with_ci(h: dict[str, Any], metric: str) -> str:
+    lo, hi = h[metric + "_ci95"] or (None, None)
+    return f"{_pct(h[metric])} [{_pct(lo)}, {_pct(hi)}]" if lo is not None else _pct(h[metric])
 
 
 def _print_summary(console: Any, out: Path, results: dict[str, Any]) -> None:
     from rich.table import Table
 
-    table = Table(title="alignkit demo: before / after (held-out, measured in this run)")
-    for col in ("stage", "verifier pass rate", "pref. acc (mean logp)", "pref. acc (implicit reward)"):
+    table = Table(title="alignkit demo: held-out IFEval accuracy (our IFEval-format prompts, not the official set; "
+                        "95% Wilson intervals)")
+    for col in ("stage", "prompts", *_METRIC_LABELS):
         table.add_column(col)
-    pr, pe = results["pass_rate"], results["preference_eval"]
-    pb, pa = pe["before_dpo"], pe["after_dpo"]
-    table.add_row("base model", _pct(pr["base"]), "", "")
-    table.add_row("after SFT", _pct(pr["sft"]), _pct(pb.get("pref_acc_logp")), "(= reference)")
-    table.add_row("after DPO", _pct(pr["dpo"]), _pct(pa.get("pref_acc_logp")), _pct(pa.get("reward_acc")))
-    if "rl" in pr:
-        table.add_row("after RL (GRPO)", _pct(pr["rl"]), "", "")
+    for name, h in results["ifeval"].items():
+        table.add_row(_STAGE_NAMES[name], str(h["n_prompts"]), *(_with_ci(h, m) for m in METRICS))
     console.print(table)
+    pa = results["preference_eval"]["after_dpo"]
+    console.print(f"held-out preference accuracy after DPO: {_pct(pa.get('reward_acc'))} (implicit reward)")
     console.print("stage times (s): " + ", ".join(
         f"{k.removesuffix('_s')} {v:.0f}" for k, v in results["timings_s"].items()))
     console.print(f"report: {out / 'report.md'}")
@@ -446,36 +511,45 @@ def _pct(x: float | None) -> str:
 
 
 def _examples(before: dict, after: dict, k: int = 4) -> list[dict]:
-    """Held-out prompts whose outcome changed, for the report."""
-    b = {r["id"]: r for r in before["results"]}
-    changed = [(b[r["id"]], r) for r in after["results"] if r["id"] in b and b[r["id"]]["passed"] != r["passed"]]
-    return [{"id": a["id"], "type": a["type"], "before": a["text"], "before_passed": a["passed"],
-             "after": z["text"], "after_passed": z["passed"]} for a, z in changed[:k]]
+    """Held-out prompts whose prompt-level strict outcome changed, for the report."""
+    b = {r["key"]: r for r in before["results"]}
+    changed = [(b[r["key"]], r) for r in after["results"]
+               if r["key"] in b and all(b[r["key"]]["follow_strict"]) != all(r["follow_strict"])]
+    return [{"key": a["key"], "instruction_id_list": a["instruction_id_list"], "before": a["text"],
+             "before_follow": a["follow_strict"], "after": z["text"], "after_follow": z["follow_strict"]}
+            for a, z in changed[:k]]
 
 
 def _report_md(r: dict) -> str:
-    pr, pe = r["pass_rate"], r["preference_eval"]
+    pe = r["preference_eval"]
+    ife = r["ifeval"]
     lines = [
         "# alignkit demo report", "",
         f"Model: `{r['model']}`. Held-out prompts: {r['heldout_prompts']}. Total time: {r['timings_s']['total_s']} s.",
-        "", "## Before / after", "",
-        "| stage | verifier pass rate | pref. acc (mean logp) | pref. acc (implicit reward) | reward margin |",
-        "| --- | --- | --- | --- | --- |",
-        f"| base model | {_pct(pr['base'])} | | | |",
-        f"| after SFT | {_pct(pr['sft'])} | {_pct(pe['before_dpo'].get('pref_acc_logp'))} | (reference) | |",
-        f"| after DPO | {_pct(pr['dpo'])} | {_pct(pe['after_dpo'].get('pref_acc_logp'))} | "
-        f"{_pct(pe['after_dpo'].get('reward_acc'))} | {pe['after_dpo'].get('reward_margin', float('nan')):.3f} |",
-        *([f"| after RL (GRPO, {r['rl']['steps']} steps) | {_pct(pr['rl'])} | | | |"] if "rl" in r else []),
-        "",
-        "Pass rate: greedy decoding, 64 new tokens, verifier of `alignkit.data.verifiable`. Preference accuracy:"
-        " held-out pairs sampled from the SFT model (20% of prompts), chosen = passing sample.",
-        "", "## Pass rate by constraint type", "",
-        "| type | " + " | ".join(m.upper() if m != "base" else "base" for m in pr) + " |",
-        "| --- |" + " --- |" * len(pr),
+        "", "## Held-out IFEval accuracy", "",
+        "Our IFEval-format prompts (`alignkit.data.ifeval_gen`, 25 instruction types; **not the official IFEval "
+        "set**, and easier), scored by `alignkit.evals.ifeval` (strict and loose as the reference). Greedy, "
+        f"{r['settings']['max_new_tokens']} new tokens, text scored as generated. Brackets: 95% Wilson intervals "
+        "(prompt level over prompts, instruction level over instructions); two stages differ beyond noise "
+        "where their intervals do not overlap.", "",
+        "| stage | prompts | " + " | ".join(_METRIC_LABELS) + " | truncated |",
+        "| --- | --- |" + " --- |" * (len(METRICS) + 1),
     ]
-    by = r["pass_rate_by_type"]
-    for t in by["base"]:
-        lines.append(f"| {t} | " + " | ".join(_pct(by[m].get(t, {}).get("pass_rate")) for m in pr) + " |")
+    for name, h in ife.items():
+        steps = f", {r['rl']['steps']} steps" if name == "rl" else ""
+        lines.append(f"| {_STAGE_NAMES[name].replace('(GRPO)', f'(GRPO{steps})')} | {h['n_prompts']} | "
+                     + " | ".join(_with_ci(h, m) for m in METRICS) + f" | {h['truncated']} |")
+    lines += ["", "Held-out preference accuracy (pairs sampled from the SFT model, 20% of prompts, chosen = passing "
+              f"sample): mean log-prob {_pct(pe['before_dpo'].get('pref_acc_logp'))} before DPO → "
+              f"{_pct(pe['after_dpo'].get('pref_acc_logp'))} after; implicit reward "
+              f"{_pct(pe['after_dpo'].get('reward_acc'))}, margin {pe['after_dpo'].get('reward_margin', float('nan')):.3f}.",
+              "", "## Instruction-level strict accuracy by instruction id", "",
+              "| instruction | " + " | ".join(_STAGE_NAMES[m] for m in r["by_instruction"]) + " |",
+              "| --- |" + " --- |" * len(r["by_instruction"])]
+    by = r["by_instruction"]
+    for iid in by["base"]:
+        cells = [f"{_pct(by[m][iid]['strict_acc'])} (n={by[m][iid]['n']})" if iid in by[m] else "" for m in by]
+        lines.append(f"| {iid} | " + " | ".join(cells) + " |")
     p = r["pairs"]
     lines += ["", "## Training", "", "![loss and reward margin](training.png)", "",
               f"SFT: {r['sft']['steps']} steps, held-out NLL {r['sft']['eval_before'].get('nll', float('nan')):.3f} → "
@@ -483,12 +557,11 @@ def _report_md(r: dict) -> str:
               f"{r['dpo']['data']['kept']} pairs (reference cache hit: {r['dpo']['reference_cache']['hit']}).", "",
               "Preference data from the SFT model's samples: "
               + ", ".join(f"{k}={v}" for k, v in p.items() if isinstance(v, int | float)), "",
-              *([f"RL (GRPO, verifier reward): {r['rl']['steps']} steps; mean training reward per step: "
-                 f"{r['rl']['train_reward']}.", ""] if "rl" in r else []),
-              "## Examples that changed", ""]
+              *([f"RL (GRPO, reward {r['settings']['rl']['reward']['verifier']}): {r['rl']['steps']} steps; mean "
+                 f"training reward per step: {r['rl']['train_reward']}.", ""] if "rl" in r else []),
+              "## Examples that changed (prompt-level strict, base → final model)", ""]
     for e in r["examples"]:
-        lines += [f"- `{e['id']}` ({e['type']}): {'pass' if e['before_passed'] else 'fail'} → "
-                  f"{'pass' if e['after_passed'] else 'fail'}", f"  - before: {e['before']!r}",
-                  f"  - after: {e['after']!r}"]
+        lines += [f"- `{e['key']}` ({', '.join(e['instruction_id_list'])}): {e['before_follow']} → "
+                  f"{e['after_follow']}", f"  - before: {e['before']!r}", f"  - after: {e['after']!r}"]
     lines += ["", "## Timings (s)", "", *[f"- {k}: {v}" for k, v in r["timings_s"].items()], ""]
     return "\n".join(lines)

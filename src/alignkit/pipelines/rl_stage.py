@@ -2,9 +2,10 @@
 ``experiments/rl_verifier.py``.
 
 :data:`GRPO_VERIFIER` holds the recipe's fixed settings as ordinary :class:`alignkit.train.rl.RLConfig`
-keys: GRPO (no critic), the raw verifier reward on verifiable-instruction prompt rows
-(``{"id", "prompt", "constraint"}``), KL as a k3 loss term. ``configs/demo.yaml`` spells the same settings
-out in its ``rl`` section. ``grpo_stage(model, prompts, heldout, out_dir)`` runs ``alignkit rl`` with them
+keys: GRPO (no critic), the raw ``verifiable`` reward (every instruction followed, strict) on IFEval-format
+prompt rows (``{"key", "prompt", "instruction_id_list", "kwargs"}``), KL as a k3 loss term.
+``configs/demo.yaml`` spells the same settings out in its ``rl`` section, with the ``ifeval`` reward (the
+fraction of instructions followed) instead. ``grpo_stage(model, prompts, heldout, out_dir)`` runs ``alignkit rl`` with them
 from ``model``, with the held-out greedy pass rate before/after
 (``summary["heldout_before" / "heldout_after"]["reward_mean"]``); ``overrides`` (``key.sub=value``) change
 any field. The equivalent command line is ``alignkit rl --config configs/rl_grpo_smollm2.yaml`` plus the

@@ -1,13 +1,13 @@
 """Preference data from a model's own samples, ranked by verifiable-instruction checks.
 
-For each prompt of :mod:`alignkit.data.verifiable` we sample K responses with the shared generation
-engine and verify each. A sample **passes** when the engine reports ``finish_reason == "stop"`` (the
-model ended its answer within ``max_new_tokens``) **and** ``verify(text, constraint)`` is true: a
-response cut off by the token budget never satisfies the instruction, so truncated text is never
-taught as a good answer.
+For each IFEval-format prompt row of :mod:`alignkit.data.verifiable` we sample K responses with the
+shared generation engine and verify each. A sample **passes** when the engine reports
+``finish_reason == "stop"`` (the model ended its answer within ``max_new_tokens``) **and**
+``verify(text, row)`` is true (every instruction followed, IFEval strict): a response cut off by the
+token budget never passes, so truncated text is never taught as a good answer.
 
-Outputs, in TRL's conversational conventions (extra keys ``id`` and ``constraint`` ride along as
-metadata; loaders keep them out of the model input):
+Outputs, in TRL's conversational conventions (extra keys ``key``, ``instruction_id_list`` and ``kwargs``
+ride along as metadata; loaders keep them out of the model input):
 
 * pair rows ``{"prompt": [{"role": "user", ...}], "chosen": [{"role": "assistant", ...}], "rejected": [...]}``
   -- **chosen** is the shortest passing sample (characters; ties -> lowest sample index), which
@@ -20,7 +20,9 @@ metadata; loaders keep them out of the model input):
   for every row);
 * SFT rows ``{"prompt", "completion"}`` (:func:`build_sft`): the shortest passing sample of every
   prompt that has one, for rejection-sampling fine-tuning before preference training;
-* :func:`pass_rate` -- the held-out metric of the demo's before/after table (greedy by default).
+* :func:`pass_rate` -- the held-out metrics of the demo's before/after table (greedy by default): IFEval
+  prompt-/instruction-level strict and loose accuracy with Wilson 95% intervals (the text scored as
+  generated, as the official protocol does; truncations are counted beside it).
 
 Run ``alignkit data verifiable-prefs --help`` for the command line (:class:`VerifiablePrefsConfig`);
 docs/demo_data.md gives the command that regenerates the shipped files in ``alignkit/data/demo/``.
@@ -40,7 +42,7 @@ from pydantic import Field, model_validator
 
 from alignkit.atomic import write_atomic
 from alignkit.config import Precision, StrictModel
-from alignkit.data.verifiable import CONSTRAINT_TYPES, make_splits, verify
+from alignkit.data.verifiable import follows, make_splits
 from alignkit.generate.engine import SamplingParams
 from alignkit.models import DEFAULT_MODEL
 
@@ -49,33 +51,35 @@ from alignkit.models import DEFAULT_MODEL
 DEFAULT_MAX_NEW_TOKENS = 64
 
 
-def sample_passes(text: str, finish_reason: str, constraint: Mapping[str, Any]) -> bool:
-    """A sample passes when it finished on its own (not cut by the budget) and satisfies ``constraint``."""
-    return finish_reason == "stop" and verify(text, constraint)
+def sample_passes(text: str, finish_reason: str, row: Mapping[str, Any]) -> bool:
+    """A sample passes when it finished on its own (not cut by the budget) and follows every instruction
+    of the IFEval ``row`` (strict)."""
+    return finish_reason == "stop" and all(follows(text, row))
+
+
+def _meta(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: row[k] for k in ("key", "instruction_id_list", "kwargs")}
 
 
 def score_samples(engine, rows: Sequence[Mapping[str, Any]], params: SamplingParams,
                   progress: bool = False) -> list[dict[str, Any]]:
     """Sample ``params.n`` responses per prompt row and verify each.
 
-    Returns one dict per row: ``{"id", "prompt", "constraint", "samples": [{"text", "finish_reason",
-    "passed", "tokens"}]}`` in input order.
+    Returns one dict per row: ``{"key", "prompt", "instruction_id_list", "kwargs", "samples": [{"text",
+    "finish_reason", "follow", "passed", "tokens"}]}`` in input order (``follow``: the strict
+    per-instruction verdicts).
     """
     results = engine.generate([r["prompt"] for r in rows], params, progress=progress)
     if len(results) != len(rows):
         raise RuntimeError(f"engine returned {len(results)} results for {len(rows)} prompts")
     scored = []
     for row, res in zip(rows, results, strict=True):
-        samples = [
-            {
-                "text": c.text,
-                "finish_reason": c.finish_reason,
-                "passed": sample_passes(c.text, c.finish_reason, row["constraint"]),
-                "tokens": len(c.token_ids),
-            }
-            for c in res.completions
-        ]
-        scored.append({"id": row["id"], "prompt": row["prompt"], "constraint": row["constraint"], "samples": samples})
+        samples = []
+        for c in res.completions:
+            follow = follows(c.text, row)
+            samples.append({"text": c.text, "finish_reason": c.finish_reason, "follow": follow,
+                            "passed": c.finish_reason == "stop" and all(follow), "tokens": len(c.token_ids)})
+        scored.append({**_meta(row), "prompt": row["prompt"], "samples": samples})
     return scored
 
 
@@ -112,8 +116,7 @@ def build_sft(scored: Sequence[Mapping[str, Any]]) -> list[dict]:
         rows.append({
             "prompt": _user(item["prompt"]),
             "completion": _assistant(item["samples"][best]["text"]),
-            "id": item["id"],
-            "constraint": item["constraint"],
+            **_meta(item),
         })
     return rows
 
@@ -132,15 +135,15 @@ def build_pairs(scored: Sequence[Mapping[str, Any]]) -> tuple[list[dict], list[d
     n_samples = n_passed = n_truncated = 0
     for item in scored:
         samples = item["samples"]
-        ctype = item["constraint"]["type"]
-        t = per_type.setdefault(ctype, Counter())
-        t["prompts"] += 1
-        t["samples"] += len(samples)
-        t["passed"] += sum(s["passed"] for s in samples)
+        for j, iid in enumerate(item["instruction_id_list"]):
+            t = per_type.setdefault(iid, Counter())
+            t["prompts"] += 1
+            t["samples"] += len(samples)
+            t["followed"] += sum(s["finish_reason"] == "stop" and s["follow"][j] for s in samples)
         n_samples += len(samples)
         n_passed += sum(s["passed"] for s in samples)
         n_truncated += sum(s["finish_reason"] == "length" for s in samples)
-        meta = {"id": item["id"], "constraint": item["constraint"]}
+        meta = _meta(item)
         n_pass = sum(s["passed"] for s in samples)
         if n_pass == len(samples):
             drops["dropped_all_pass"] += 1
@@ -158,7 +161,8 @@ def build_pairs(scored: Sequence[Mapping[str, Any]]) -> tuple[list[dict], list[d
                     "rejected": _assistant(samples[r]["text"]),
                     **meta,
                 })
-                t["pairs"] += 1
+                for iid in item["instruction_id_list"]:
+                    per_type[iid]["pairs"] += 1
         if 0 < n_pass < len(samples):
             if any(not s["text"].strip() for s in samples):
                 drops["kway_dropped_empty_sample"] += 1
@@ -187,7 +191,7 @@ def build_pairs(scored: Sequence[Mapping[str, Any]]) -> tuple[list[dict], list[d
             k: {
                 "prompts": v["prompts"],
                 "pairs": v["pairs"],
-                "sample_pass_rate": v["passed"] / v["samples"] if v["samples"] else 0.0,
+                "sample_follow_rate": v["followed"] / v["samples"] if v["samples"] else 0.0,
             }
             for k, v in sorted(per_type.items())
         },
@@ -197,40 +201,29 @@ def build_pairs(scored: Sequence[Mapping[str, Any]]) -> tuple[list[dict], list[d
 
 def pass_rate(engine, rows: Sequence[Mapping[str, Any]], params: SamplingParams | None = None,
               progress: bool = False) -> dict[str, Any]:
-    """Verifier pass rate of ``engine`` on prompt ``rows``, overall and per constraint type.
+    """IFEval metrics of ``engine`` on prompt ``rows`` (``alignkit.evals.ifeval.scoring.summarise``: the four
+    accuracies, Wilson 95% intervals, per group and per instruction id), scored on the text as generated.
 
-    ``params`` defaults to greedy decoding with ``DEFAULT_MAX_NEW_TOKENS``; with ``params.n > 1`` the
-    rate is over all samples. Returns ``{"n", "passed", "pass_rate", "truncated", "by_type": {type:
-    {"n", "passed", "pass_rate"}}, "params", "results": [{"id", "type", "passed", "finish_reason",
-    "text"}]}`` -- ``results`` lets a report show examples.
+    ``params`` defaults to greedy decoding with ``DEFAULT_MAX_NEW_TOKENS``; with ``params.n > 1`` every
+    sample is scored as a prompt. Also returns ``pass_rate`` (= prompt-level strict accuracy), ``passed``, ``n``,
+    ``truncated`` (samples cut by the budget), ``params`` and ``results`` (``{"key", "instruction_id_list",
+    "follow_strict", "follow_loose", "finish_reason", "text"}`` per sample, for a report's examples).
     """
+    from alignkit.evals.ifeval.scoring import summarise
+
     params = params or SamplingParams(max_new_tokens=DEFAULT_MAX_NEW_TOKENS, temperature=0.0)
     scored = score_samples(engine, rows, params, progress=progress)
-    counts: dict[str, Counter[str]] = {}
-    results = []
-    for item in scored:
-        ctype = item["constraint"]["type"]
-        c = counts.setdefault(ctype, Counter())
-        for s in item["samples"]:
-            c["n"] += 1
-            c["passed"] += s["passed"]
-            results.append({"id": item["id"], "type": ctype, "passed": s["passed"],
-                            "finish_reason": s["finish_reason"], "text": s["text"]})
-    n = sum(c["n"] for c in counts.values())
-    passed = sum(c["passed"] for c in counts.values())
-    return {
-        "n": n,
-        "passed": passed,
-        "pass_rate": passed / n if n else 0.0,
-        "truncated": sum(r["finish_reason"] == "length" for r in results),
-        "by_type": {
-            k: {"n": counts[k]["n"], "passed": counts[k]["passed"], "pass_rate": counts[k]["passed"] / counts[k]["n"]}
-            for k in CONSTRAINT_TYPES
-            if k in counts
-        },
-        "params": asdict(params),
-        "results": results,
-    }
+    results = [{"key": item["key"], "instruction_id_list": item["instruction_id_list"],
+                "follow_strict": s["follow"], "follow_loose": follows(s["text"], item, loose=True),
+                "finish_reason": s["finish_reason"], "text": s["text"]}
+               for item in scored for s in item["samples"]]
+    summary = summarise([{"instruction_id_list": r["instruction_id_list"],
+                          "follow_instruction_list_strict": r["follow_strict"],
+                          "follow_instruction_list_loose": r["follow_loose"]} for r in results])
+    return {**summary, "n": len(results), "passed": sum(all(r["follow_strict"]) for r in results),
+            "pass_rate": summary["prompt_level_strict_acc"] or 0.0,
+            "truncated": sum(r["finish_reason"] == "length" for r in results), "params": asdict(params),
+            "results": results}
 
 
 def _jsonl(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -250,7 +243,7 @@ class VerifiablePrefsConfig(StrictModel):
     """Policy to sample from (embedded name, HF directory or hub id)."""
     n_prompts: int = Field(default=200, ge=1)
     """Training prompts to sample on."""
-    n_heldout: int = Field(default=100, ge=0)
+    n_heldout: int = Field(default=500, ge=0)
     """Held-out prompts written for evaluation."""
     heldout_fraction: float = Field(default=0.25, gt=0.0, lt=1.0)
     """Hash-split share of generated prompts routed to held-out."""
@@ -333,7 +326,7 @@ def run_verifiable_prefs(cfg: VerifiablePrefsConfig) -> int:
     if cfg.base_pass_rate:
         t0 = time.perf_counter()
         base = pass_rate(engine, heldout, SamplingParams(max_new_tokens=cfg.max_new_tokens), progress=True)
-        summary["heldout_greedy_pass_rate"] = {k: v for k, v in base.items() if k != "results"}
+        summary["heldout_greedy_pass_rate"] = {k: v for k, v in base.items() if k not in ("results", "instructions")}
         summary["heldout_greedy_seconds"] = round(time.perf_counter() - t0, 1)
     _write_outputs(cfg, pairs, kway, sft, heldout, scored, summary)
     print(f"{len(pairs)} pairs, {len(kway)} K-way rows, {len(sft)} SFT rows from {len(train)} prompts x {cfg.k} "

@@ -17,7 +17,7 @@ from alignkit.train.run import ModelConfig
 
 
 class RLDataConfig(StrictModel):
-    """Prompt rows: ``{"prompt": str | [messages], ...}``; other keys go to the reward (e.g. ``constraint``)."""
+    """Prompt rows: ``{"prompt": str | [messages], ...}``; other keys go to the reward (e.g. IFEval's ``instruction_id_list`` and ``kwargs``)."""
 
     train: str
     """Training prompts (JSONL)."""
@@ -103,7 +103,9 @@ class RewardConfig(StrictModel):
     """verifier | model (an `alignkit rm` dir) | judge | remote (an `alignkit serve --reward-model` server) |
     sum (weighted, see weights)."""
     verifier: str = "verifiable"
-    """'verifiable' (built-in instruction checker; rows need 'constraint') or 'package.module:function(row, text, finish_reason)'."""
+    """'verifiable' (IFEval rows, 1 when every instruction is followed, strict), 'ifeval[:fraction|all][:strict|loose]'
+    (IFEval rows: the fraction of instructions followed, strict by default; a cut response scores 0) or
+    'package.module:function(row, text, finish_reason)'."""
     model: str | None = None
     """Reward-model checkpoint directory (type model, or a 'model' weight)."""
     judge: JudgeConfig = Field(default_factory=JudgeConfig)

@@ -1,4 +1,4 @@
-"""Rewards for online RL: the built-in verifier (or any ``module:function``), an ``alignkit rm``
+"""Rewards for online RL: the built-in verifiers (``verifiable``, ``ifeval``) or any ``module:function``, an ``alignkit rm``
 checkpoint, a judge through the judge layer, or a weighted sum of them.
 
 Every reward function maps a batch of samples to floats, and **NaN means "could not be computed"**
@@ -29,27 +29,72 @@ def _clean(value: Any) -> float:
     return float(value) if math.isfinite(value) else math.nan
 
 
-def verifiable_reward(row: dict, text: str, finish_reason: str) -> float:
-    """The built-in verifier: 1.0 when the response finished on its own and satisfies the row's
-    ``constraint`` (``alignkit.data.verifiable``), else 0.0. A truncated response never passes."""
-    from alignkit.pipelines.verifiable_prefs import sample_passes
+IFEVAL_AGGREGATES = ("fraction", "all")
+IFEVAL_MODES = ("strict", "loose")
 
-    return 1.0 if sample_passes(text, finish_reason, row["constraint"]) else 0.0
+
+def ifeval_reward(row: dict, text: str, finish_reason: str, aggregate: str = "fraction",
+                  mode: str = "strict") -> float:
+    """RLVR on instruction following (Tulu 3): the share of the IFEval ``row``'s instructions the response
+    follows (``aggregate="fraction"``) or 1.0/0.0 for all of them (``"all"``), judged by
+    ``alignkit.evals.ifeval``'s checkers, ``strict`` or ``loose``. A response cut by the token budget
+    (``finish_reason != "stop"``) scores 0.0: it is not a finished answer, and many instructions (an end
+    phrase, a postscript, a paragraph or section count, two responses) are about how it ends -- paying
+    for a cut text would reward running past the budget. A malformed row is a ``DataError``."""
+    from alignkit.data.verifiable import follows
+
+    if finish_reason != "stop":
+        return 0.0
+    verdicts = follows(text, row, loose=mode == "loose")
+    if aggregate == "all":
+        return 1.0 if all(verdicts) else 0.0
+    return sum(verdicts) / len(verdicts)
+
+
+def verifiable_reward(row: dict, text: str, finish_reason: str) -> float:
+    """The built-in verifier: 1.0 when the response finished on its own and follows every instruction of
+    the row (an IFEval row of ``alignkit.data.verifiable``, strict), else 0.0 -- ``ifeval:all``."""
+    return ifeval_reward(row, text, finish_reason, "all", "strict")
+
+
+def parse_ifeval_spec(spec: str) -> dict[str, str] | None:
+    """``ifeval[:fraction|all][:strict|loose]`` -> ``{"aggregate", "mode"}`` (defaults fraction, strict);
+    None when ``spec`` is not an ifeval spec. An unknown option is a ``ConfigError``."""
+    name, *options = spec.split(":")
+    if name != "ifeval":
+        return None
+    out = {"aggregate": "fraction", "mode": "strict"}
+    for opt in options:
+        key = "aggregate" if opt in IFEVAL_AGGREGATES else "mode" if opt in IFEVAL_MODES else None
+        if key is None:
+            raise ConfigError(f"verifier {spec!r}: unknown option {opt!r}; expected ifeval[:fraction|all]"
+                              "[:strict|loose]")
+        out[key] = opt
+    return out
+
+
+def verifier_fn(spec: str) -> Callable[[dict, str, str], float]:
+    """The ``(row, text, finish_reason) -> number`` function of a verifier spec: ``verifiable`` (every
+    instruction, strict), ``ifeval[:fraction|all][:strict|loose]`` or ``package.module:function``."""
+    if spec == "verifiable":
+        return verifiable_reward
+    opts = parse_ifeval_spec(spec)
+    if opts is not None:
+        return lambda row, text, finish_reason: ifeval_reward(row, text, finish_reason, **opts)
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ConfigError(f"verifier {spec!r}: expected 'verifiable', 'ifeval[:fraction|all][:strict|loose]' or "
+                          "'package.module:function'")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"verifier {spec!r}: cannot import it ({exc})") from None
 
 
 def verifier_reward(spec: str) -> RewardFn:
-    """``"verifiable"`` (built in) or ``"package.module:function"`` taking ``(row, text, finish_reason)``
-    and returning a number, or ``None``/NaN when the reward cannot be computed."""
-    if spec == "verifiable":
-        fn = verifiable_reward
-    else:
-        module, _, name = spec.partition(":")
-        if not module or not name:
-            raise ConfigError(f"reward.verifier={spec!r}: expected 'verifiable' or 'package.module:function'")
-        try:
-            fn = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"reward.verifier={spec!r}: cannot import it ({exc})") from None
+    """The batch reward of :func:`verifier_fn`'s function; a user function may return ``None``/NaN when
+    the reward cannot be computed (masked, never 0)."""
+    fn = verifier_fn(spec)
     return lambda rows, samples: [_clean(fn(r, s.text, s.finish_reason)) for r, s in zip(rows, samples, strict=True)]
 
 

@@ -40,8 +40,8 @@ class Sample:
 
 def read_prompt_rows(path: str, needs_constraint: bool = False) -> list[dict[str, Any]]:
     """Validated prompt rows; errors name ``file:line: field``. ``needs_constraint``: the built-in
-    verifier is the reward, so every row must carry a valid verifiable-instruction ``constraint``."""
-    from alignkit.data.verifiable import verify
+    verifier is the reward, so every row must be a valid IFEval row (``instruction_id_list``, ``kwargs``)."""
+    from alignkit.data.verifiable import validate_row
     from alignkit.generate.jsonl import check_prompt, read_jsonl
 
     rows = []
@@ -50,12 +50,7 @@ def read_prompt_rows(path: str, needs_constraint: bool = False) -> list[dict[str
             where = f"{path}:{line}"
             row = {**row, "prompt": check_prompt(row.get("prompt"), where)}
             if needs_constraint:
-                if "constraint" not in row:
-                    raise DataError(f"{where}: field 'constraint': missing (the built-in verifier needs it)")
-                try:
-                    verify("probe", row["constraint"])
-                except (ValueError, TypeError, AttributeError) as exc:
-                    raise DataError(f"{where}: field 'constraint': {exc}") from None
+                validate_row(row, where)
             rows.append(row)
     except DataError as exc:
         raise DataError(str(exc)) from None
