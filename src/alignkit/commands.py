@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import re
 import sys
 import types
@@ -26,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from alignkit.config import StrictModel, describe_fields, dump_config, load_config, parse_value
+from alignkit.config import StrictModel, describe_fields, dump_config, import_object, load_config, parse_value
 
 _OVERRIDE_RE = re.compile(r"^[A-Za-z_][\w.]*=")
 
@@ -67,8 +66,7 @@ class Group:
 
 
 def load(ref: str) -> Any:
-    module, _, name = ref.partition(":")
-    return getattr(importlib.import_module(module), name)
+    return import_object(ref, "command")
 
 
 # ------------------------------------------------------------------------------------ flags

@@ -266,3 +266,18 @@ def _named_stream(text: str, name: str):
     stream = io.StringIO(text)
     stream.name = name  # type: ignore[attr-defined]  # PyYAML uses it in marks
     return stream
+
+
+def import_object(spec: str, where: str) -> Any:
+    """The object a config names as ``package.module:name`` (a user verifier, tool, reward function...);
+    a :class:`ConfigError` naming the key ``where`` when the spec is malformed or cannot be imported.
+    The one place such specs are resolved."""
+    import importlib
+
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ConfigError(f"{where}={spec!r}: expected 'package.module:name'")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{where}={spec!r}: cannot import it ({exc})") from None

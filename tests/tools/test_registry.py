@@ -146,7 +146,7 @@ def test_user_tools_from_config():
     bad = ToolsConfig(builtin=[], user=[UserToolConfig(function="textwrap:nope", parameters={"type": "object"})])
     with pytest.raises(ConfigError, match=r"tools.user\[0\].function='textwrap:nope': cannot import it"):
         build_registry(bad)
-    with pytest.raises(ConfigError, match="expected 'package.module:function'"):
+    with pytest.raises(ConfigError, match="expected 'package.module:name'"):
         build_registry(ToolsConfig(builtin=[], user=[UserToolConfig(function="textwrap", parameters={"type": "object"})]))
 
 

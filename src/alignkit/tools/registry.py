@@ -9,7 +9,6 @@ parallel while other rows keep decoding; :meth:`ToolRegistry.call_many` waits fo
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 import threading
@@ -21,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from alignkit.config import StrictModel
+from alignkit.config import StrictModel, import_object
 from alignkit.errors import ConfigError
 from alignkit.tools.calculator import CalculatorError, calculator
 from alignkit.tools.sandbox import PythonSandbox, SandboxConfig
@@ -188,14 +187,8 @@ class ToolsConfig(StrictModel):
 
 
 def load_function(spec: str, where: str) -> Callable[..., Any]:
-    """Import ``package.module:function``; a clear :class:`ConfigError` when that is impossible."""
-    module, _, name = spec.partition(":")
-    if not module or not name:
-        raise ConfigError(f"{where}={spec!r}: expected 'package.module:function'")
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"{where}={spec!r}: cannot import it ({exc})") from None
+    """Import ``package.module:function`` (:func:`alignkit.config.import_object`); it must be callable."""
+    fn = import_object(spec, where)
     if not callable(fn):
         raise ConfigError(f"{where}={spec!r}: not callable")
     return fn

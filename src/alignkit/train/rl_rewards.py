@@ -9,7 +9,6 @@ them; it never scores them as 0.
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +16,7 @@ from typing import Any
 
 import torch
 
+from alignkit.config import import_object
 from alignkit.errors import ConfigError
 from alignkit.train.rl_rollout import Sample
 
@@ -81,14 +81,10 @@ def verifier_fn(spec: str) -> Callable[[dict, str, str], float]:
     opts = parse_ifeval_spec(spec)
     if opts is not None:
         return lambda row, text, finish_reason: ifeval_reward(row, text, finish_reason, **opts)
-    module, _, name = spec.partition(":")
-    if not module or not name:
+    if ":" not in spec:
         raise ConfigError(f"verifier {spec!r}: expected 'verifiable', 'ifeval[:fraction|all][:strict|loose]' or "
                           "'package.module:function'")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"verifier {spec!r}: cannot import it ({exc})") from None
+    return import_object(spec, "verifier")
 
 
 def verifier_reward(spec: str) -> RewardFn:
