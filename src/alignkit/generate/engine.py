@@ -16,7 +16,10 @@
   paying for the rows that stopped early;
 * every completion owns a ``torch.Generator`` seeded from (request seed, completion index) and draws
   exactly one uniform per step (inverse-CDF sampling), so a seeded sample does not depend on which
-  other prompts share its batch.
+  other prompts share its batch;
+* with ``SamplingParams.sampled_logprobs`` each token also carries its log-probability under the
+  distribution it was drawn from (after temperature, top-k and top-p: the behaviour policy of online RL's
+  importance-sampling correction; vLLM: ``logprobs_mode="processed_logprobs"``).
 
 Greedy decoding (``temperature=0``) is plain argmax and matches ``model.generate(do_sample=False)``
 token for token on a single prompt (tested).
