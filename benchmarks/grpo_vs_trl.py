@@ -64,7 +64,7 @@ def build_prompts(tok, count: int, prompt_tokens: int, seed: int) -> list[dict]:
     out = []
     for i, row in enumerate(rows):
         prompt = row["prompt"]
-        framing = "Read the passage, then do the task after it.\n\nPassage: {}\n\nTask: " + prompt
+        framing = "{}\n\n" + prompt  # the passage, then the question
         room = prompt_tokens - rendered(framing.format(""))
         if rendered(prompt) < prompt_tokens and room > 0:
             passage = cut(997 * i, room)
