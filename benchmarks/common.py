@@ -240,3 +240,31 @@ def add_shared_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", default=None, help="keep logs, specs and outputs here (default: a temp dir, removed)")
     p.add_argument("--json", dest="json_out", default=None, help="also write all results to this JSON file")
     p.add_argument("--worker", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
+
+
+def bench_main(p: argparse.ArgumentParser, a, workers: dict, prefix: str, run) -> int:
+    """The tail of a TRL comparison's ``main`` after its own argument checks: as a worker subprocess
+    (``--worker KIND SPEC``) run ``workers[KIND](spec)`` and write its result; otherwise refuse without TRL
+    (exit 2), resolve ``--model`` (default: the embedded model) and return ``run(a, workdir, model)`` in
+    ``--workdir`` or in a temporary directory removed afterwards."""
+    import shutil
+    import tempfile
+
+    if a.worker:
+        kind, spec_path = a.worker
+        spec = json.loads(Path(spec_path).read_text())
+        Path(spec["result"]).write_text(json.dumps(workers[kind](spec)))
+        return 0
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        p.error("TRL is not installed: .venv/bin/pip install -c constraints.txt '.[bench]'")
+    from alignkit.models import DEFAULT_MODEL, resolve_model_path
+
+    workdir = Path(a.workdir or tempfile.mkdtemp(prefix=prefix))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        return run(a, workdir, resolve_model_path(a.model or DEFAULT_MODEL))
+    finally:
+        if a.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)

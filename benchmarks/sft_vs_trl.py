@@ -27,15 +27,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from common import (
     PARITY_TOL,
     RunFailed,
     add_shared_args,
+    bench_main,
     common_overrides,
     default_pairs,
     fmt_mb,
@@ -153,29 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-5)
     add_shared_args(p)
     a = p.parse_args(argv)
-    if a.worker:
-        kind, spec_path = a.worker
-        spec = json.loads(Path(spec_path).read_text())
-        Path(spec["result"]).write_text(json.dumps(WORKERS[kind](spec)))
-        return 0
     for name in ("steps", "batch_size", "max_length", "threads"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if a.rows is not None and a.rows < 1:
         p.error("--rows must be >= 1")
-    try:
-        import trl  # noqa: F401
-    except ImportError:
-        p.error("TRL is not installed: .venv/bin/pip install -c constraints.txt '.[bench]'")
-    from alignkit.models import DEFAULT_MODEL, resolve_model_path
-
-    workdir = Path(a.workdir or tempfile.mkdtemp(prefix="sft_vs_trl."))
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        return run(a, workdir, resolve_model_path(a.model or DEFAULT_MODEL))
-    finally:
-        if a.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
+    return bench_main(p, a, WORKERS, "sft_vs_trl.", run)
 
 
 def run(a, workdir: Path, model: str) -> int:

@@ -102,20 +102,25 @@ class LLM:
 
     def _decode(self, ids, sp, j):
         gen = torch.Generator().manual_seed((sp.seed or 0) + j)
-        x, out = torch.tensor([ids]), []
+        x, out, logprobs = torch.tensor([ids]), [], []
         for _ in range(sp.max_tokens):
             logits = self.model(input_ids=x).logits[0, -1].float()
             if sp.temperature == 0:
                 tok = int(logits.argmax())
             else:
                 tok = int(torch.multinomial(torch.softmax(logits / sp.temperature, -1), 1, generator=gen))
+            if sp.logprobs is not None:  # the sampled token only; processed (tempered) when the engine says so
+                scale = sp.temperature if self.kwargs.get("logprobs_mode") == "processed_logprobs" else 1.0
+                lp = torch.log_softmax(logits / (scale or 1.0), -1)[tok]
+                logprobs.append({tok: SimpleNamespace(logprob=float(lp))})
             out.append(tok)
             x = torch.cat([x, torch.tensor([[tok]])], dim=1)
             if tok == self.tokenizer.eos_token_id:
                 break
         finish = "stop" if out[-1] == self.tokenizer.eos_token_id else "length"
         text = self.tokenizer.decode(out, skip_special_tokens=True)
-        return SimpleNamespace(text=text, token_ids=out, finish_reason=finish, logprobs=None)
+        return SimpleNamespace(text=text, token_ids=out, finish_reason=finish,
+                               logprobs=logprobs if sp.logprobs is not None else None)
 
 
 def install(monkeypatch) -> types.ModuleType:

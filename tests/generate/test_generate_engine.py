@@ -214,7 +214,7 @@ def test_sampler_respects_top_p_top_k_and_probabilities(engine):
     def draws(params, k=3000):
         gen = torch.Generator().manual_seed(0)
         rows = [_Row(0, 0, gen)]
-        return torch.stack([engine._sample(logits.clone(), rows, params) for _ in range(k)]).flatten()
+        return torch.stack([engine._sample(logits.clone(), rows, params)[0] for _ in range(k)]).flatten()
 
     plain = torch.bincount(draws(SamplingParams(temperature=1.0)), minlength=4).float() / 3000
     assert torch.allclose(plain, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.03)

@@ -16,7 +16,10 @@
   paying for the rows that stopped early;
 * every completion owns a ``torch.Generator`` seeded from (request seed, completion index) and draws
   exactly one uniform per step (inverse-CDF sampling), so a seeded sample does not depend on which
-  other prompts share its batch.
+  other prompts share its batch;
+* with ``SamplingParams.sampled_logprobs`` each token also carries its log-probability under the
+  distribution it was drawn from (after temperature, top-k and top-p: the behaviour policy of online RL's
+  importance-sampling correction; vLLM: ``logprobs_mode="processed_logprobs"``).
 
 Greedy decoding (``temperature=0``) is plain argmax and matches ``model.generate(do_sample=False)``
 token for token on a single prompt (tested).
@@ -88,6 +91,12 @@ class SamplingParams:
     min_new_tokens: int = 0
     seed: int | None = None  # per-request seed: same prompt+seed -> same sample whatever the batch
     logprobs: int = 0  # return this many top log-probabilities per generated token (0 = none, max 20)
+    sampled_logprobs: bool = False
+    """Also return, per generated token, its log-probability under the distribution it was *drawn from*
+    (``Completion.sampled_logprobs``): the model's logits with the EOS ban of ``min_new_tokens``, divided by
+    the temperature, restricted to the top-k / top-p candidates and renormalised over them. This is the
+    behaviour policy mu of importance sampling (vLLM's ``logprobs_mode="processed_logprobs"``); needs
+    temperature > 0 (greedy decoding draws from no distribution)."""
 
     def validate(self) -> None:
         """Raise :class:`GenerationError` naming the first invalid field."""
@@ -107,6 +116,8 @@ class SamplingParams:
             raise GenerationError(f"logprobs must be in [0, 20] (got {self.logprobs})")
         if self.n < 1:
             raise GenerationError(f"n must be >= 1 (got {self.n})")
+        if self.sampled_logprobs and self.temperature == 0:
+            raise GenerationError("sampled_logprobs needs temperature > 0: greedy decoding samples from no distribution")
         if any(not isinstance(s, str) or s == "" for s in self.stop):
             raise GenerationError(f"stop strings must be non-empty strings (got {self.stop!r})")
 
@@ -126,6 +137,9 @@ class Completion:
     """With ``SamplingParams.logprobs = k``: per generated token, the k most likely token ids (plus the
     generated one when it is not among them) and their log-probabilities under the model's
     distribution (log-softmax of the logits, before temperature, top-k and top-p)."""
+    sampled_logprobs: list[float] | None = None
+    """With ``SamplingParams.sampled_logprobs``: per generated token (``len(token_ids)`` values), its
+    log-probability under the processed distribution it was sampled from (see that field)."""
 
 
 @dataclass
@@ -201,7 +215,7 @@ def cut_at_stop(text: str, stops: Sequence[str], search_from: int = 0) -> int | 
 class _Row:
     """Decode state of one completion inside a batch."""
 
-    __slots__ = ("req", "index", "generator", "tokens", "text", "finish", "scanned", "logprobs")
+    __slots__ = ("req", "index", "generator", "tokens", "text", "finish", "scanned", "logprobs", "sampled_logprobs")
 
     def __init__(self, req: int, index: int, generator):
         self.req = req
@@ -212,6 +226,7 @@ class _Row:
         self.finish: str | None = None
         self.scanned = 0  # characters of decoded text already searched for stop strings
         self.logprobs: list[dict[int, float]] | None = None
+        self.sampled_logprobs: list[float] | None = None
 
 
 class HFEngine:
@@ -325,7 +340,8 @@ class HFEngine:
         results = []
         for (text, ids), rows in zip(encoded, outputs, strict=True):
             comps = [
-                Completion(text=r.text, token_ids=r.tokens, finish_reason=r.finish, logprobs=r.logprobs)
+                Completion(text=r.text, token_ids=r.tokens, finish_reason=r.finish, logprobs=r.logprobs,
+                           sampled_logprobs=r.sampled_logprobs)
                 for r in rows
             ]
             results.append(GenerationResult(prompt=text, prompt_tokens=len(ids), completions=comps))
@@ -402,7 +418,12 @@ class HFEngine:
         while True:
             if step < params.min_new_tokens:
                 logits = logits.index_fill(-1, stop_ids, float("-inf"))
-            next_tokens = self._sample(logits.float(), active, params)
+            next_tokens, sampled_lp = self._sample(logits.float(), active, params)
+            if params.sampled_logprobs:
+                for row, lp in zip(active, sampled_lp.tolist(), strict=True):
+                    if row.sampled_logprobs is None:
+                        row.sampled_logprobs = []
+                    row.sampled_logprobs.append(lp)
             if params.logprobs:
                 full = torch.log_softmax(logits.float(), dim=-1)
                 top = full.topk(params.logprobs, dim=-1)
@@ -490,16 +511,20 @@ class HFEngine:
         return out, mask
 
     def _sample(self, logits, rows: list[_Row], params: SamplingParams):
-        """Next token per row. Greedy is argmax; otherwise temperature -> top-k -> top-p, then one uniform
-        per row from the row's own generator mapped through the CDF (so batch composition is irrelevant).
+        """``(next token per row, its log-probability under the distribution drawn from)`` -- the second
+        is None for greedy decoding. Greedy is argmax; otherwise temperature -> top-k -> top-p, then one
+        uniform per row from the row's own generator mapped through the CDF (so batch composition is
+        irrelevant).
 
         With top-k or top-p the CDF runs over the candidate tokens only, most likely first
-        (:func:`candidates`); without either, over the whole vocabulary in token-id order.
+        (:func:`candidates`), and the log-probability is that of the kept candidate mass renormalised
+        (``log p_pick - log sum_kept p``); without either, the CDF runs over the whole vocabulary in token-id
+        order and the log-probability is ``log_softmax(logits / T)`` at the pick.
         """
         import torch
 
         if params.temperature == 0.0:
-            return logits.argmax(-1)
+            return logits.argmax(-1), None
         logits = logits / params.temperature
         if params.top_k > 0 or params.top_p < 1.0:
             probs, ids = candidates(logits, params.top_k, params.top_p)
@@ -510,7 +535,11 @@ class HFEngine:
         # searchsorted finds the first position whose cumulative mass reaches u * total: a position
         # where the mass grows, so never a zeroed token (the clamp guards the float edge u * total > cdf[-1])
         picks = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp(max=probs.shape[-1] - 1)
-        return picks.squeeze(-1) if ids is None else ids.gather(-1, picks).squeeze(-1)
+        if ids is None:
+            return picks.squeeze(-1), torch.log_softmax(logits, dim=-1).gather(-1, picks).squeeze(-1)
+        # a picked candidate has probability > 0 (see above), so the log is finite
+        logp = probs.gather(-1, picks).squeeze(-1).log() - cdf[:, -1].log()
+        return ids.gather(-1, picks).squeeze(-1), logp
 
     def _hit_stop(self, row: _Row, stops: list[str]) -> bool:
         text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
@@ -589,16 +618,27 @@ class VLLMEngine:
     (``worker_extension_cls``) and the engine core runs in this process
     (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so :meth:`vllm.LLM.collective_rpc` hands the trainer's tensors
     to the worker by reference instead of serialising them to another process.
+
+    ``logprobs_mode`` is vLLM's engine setting of what its log-probabilities are: ``"raw_logprobs"``
+    (vLLM's default: log-softmax of the model's logits, what ``Completion.logprobs`` documents) or
+    ``"processed_logprobs"`` (after temperature, top-k and top-p: the distribution the token was drawn
+    from, what ``SamplingParams.sampled_logprobs`` asks for; online RL builds its engine so). An engine
+    serves one of the two and refuses requests for the other.
     """
 
     def __init__(self, name_or_path: str, dtype: str = "float32", batch_size: int = 8, weight_sync: bool = False,
-                 **llm_kwargs):
+                 logprobs_mode: str = "raw_logprobs", **llm_kwargs):
         import vllm
 
         from alignkit.models import resolve_model_path
 
+        if logprobs_mode not in ("raw_logprobs", "processed_logprobs"):
+            raise GenerationError(f"logprobs_mode must be raw_logprobs or processed_logprobs (got {logprobs_mode!r})")
         self._vllm = vllm
         self.weight_sync = weight_sync
+        self.logprobs_mode = logprobs_mode
+        if logprobs_mode != "raw_logprobs":  # vLLM >= 0.10.2; the default needs no argument (older releases too)
+            llm_kwargs["logprobs_mode"] = logprobs_mode
         if weight_sync:
             from alignkit.generate.vllm_worker import WORKER_EXTENSION
 
@@ -661,6 +701,14 @@ class VLLMEngine:
         the whole call (every token of every completion, in order): offline ``LLM.generate`` does not
         hand out tokens while it decodes, so a stream over this backend arrives at the end."""
         params.validate()
+        processed = self.logprobs_mode == "processed_logprobs"
+        if params.sampled_logprobs and not processed:
+            raise GenerationError("sampled_logprobs needs a vLLM engine built with logprobs_mode='processed_logprobs' "
+                                  "(this one reports raw log-probabilities, before temperature/top-k/top-p)")
+        if params.logprobs and processed:
+            raise GenerationError("this vLLM engine reports processed log-probabilities (logprobs_mode="
+                                  "'processed_logprobs'); top logprobs are documented as raw: use an engine built "
+                                  "with the default logprobs_mode")
         if seeds is not None and len(seeds) != len(prompts):
             raise GenerationError(
                 f"seeds: expected {len(prompts)} entries (one per prompt), got {len(seeds)}"
@@ -678,7 +726,8 @@ class VLLMEngine:
                 stop=list(params.stop) or None,
                 stop_token_ids=list(params.stop_token_ids) or None,
                 seed=seed,
-                logprobs=params.logprobs or None,
+                # 0: only the sampled token's log-probability (vLLM always adds the sampled token)
+                logprobs=params.logprobs or (0 if params.sampled_logprobs else None),
             )
             for seed in requested
         ]
@@ -692,6 +741,9 @@ class VLLMEngine:
                     finish_reason="length" if c.finish_reason == "length" else "stop",
                     logprobs=[{t: lp.logprob for t, lp in step.items()} for step in c.logprobs]
                     if params.logprobs and c.logprobs
+                    else None,
+                    sampled_logprobs=[step[t].logprob for t, step in zip(c.token_ids, c.logprobs, strict=True)]
+                    if params.sampled_logprobs
                     else None,
                 )
                 for c in out.outputs

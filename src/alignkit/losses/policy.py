@@ -53,20 +53,70 @@ def global_sequence_loss(per_token: Tensor, mask: Tensor, global_count: float) -
 
 
 def ppo_policy_loss(logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor,
-                    clip_eps: float = 0.2) -> tuple[Tensor, dict[str, Tensor]]:
+                    clip_eps: float = 0.2, is_weights: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clipped surrogate (Schulman et al. 2017, arXiv 1707.06347, Eq. 7), per token.
 
     ``r_t = exp(logp_t - logp_old_t)``, ``l_t = -min(r_t A_t, clip(r_t, 1-eps, 1+eps) A_t)``.
     At ``r = 1`` the loss is ``-A_t`` and its gradient is ``-A_t * d logp_t`` (the policy
-    gradient). Shapes: ``(B, L)`` each; returns per-token loss ``(B, L)`` (0 off-mask) and detached
-    per-token metrics ``ratio`` and ``clipped`` (1 where the clipped term was selected).
+    gradient). ``is_weights`` (optional, ``(B, L)``, no gradient): the behaviour-mismatch importance
+    weights of :func:`truncated_is_weights`, multiplying each token's surrogate,
+    ``l_t = -w_t min(...)`` (truncated IS of Yao et al. 2025 as verl / TRL apply it). Shapes: ``(B, L)``
+    each; returns per-token loss ``(B, L)`` (0 off-mask) and detached per-token metrics ``ratio`` and
+    ``clipped`` (1 where the clipped term was selected).
     """
     ratio = torch.exp(logps - old_logps)
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
     loss = -torch.minimum(unclipped, clipped)
+    if is_weights is not None:
+        loss = loss * is_weights.detach()
     m = mask.to(loss.dtype)
     return loss * m, {"ratio": ratio.detach(), "clipped": (clipped < unclipped).to(loss.dtype).detach()}
+
+
+def behaviour_log_ratio(old_logps: Tensor, behaviour_logps: Tensor, mask: Tensor) -> Tensor:
+    """``log rho_t = log pi_old(y_t) - log mu(y_t)`` on masked-in tokens, 0 elsewhere.
+
+    ``mu`` is the behaviour policy: the distribution the rollout engine actually drew ``y_t`` from (its
+    processed log-probabilities, :attr:`alignkit.generate.engine.SamplingParams.sampled_logprobs`);
+    ``pi_old`` the trainer's log-probabilities of the same tokens before the update. Shapes ``(B, L)``.
+    """
+    return torch.where(mask, old_logps - behaviour_logps, torch.zeros_like(old_logps))
+
+
+def truncated_is_weights(old_logps: Tensor, behaviour_logps: Tensor, mask: Tensor,
+                         cap: float) -> tuple[Tensor, Tensor]:
+    """Truncated importance sampling (TIS), token level: ``w_t = min(pi_old(y_t) / mu(y_t), C)``.
+
+    Source: Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL training"
+    (the weight on the policy-gradient term; verl's ``rollout_is`` token level, TRL's
+    ``vllm_importance_sampling_correction`` with ``vllm_importance_sampling_cap``, both C = 2 by default).
+    Samples were drawn from mu, so ``E_mu[rho_t g_t] = E_pi_old[g_t]``; truncating at C bounds the variance
+    at the price of a bias on tokens mu under-samples. Shapes ``(B, L)``; returns ``(weights, clipped)``:
+    the weights (exactly 1 off-mask and wherever ``old_logps == behaviour_logps``), and a float indicator
+    of the masked-in tokens whose ratio exceeded C.
+    """
+    ratio = torch.exp(behaviour_log_ratio(old_logps, behaviour_logps, mask))
+    clipped = (ratio > cap) & mask
+    return torch.clamp(ratio, max=cap), clipped.to(ratio.dtype)
+
+
+def sequence_is_mask(old_logps: Tensor, behaviour_logps: Tensor, mask: Tensor,
+                     cap: float) -> tuple[Tensor, Tensor]:
+    """Masked importance sampling (MIS), sequence level: keep sequence ``b`` iff ``1/C <= rho_b <= C``.
+
+    ``rho_b = exp(mean_t log(pi_old(y_t) / mu(y_t)))`` over the sequence's masked-in tokens: the
+    *geometric mean* of the token ratios (verl's ``rollout_is_level: geometric``), not their product
+    (TRL's ``sequence_mask``: ``exp(sum_t ...)``), because a product drifts with length -- a 0.001-nat
+    per-token gap becomes a factor e over 1,000 tokens -- so a fixed [1/C, C] would reject long answers for
+    being long. Rejecting instead of down-weighting follows the masked-IS variant of Liu et al. 2025 ("When
+    speed kills stability"). Shapes: ``(B, L)`` in; returns ``(keep (B,) bool, rho (B,))``; a row with no
+    masked-in token has ``rho = 1`` and is kept.
+    """
+    log_r = behaviour_log_ratio(old_logps, behaviour_logps, mask)
+    n = mask.sum(-1).clamp(min=1).to(log_r.dtype)
+    rho = torch.exp(log_r.sum(-1) / n)
+    return (rho >= 1.0 / cap) & (rho <= cap), rho
 
 
 def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor,

@@ -34,6 +34,7 @@ import torch
 from alignkit.losses import policy as P
 from alignkit.train.rl_config import RLConfig
 from alignkit.train.rl_rollout import (
+    behaviour_logps,
     collate_samples,
     read_prompt_rows,
     response_mask,
@@ -51,7 +52,7 @@ from alignkit.train.rl_setup import (
     resume_run,
     save,
 )
-from alignkit.train.rl_update import ppo_update
+from alignkit.train.rl_update import importance_correction, ppo_update
 
 
 # ---------------------------------------------------------------------------------- 2. score
@@ -123,7 +124,8 @@ def _ref_rewards(ctx: Ctx, indices: list[int]) -> tuple[list[float], int]:
 # --------------------------------------------------------------- 3. old / reference log-probs, values
 @torch.no_grad()
 def rollout_tensors(ctx: Ctx, samples) -> dict[str, torch.Tensor]:
-    """Response-layout ``(B, L)`` tensors: response mask, old and reference log-probs, old values."""
+    """Response-layout ``(B, L)`` tensors: response mask, behaviour (the engine's), old and reference
+    log-probs, old values."""
     dev, mbs = ctx.acc.device, ctx.cfg.ppo.micro_batch_size
     length = max(len(s.response_ids) for s in samples)
     parts: dict[str, list[torch.Tensor]] = {"old_logps": [], "ref_logps": [], "values": []}
@@ -138,6 +140,8 @@ def rollout_tensors(ctx: Ctx, samples) -> dict[str, torch.Tensor]:
                 parts["values"].append(to_response_layout(v, b["plen"], length))
     out = {k: torch.cat(v).float() for k, v in parts.items() if v}
     out["resp_mask"] = response_mask(samples, length, dev)
+    if any(s.behaviour_logps is not None for s in samples):  # from the engine (hand-made samples carry none)
+        out["behaviour_logps"] = behaviour_logps(samples, length, dev)
     return out
 
 
@@ -183,7 +187,8 @@ def rl_step(ctx: Ctx) -> dict[str, float]:
     order = step_indices(len(ctx.rows), st.step, cfg.rollout.prompts_per_step, cfg.train.seed)
     lo = acc.process_index * per_proc
     params = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
-                            top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, n=cfg.rollout.n)
+                            top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, n=cfg.rollout.n,
+                            sampled_logprobs=True)
     policy_hf = acc.unwrap_model(ctx.policy).model
     samples = rollout(policy_engine(ctx, policy_hf), ctx.rows, order[lo : lo + per_proc],
                       list(range(lo, lo + per_proc)), params, cfg.train.seed, st.step)
@@ -192,6 +197,7 @@ def rl_step(ctx: Ctx) -> dict[str, float]:
     raw, used, logs = score(ctx, samples)
     t = rollout_tensors(ctx, samples)
     logs.update(advantages(ctx, t, used))
+    logs.update(importance_correction(ctx, t))
     logs.update(ppo_update(ctx, samples, t))
     lens = torch.tensor([len(s.response_ids) for s in samples], dtype=torch.float64)
     trunc = float(sum(s.finish_reason == "length" for s in samples))

@@ -163,6 +163,26 @@ class PPOConfig(StrictModel):
     """token: sum / tokens of the minibatch; sequence: per-sequence token mean, sum / sequences."""
 
 
+class CorrectionConfig(StrictModel):
+    """Importance-sampling correction of the engine's sampling distribution mu vs the trainer's pi_old.
+
+    mu is the behaviour policy as the rollout engine reports it. ``correction: tis`` is short for
+    ``correction.type: tis``. The mismatch metrics (mismatch/kl, mismatch/is_weight_mean,
+    mismatch/clipped_frac) are logged whatever the type."""
+
+    type: Literal["none", "tis", "mis"] = "none"
+    """none: train as if mu == pi_old; tis: truncated IS, each token's policy-gradient term weighted by
+    min(pi_old / mu, cap); mis: masked IS, a sample whose geometric-mean ratio exp(mean_t log(pi_old / mu))
+    leaves [1/cap, cap] is left out of the update (their share: mismatch/clipped_frac). See docs/rl.md."""
+    cap: float = Field(default=2.0, gt=1.0)
+    """C: the truncation (tis) or acceptance bound (mis). 2.0 is verl's and TRL's default."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value):
+        return {"type": value} if isinstance(value, str) else value
+
+
 class PTXConfig(StrictModel):
     """Next-token-prediction loss on SFT rows against forgetting (InstructGPT's PPO-ptx, ChatGLM-RLHF)."""
 
@@ -237,6 +257,7 @@ class RLConfig(StrictModel):
     critic: CriticConfig | None = Field(default_factory=CriticConfig)
     """The value model; required by advantage.type=gae, refused (set null) for grpo / rloo."""
     ppo: PPOConfig = Field(default_factory=PPOConfig)
+    correction: CorrectionConfig = Field(default_factory=CorrectionConfig)
     ptx: PTXConfig = Field(default_factory=PTXConfig)
     train: RLTrainConfig = Field(default_factory=RLTrainConfig)
 

@@ -35,6 +35,7 @@ class Sample:
     text: str
     finish_reason: str
     score: float = float("nan")  # raw reward (NaN: could not be computed -> masked, counted)
+    behaviour_logps: list[float] | None = None  # log mu(y_t): the engine's sampling distribution, per token
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -73,7 +74,8 @@ def rollout(engine, rows: list[dict], indices: list[int], positions: list[int], 
     for i, prompt, res in zip(indices, prompts, results, strict=True):
         prompt_ids = engine.encode(prompt)
         for c in res.completions:
-            samples.append(Sample(i, prompt_ids, list(c.token_ids), c.text, c.finish_reason))
+            samples.append(Sample(i, prompt_ids, list(c.token_ids), c.text, c.finish_reason,
+                                  behaviour_logps=c.sampled_logprobs))
     return samples
 
 
@@ -98,6 +100,16 @@ def to_response_layout(x: Tensor, plen: Tensor, length: int) -> Tensor:
     cols = plen[:, None] + torch.arange(length, device=x.device)[None, :]
     padded = torch.nn.functional.pad(x, (0, max(0, int(cols.max()) + 1 - x.shape[1])))
     return padded.gather(1, cols)
+
+
+def behaviour_logps(samples: list[Sample], length: int, device) -> Tensor:
+    """``(B, length)`` float32 response layout of the samples' behaviour log-probs (0 on padding)."""
+    out = torch.zeros((len(samples), length), dtype=torch.float32)
+    for b, s in enumerate(samples):
+        if s.behaviour_logps is None or len(s.behaviour_logps) != len(s.response_ids):
+            raise ValueError(f"sample {b} (prompt {s.prompt_index}) carries no behaviour log-prob per response token")
+        out[b, : len(s.behaviour_logps)] = torch.tensor(s.behaviour_logps, dtype=torch.float32)
+    return out.to(device)
 
 
 def response_mask(samples: list[Sample], length: int, device) -> Tensor:

@@ -141,7 +141,7 @@ def vllm_rollout_engine(cfg: RLConfig, policy, reference):
                               "parameters (names, shapes) differ from the policy's, so one engine cannot "
                               "generate for both; use rollout.backend=hf")
     return make_engine(cfg.model.name_or_path, backend="vllm", batch_size=cfg.rollout.batch_size,
-                       dtype=cfg.rollout.vllm_dtype, weight_sync=True,
+                       dtype=cfg.rollout.vllm_dtype, weight_sync=True, logprobs_mode="processed_logprobs",
                        gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization)
 
 

@@ -43,6 +43,34 @@ def ppo_update(ctx: Ctx, samples, t: dict[str, torch.Tensor]) -> dict[str, float
     return {**out, **first}
 
 
+def importance_correction(ctx: Ctx, t: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Compare the behaviour log-probs mu (the engine's) with the trainer's pi_old on the tokens of the update
+    (``t["mask"]``) and apply ``correction``: tis puts ``t["is_weight"]`` (``min(pi_old / mu, C)`` per token)
+    on the policy-gradient term, mis removes from ``t["mask"]`` the samples whose geometric-mean ratio leaves
+    ``[1/C, C]``. Metrics over all processes: ``mismatch/kl`` (token mean of k3 = rho - 1 - log rho, an
+    estimate of KL(mu || pi_old)), ``mismatch/is_weight_mean`` (token mean of rho, truncated at C for tis),
+    ``mismatch/clipped_frac`` (tis and none: tokens with rho > C; mis: samples masked)."""
+    cfg = ctx.cfg.correction
+    if "behaviour_logps" not in t:
+        raise ValueError("the rollout carries no behaviour log-probs (the engine was not asked for sampled_logprobs)")
+    mask, old, mu = t["mask"], t["old_logps"], t["behaviour_logps"]
+    kl = P.kl_penalty(mu, old, "k3")
+    weights, clipped = P.truncated_is_weights(old, mu, mask, cfg.cap)
+    shown = weights if cfg.type == "tis" else torch.exp(P.behaviour_log_ratio(old, mu, mask))
+    n_clip, n_out = float(clipped.sum()), float(mask.any(-1).sum())
+    if cfg.type == "tis":
+        t["is_weight"] = weights
+    elif cfg.type == "mis":
+        keep, _ = P.sequence_is_mask(old, mu, mask, cfg.cap)
+        n_clip = float((mask.any(-1) & ~keep).sum())
+        t["mask"] = mask & keep[:, None]
+    n_tok, kl_sum, w_sum, n_clip, n_seq = gsum(ctx.acc, float(mask.sum()), float(P.masked_sum(kl, mask)),
+                                               float(P.masked_sum(shown, mask)), n_clip, n_out)
+    per = n_seq if cfg.type == "mis" else n_tok
+    return {"mismatch/kl": kl_sum / max(n_tok, 1.0), "mismatch/is_weight_mean": w_sum / max(n_tok, 1.0),
+            "mismatch/clipped_frac": n_clip / max(per, 1.0)}
+
+
 def _minibatch_step(ctx: Ctx, samples, t, rows: list[int]) -> dict[str, float]:
     cfg, acc = ctx.cfg, ctx.acc
     mask = t["mask"][rows]
@@ -69,7 +97,8 @@ def _minibatch_step(ctx: Ctx, samples, t, rows: list[int]) -> dict[str, float]:
             with acc.autocast():
                 lp, ent = ctx.policy(b["input_ids"], b["attention_mask"], b["loss_mask"])
             lp, ent = to_response_layout(lp, b["plen"], length), to_response_layout(ent, b["plen"], length)
-            per_tok, pm = P.ppo_policy_loss(lp, t["old_logps"][mic], t["adv"][mic], m, cfg.ppo.clip_eps)
+            w = t["is_weight"][mic] if "is_weight" in t else None
+            per_tok, pm = P.ppo_policy_loss(lp, t["old_logps"][mic], t["adv"][mic], m, cfg.ppo.clip_eps, w)
             kl_now = P.kl_penalty(lp, t["ref_logps"][mic], cfg.kl.estimator)
             if cfg.kl.mode == "loss" and cfg.kl.coef:
                 per_tok = per_tok + cfg.kl.coef * kl_now * m
