@@ -12,50 +12,42 @@ import json
 from alignkit.commands import Command
 
 
-def mathusereval(cfg) -> int:
+def _run_and_print(run, cfg, keys: tuple[str, ...]) -> int:
+    """Run a judge/checker evaluation, print the headline ``keys`` of its results as JSON and where the
+    results file went; a ``ValueError`` found while running (bad rows, judge settings) is a user error."""
     from rich.console import Console
 
     from alignkit.errors import UserError
-    from alignkit.evals.mathusereval import run_mathusereval
 
     try:
-        res = run_mathusereval(cfg)
-    except ValueError as exc:  # bad question rows or judge settings found while running
+        res = run(cfg)
+    except ValueError as exc:
         raise UserError(str(exc)) from None
-    ex = res["exact_answer"]
-    print(json.dumps({k: res[k] for k in ("n", "scored", "parse_failures", "micro_mean", "macro_mean",
-                                         "share_ge_7")} | {"exact_answer": ex}, indent=1))
-    Console(stderr=True).print(f"results: {cfg.output_dir}/results.json")
-    return 0
-
-
-def alignbench(cfg) -> int:
-    from rich.console import Console
-
-    from alignkit.errors import UserError
-    from alignkit.evals.alignbench import run_alignbench
-
-    try:
-        res = run_alignbench(cfg)
-    except ValueError as exc:  # bad question rows or judge settings found while running
-        raise UserError(str(exc)) from None
-    keys = ("n", "scored", "failures", "overall", "overall_interval", "groups", "micro_mean")
     print(json.dumps({k: res[k] for k in keys}, indent=1, ensure_ascii=False))
     Console(stderr=True).print(f"results: {cfg.output_dir}/results.json")
     return 0
 
 
-def ifeval(cfg) -> int:
-    from rich.console import Console
+def mathusereval(cfg) -> int:
+    from alignkit.evals.mathusereval import run_mathusereval
 
+    return _run_and_print(run_mathusereval, cfg, ("n", "scored", "parse_failures", "micro_mean", "macro_mean",
+                                                  "share_ge_7", "exact_answer"))
+
+
+def alignbench(cfg) -> int:
+    from alignkit.evals.alignbench import run_alignbench
+
+    return _run_and_print(run_alignbench, cfg, ("n", "scored", "failures", "overall", "overall_interval", "groups",
+                                                "micro_mean"))
+
+
+def ifeval(cfg) -> int:
     from alignkit.evals.ifeval.run import run_ifeval
 
-    res = run_ifeval(cfg)
-    keys = ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc",
-            "n_prompts", "n_instructions", "intervals")
-    print(json.dumps({k: res[k] for k in keys}, indent=1))
-    Console(stderr=True).print(f"results: {cfg.output_dir}/results.json")
-    return 0
+    return _run_and_print(run_ifeval, cfg, ("prompt_level_strict_acc", "inst_level_strict_acc",
+                                            "prompt_level_loose_acc", "inst_level_loose_acc", "n_prompts",
+                                            "n_instructions", "intervals"))
 
 
 def trajectory(cfg) -> int:
